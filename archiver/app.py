@@ -1,0 +1,488 @@
+"""``create_app(settings)``: routes, middleware, and the one lifespan that owns every resource.
+
+Errors are JSON ``{"error": code, "detail": sentence}``, raised as :class:`ApiError` and
+logged once, as one ``request.rejected`` (or ``auth.rejected``) line, by one handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus, SendTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import auth
+from .auth import Anonymous, JWTBackend, User
+from .config import Settings
+from .hub import Event, Hub, Inbox
+from .journal import Journal, JournalError, parse_dialog
+from .logs import log
+from .owners import Instance
+from .replies import ReplyError, make_responder
+from .sessions import Busy, Sessions, ShuttingDown
+from .store import Store
+
+BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
+JOURNAL_STATUS = {"no_space": 507, "read_only": 503, "permission": 503, "io": 503, "corrupt": 500}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def widget_dir() -> Path:
+    """The widget's static files: packaged in the wheel, or the checkout's ``widget/``."""
+    packaged = Path(__file__).parent / "_widget"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "widget"
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def require_user(request: Request, admin: bool = False) -> User:
+    user = request.user
+    if isinstance(user, Anonymous):
+        raise ApiError(401, user.reason, user.detail)
+    assert isinstance(user, User)
+    if admin and not user.admin:
+        raise ApiError(403, "forbidden", "This route needs a token with the admin role.")
+    return user
+
+
+async def read_message(request: Request, limit: int) -> str:
+    """The ``message`` of a JSON body, refusing an oversize body while reading it."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    body_limit = limit + BODY_ENVELOPE
+    too_large = ApiError(
+        413, "too_large", f"The message is larger than the limit of {limit} bytes."
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > body_limit:
+            raise too_large
+    try:
+        data = json.loads(bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "bad_json", "The body is not valid UTF-8 JSON.") from None
+    if not isinstance(data, dict) or "message" not in data:
+        raise ApiError(400, "bad_request", 'The body must be a JSON object {"message": "..."}.')
+    message = data["message"]
+    if not isinstance(message, str):
+        raise ApiError(400, "bad_request", "The message must be a string.")
+    if not message.strip():
+        raise ApiError(400, "empty_message", "The message is empty.")
+    try:
+        size = len(message.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "bad_text", "The message contains invalid Unicode (a lone surrogate)."
+        ) from None
+    if size > limit:
+        raise too_large
+    return message
+
+
+def _sse(event: Event) -> ServerSentEvent:
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+    return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n")
+
+
+def _journal_api_error(exc: JournalError) -> ApiError:
+    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, exc.detail)
+
+
+# ---------------------------------------------------------------------------------------
+# Endpoints
+
+
+class _Stream(EventSourceResponse):
+    """An EventSourceResponse that ends a stuck send quietly instead of with a traceback."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info("sse.send_timeout", path=scope.get("path"))
+
+
+async def subscribe(request: Request) -> Response:
+    user = require_user(request)
+    sessions = sessions_of(request)
+    if sessions.draining:
+        raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get(
+        "last_event_id"
+    )
+    settings: Settings = request.app.state.settings
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        inbox: Inbox | None = None
+        started = time.monotonic()
+        try:
+            inbox = sessions.connect(user.id)
+            log.info("sse.connect", user=user.id, conn=inbox.id, last_event_id=last_event_id)
+            yield ServerSentEvent(retry=3000, sep="\n")
+            async for event in sessions.stream(inbox, last_event_id):
+                yield _sse(event)
+        finally:
+            if inbox is not None:
+                remaining = sessions.disconnect(inbox)
+                log.info(
+                    "sse.disconnect",
+                    user=user.id,
+                    conn=inbox.id,
+                    reason=inbox.closed or "client",
+                    seconds=round(time.monotonic() - started, 1),
+                    remaining=remaining,
+                )
+
+    return _Stream(
+        body(),
+        ping=settings.ping_interval,
+        sep="\n",
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        send_timeout=settings.send_timeout,
+        # Our own watcher ends streams on shutdown; this only keeps sse-starlette from
+        # cancelling them abruptly before they said goodbye.
+        shutdown_grace_period=settings.shutdown_timeout,
+    )
+
+
+async def chat(request: Request) -> Response:
+    user = require_user(request)
+    settings: Settings = request.app.state.settings
+    text = await read_message(request, settings.max_message_bytes)
+    try:
+        result = await sessions_of(request).chat(user.id, text)
+    except Busy:
+        raise ApiError(
+            409, "reply_in_progress", "A reply is still being written; wait for it or stop it."
+        ) from None
+    except ShuttingDown:
+        raise ApiError(503, "shutting_down", "The server is shutting down; try again.") from None
+    except JournalError as exc:
+        raise _journal_api_error(exc) from None
+    except ReplyError as exc:
+        raise ApiError(exc.status, exc.kind, exc.detail) from None
+    return JSONResponse(result.as_json())
+
+
+async def chat_stop(request: Request) -> Response:
+    user = require_user(request)
+    stopped = sessions_of(request).stop(user.id)
+    if stopped:
+        log.info("reply.stop_requested", user=user.id)
+    return JSONResponse({"stopped": stopped})
+
+
+async def dialog(request: Request) -> Response:
+    user = require_user(request)
+    try:
+        current = await sessions_of(request).store.load_current(user.id)
+    except JournalError as exc:
+        raise _journal_api_error(exc) from None
+    if current is None:
+        return JSONResponse({"dialog": None, "started": None, "messages": []})
+    return JSONResponse(current.as_json())
+
+
+async def dialog_archive(request: Request) -> Response:
+    user = require_user(request)
+    result = await sessions_of(request).archive(user.id, "user")
+    if result is None:
+        return JSONResponse({"dialog": None, "archive": None, "messages": 0})
+    return JSONResponse(
+        {"dialog": result.dialog, "archive": result.name, "messages": result.messages}
+    )
+
+
+async def _archives_of(request: Request, user: str) -> Response:
+    infos = await sessions_of(request).store.list_archives(user)
+    return JSONResponse([info.as_json() for info in infos])
+
+
+async def _archive_of(request: Request, user: str, name: str) -> Response:
+    data = await sessions_of(request).store.read_archive(user, name)
+    if data is None:
+        raise ApiError(404, "not_found", f"There is no archive named {name!r}.")
+    if "application/json" in request.headers.get("accept", ""):
+        parsed = await sessions_of(request).store.run(parse_dialog, data)
+        return JSONResponse(parsed.as_json())
+    return Response(data, media_type="application/yaml; charset=utf-8")
+
+
+async def archives(request: Request) -> Response:
+    return await _archives_of(request, require_user(request).id)
+
+
+async def archive(request: Request) -> Response:
+    user = require_user(request)
+    return await _archive_of(request, user.id, request.path_params["name"])
+
+
+async def users(request: Request) -> Response:
+    require_user(request, admin=True)
+    journal = sessions_of(request).store.journal
+
+    def summary() -> list[dict[str, Any]]:
+        out = []
+        for user in journal.users():
+            try:
+                directory = journal.dialogs_dir(user)
+            except ValueError:
+                continue
+            out.append(
+                {
+                    "user": user,
+                    "archives": len(journal.archive_names(user)),
+                    "current": (directory / "current.yaml").exists(),
+                }
+            )
+        return out
+
+    return JSONResponse(await sessions_of(request).store.run(summary))
+
+
+async def user_archives(request: Request) -> Response:
+    """``/users/{user}/archives[/{name}]``, with the user id taken from the raw path so an
+    id containing an encoded ``/`` still addresses one user."""
+    require_user(request, admin=True)
+    raw = request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
+    parts = [unquote(p) for p in raw.split("/")[2:]]
+    if len(parts) == 2 and parts[1] == "archives" and parts[0]:
+        return await _archives_of(request, parts[0])
+    if len(parts) == 3 and parts[1] == "archives" and parts[0]:
+        return await _archive_of(request, parts[0], parts[2])
+    raise ApiError(404, "not_found", "No such route.")
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse(sessions_of(request).health())
+
+
+def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        path = widget_dir() / name
+        if not path.is_file():
+            raise ApiError(404, "not_found", f"The page {name} is not installed.")
+        return FileResponse(path, media_type="text/html; charset=utf-8")
+
+    return endpoint
+
+
+# ---------------------------------------------------------------------------------------
+# Error handling: one JSON shape, one log line per rejected request.
+
+
+def _user_of(request: Request) -> str | None:
+    user = request.scope.get("user")
+    return user.id if isinstance(user, User) else None
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    fields = {"status": exc.status, "method": request.method, "path": request.url.path}
+    if exc.status == 401:
+        log.info("auth.rejected", reason=exc.code, **fields)
+    else:
+        log.info("request.rejected", error=exc.code, user=_user_of(request), **fields)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, exc.status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = {
+        404: "There is nothing at this address.",
+        405: f"{request.method} is not allowed here.",
+    }.get(exc.status_code, str(exc.detail))
+    return await api_error(request, ApiError(exc.status_code, code, detail))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.error(
+        "request.failed",
+        method=request.method,
+        path=request.url.path,
+        user=_user_of(request),
+        error=type(exc).__name__,
+    )
+    return JSONResponse(
+        {"error": "internal", "detail": "Something went wrong on our side; it was logged."}, 500
+    )
+
+
+class SecurityHeaders:
+    """nosniff everywhere, and a CSP that lets only ``allowed_origins`` frame the widget."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...]) -> None:
+        self.app = app
+        ancestors = " ".join(("'self'", *allowed_origins))
+        self.headers = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (
+                b"content-security-policy",
+                (
+                    "default-src 'self'; script-src 'self'; style-src 'self'; "
+                    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+                    f"form-action 'self'; frame-ancestors {ancestors}"
+                ).encode(),
+            ),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------------------
+# Lifespan and factory
+
+
+def _exit_requested() -> bool:
+    """Has uvicorn been told to exit? (sse-starlette's flag, or uvicorn's own.)"""
+    if AppStatus.should_exit:
+        return True
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    return bool(getattr(server, "should_exit", False))
+
+
+async def _watch_for_exit(sessions: Sessions) -> None:
+    # Polling, because uvicorn owns the signal handlers; 0.1 s is uvicorn's own tick.
+    while not _exit_requested():  # noqa: ASYNC110 (nothing to await: a flag set by a signal)
+        await anyio.sleep(0.1)
+    sessions.begin_shutdown()
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings = auth.resolve_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        AppStatus.should_exit = False  # process-global in sse-starlette; a new server starts
+        instance = Instance(settings.data_dir)
+        journal = Journal(settings.data_dir, settings.fsync)
+        sessions = Sessions(
+            settings=settings,
+            store=Store(journal),
+            hub=Hub(),
+            responder=make_responder(settings),
+            instance=instance,
+        )
+        app.state.sessions = sessions
+        log.info(
+            "server.start",
+            pid=os.getpid(),
+            instance=instance.id,
+            data=settings.data_dir,
+            fsync=settings.fsync,
+            responder=sessions.responder.name,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                await sessions.run(tg)
+                tg.start_soon(_watch_for_exit, sessions)
+                yield
+                await sessions.drain()
+                tg.cancel_scope.cancel()
+        finally:
+            instance.close()
+            log.info("server.stop", pid=os.getpid(), instance=instance.id)
+
+    middleware = []
+    if settings.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                max_age=600,
+            )
+        )
+    middleware += [
+        Middleware(SecurityHeaders, allowed_origins=settings.allowed_origins),
+        Middleware(AuthenticationMiddleware, backend=JWTBackend(settings)),
+    ]
+    routes = [
+        Route("/", _page("chat.html")),
+        Route("/review", _page("review.html")),
+        Mount("/widget", StaticFiles(directory=widget_dir(), check_dir=False), name="widget"),
+        Route("/subscribe", subscribe),
+        Route("/chat", chat, methods=["POST"]),
+        Route("/chat/stop", chat_stop, methods=["POST"]),
+        Route("/dialog", dialog),
+        Route("/dialog/archive", dialog_archive, methods=["POST"]),
+        Route("/archives", archives),
+        Route("/archives/{name}", archive),
+        Route("/users", users),
+        Route("/users/{rest:path}", user_archives),
+        Route("/health", health),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )
+    app.state.settings = settings
+    return app
+
+
+def from_env() -> Starlette:
+    """For ``uvicorn --factory archiver.app:from_env`` (and ``serve --reload``)."""
+    from . import logs
+
+    settings = Settings.from_env(os.environ)
+    logs.setup(settings)
+    return create_app(settings)

@@ -1,0 +1,143 @@
+"""Settings: one frozen dataclass, built once at the edge from a mapping (the environment).
+
+Nothing else in the package reads ``os.environ``. The CLI passes its flags as overrides,
+so `archiver serve --port 9000` and `ARCHIVER_PORT=9000 archiver serve` mean the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+FsyncPolicy = Literal["always", "everysec", "no"]
+LogFormat = Literal["logfmt", "json"]
+Upstream = Literal["echo"]
+
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_SESSION_TIMEOUT = 300.0
+DEFAULT_SWEEP_INTERVAL = 30.0
+DEFAULT_DISCONNECT_GRACE = 5.0
+DEFAULT_PING_INTERVAL = 15.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 65536
+DEFAULT_ECHO_DELAY = 0.05
+DEFAULT_SEND_TIMEOUT = 30.0
+
+ENV_PREFIX = "ARCHIVER_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    jwt_secret: str | None = field(default=None, repr=False)
+    # PEM text, or a path to a PEM file, of the public key for RS256/ES256 tokens.
+    jwt_public_key: str | None = field(default=None, repr=False)
+    # Pinned by configuration, never taken from the token's header.
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    disconnect_grace: float = DEFAULT_DISCONNECT_GRACE
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    fsync: FsyncPolicy = "everysec"
+    log_format: LogFormat = "logfmt"
+    log_file: Path | None = None
+    log_level: str = "INFO"
+    access_log: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
+    allowed_origins: tuple[str, ...] = ()
+    upstream: Upstream = "echo"
+    echo_delay: float = DEFAULT_ECHO_DELAY
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``ARCHIVER_*`` variables, then apply non-None overrides."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("session_timeout", "sweep_interval", "ping_interval", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than 0")
+        if self.disconnect_grace < 0 or self.echo_delay < 0:
+            raise ConfigError("ARCHIVER_DISCONNECT_GRACE and ARCHIVER_ECHO_DELAY must be >= 0")
+        if self.max_message_bytes < 1:
+            raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
+        if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:
+            raise ConfigError(
+                "ARCHIVER_JWT_PUBLIC_KEY is set but ARCHIVER_JWT_ALGORITHM is "
+                f"{self.jwt_algorithm}; set it to RS256 or ES256"
+            )
+        if not self.jwt_algorithm.startswith("HS") and not self.jwt_public_key:
+            raise ConfigError(
+                f"ARCHIVER_JWT_ALGORITHM={self.jwt_algorithm} needs ARCHIVER_JWT_PUBLIC_KEY"
+            )
+
+    @property
+    def users_dir(self) -> Path:
+        return self.data_dir / "users"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
+_BOOL |= {"no": False, "off": False}
+
+
+def _parse(name: str, type_: Any, raw: str) -> Any:
+    """Turn one environment string into the field's type, with an error naming the variable."""
+    var = ENV_PREFIX + name.upper()
+    type_name = str(type_)
+    try:
+        if type_name in ("Path", "Path | None"):
+            return Path(raw)
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "bool":
+            return _BOOL[raw.strip().lower()]
+        if type_name == "tuple[str, ...]":
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        literal = _LITERALS.get(type_name)
+        if literal is not None:
+            if raw not in literal:
+                raise ConfigError(f"{var} must be one of {', '.join(literal)}, not {raw!r}")
+            return raw
+        return raw
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{var}={raw!r} is not a valid {type_name}") from None
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "FsyncPolicy": get_args(FsyncPolicy),
+    "LogFormat": get_args(LogFormat),
+    "Upstream": get_args(Upstream),
+}

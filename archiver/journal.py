@@ -1,0 +1,881 @@
+"""The on-disk store: per-user journals (``current.yaml``) and their archives.
+
+Layout (see DESIGN.md)::
+
+    <data>/users/<user-dir>/dialogs/current.yaml
+    <data>/users/<user-dir>/dialogs/archived/2026-11-21-10-30-00.yaml
+    <data>/users/<user-dir>/dialogs/archived/2026-11-21-10-30-00-2.yaml
+    <data>/users/<user-dir>/dialogs/.lock
+
+**The commit marker.** A journal always ends with the YAML document-end line ``...``.
+An append overwrites those four bytes with ``<entry>...\\n`` in one ``pwrite``, so the
+file is at all times a complete YAML document, and a file that does *not* end with
+``\\n...\\n`` was torn by a crash mid-write: the bytes of that last write are moved to a
+side file (``current.yaml.torn-<time>``) and the journal is cut back to its last
+complete entry. Without the marker a cut inside a multi-line message would still parse,
+silently truncated. An append costs one small read of the tail plus one write, whatever
+the size of the dialog.
+
+**Archive.** Under the user's lock: overwrite the marker with the ``ended``/``reason``
+trailer, fsync, rename into ``archived/`` without replacing anything (renameat2
+RENAME_NOREPLACE, or link+unlink where the filesystem lacks it), fsync both directories.
+The rename is the commit point. A journal that ends in a trailer was caught between the
+two steps by a crash, and the next operation finishes its rename.
+
+**Locks.** ``fcntl.flock`` on ``dialogs/.lock`` around every operation, so threads and
+processes sharing a data directory serialize per user. This module is synchronous and
+does blocking I/O; :mod:`archiver.store` runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from . import yamltext
+from .config import FsyncPolicy
+
+CURRENT = "current.yaml"
+ARCHIVED = "archived"
+LOCK = ".lock"
+MARKER = b"...\n"
+TAIL_OK = b"\n...\n"
+REASONS = ("disconnect", "timeout", "shutdown", "recovery", "user")
+ROLES = ("user", "assistant", "error")
+MAX_USER_DIR = 240  # bytes; most filesystems allow 255 per path component
+ARCHIVE_NAME = re.compile(r"\A(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})(?:-([1-9]\d{0,5}))?\.yaml\Z")
+_TAIL_READ = 4096
+
+
+class JournalError(Exception):
+    """A journal operation failed; ``kind`` says how, for the HTTP status and the log."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind  # "no_space" | "read_only" | "permission" | "io" | "corrupt"
+        self.detail = detail
+
+
+class BadUserId(ValueError):
+    """A user id that cannot be stored (too long once encoded, or empty)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Users and paths
+
+
+def user_dir_name(user: str) -> str:
+    """Map any user id, reversibly, to one safe path component.
+
+    Percent-encoding leaves letters, digits and ``_.-~`` alone and encodes everything
+    else, ``/`` and ``%`` included; a leading dot is encoded too, so ``.`` and ``..``
+    (and hidden names) cannot occur.
+    """
+    if not user:
+        raise BadUserId("the user id is empty")
+    name = quote(user, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name.encode()) > MAX_USER_DIR:
+        raise BadUserId(f"the user id is too long ({len(name)} bytes once encoded, max 240)")
+    return name
+
+
+def user_from_dir_name(name: str) -> str:
+    return unquote(name)
+
+
+def utc_stamp(now: float | None = None) -> str:
+    """``2026-11-21T10:30:05.420Z``: milliseconds, UTC, always quoted in YAML."""
+    now = time.time() if now is None else now
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}Z"
+
+
+def new_dialog_id(now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return "d-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
+
+
+def archive_sort_key(name: str) -> tuple[str, int]:
+    match = ARCHIVE_NAME.match(name)
+    if match is None:
+        return ("", 0)
+    return (match.group(1), int(match.group(2) or 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    role: str
+    at: str
+    text: str
+    interrupted: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq, "role": self.role, "at": self.at}
+        out["text"] = self.text
+        if self.interrupted:
+            out["interrupted"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What an append wrote: the message, and the dialog it belongs to."""
+
+    user: str
+    dialog: str
+    message: Message
+    new_dialog: bool
+
+
+@dataclass(frozen=True)
+class Dialog:
+    user: str
+    dialog: str
+    started: str
+    messages: list[Message]
+    ended: str | None = None
+    reason: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"user": self.user, "dialog": self.dialog}
+        out["started"] = self.started
+        if self.ended is not None:
+            out["ended"] = self.ended
+            out["reason"] = self.reason
+        out["messages"] = [m.as_json() for m in self.messages]
+        return out
+
+
+@dataclass(frozen=True)
+class Head:
+    """A dialog's header and last message, read from the ends of the file only."""
+
+    user: str
+    dialog: str
+    started: str
+    messages: int
+    last_at: str | None
+    ended: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    user: str
+    name: str
+    dialog: str
+    started: str
+    ended: str | None
+    reason: str | None
+    messages: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dialog": self.dialog,
+            "started": self.started,
+            "ended": self.ended,
+            "reason": self.reason,
+            "messages": self.messages,
+        }
+
+
+@dataclass(frozen=True)
+class Archived:
+    user: str
+    dialog: str
+    name: str
+    path: Path
+    reason: str
+    messages: int
+    started: str
+
+
+@dataclass(frozen=True)
+class Repaired:
+    user: str
+    side_file: Path | None
+    torn_bytes: int
+
+
+# ---------------------------------------------------------------------------------------
+# Text of the file
+
+
+def header_text(user: str, dialog: str, started: str) -> str:
+    return (
+        f"user: {yamltext.inline(user)}\n"
+        f"dialog: {yamltext.inline(dialog)}\n"
+        f"started: {yamltext.quoted(started)}\n"
+        "messages:\n"
+    )
+
+
+def message_text(message: Message) -> str:
+    fields = [
+        ("seq", str(message.seq)),
+        ("role", yamltext.inline(message.role)),
+        ("at", yamltext.quoted(message.at)),
+        ("text", yamltext.scalar(message.text, 2)),
+    ]
+    if message.interrupted:
+        fields.append(("interrupted", "true"))
+    return yamltext.entry_text(fields)
+
+
+def trailer_text(ended: str, reason: str) -> str:
+    return f"ended: {yamltext.quoted(ended)}\nreason: {yamltext.inline(reason)}\n"
+
+
+def _message_from(fields: dict[str, str]) -> Message:
+    try:
+        return Message(
+            seq=int(fields["seq"]),
+            role=fields["role"],
+            at=fields["at"],
+            text=fields.get("text", ""),
+            interrupted=fields.get("interrupted") == "true",
+        )
+    except (KeyError, ValueError) as exc:
+        raise yamltext.ParseError(f"entry without a valid {exc}") from None
+
+
+def parse_dialog(data: bytes) -> Dialog:
+    """Parse a journal or archive; fall back to ruamel.yaml for a file we did not write."""
+    text = data.decode("utf-8")
+    try:
+        top, entries = yamltext.parse_document(text)
+        messages = [_message_from(e) for e in entries]
+    except yamltext.ParseError:
+        return _parse_with_ruamel(text)
+    return _dialog_from(top, messages)
+
+
+def _dialog_from(top: dict[str, Any], messages: list[Message]) -> Dialog:
+    known = {"user", "dialog", "started", "ended", "reason"}
+    return Dialog(
+        user=str(top.get("user", "")),
+        dialog=str(top.get("dialog", "")),
+        started=str(top.get("started", "")),
+        messages=messages,
+        ended=None if top.get("ended") is None else str(top["ended"]),
+        reason=None if top.get("reason") is None else str(top["reason"]),
+        extra={k: str(v) for k, v in top.items() if k not in known and k != "messages"},
+    )
+
+
+def _parse_with_ruamel(text: str) -> Dialog:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
+        raise JournalError("corrupt", f"not a valid YAML document: {exc}") from None
+    if not isinstance(doc, dict):
+        raise JournalError("corrupt", "not a dialog document")
+    raw = doc.get("messages") or []
+    try:
+        messages = [
+            Message(
+                seq=int(m["seq"]),
+                role=str(m["role"]),
+                at=str(m["at"]),
+                text=str(m.get("text", "")),
+                interrupted=bool(m.get("interrupted", False)),
+            )
+            for m in raw
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError("corrupt", f"a message entry is malformed: {exc}") from None
+    return _dialog_from(doc, messages)
+
+
+_SEQ_LINE = re.compile(rb"(?:^|\n)- seq: (\d+)\n")
+_HEAD_LINE = re.compile(rb"^(user|dialog|started): (.*)$", re.M)
+_AT_LINE = re.compile(rb"\n  at: '([^'\n]*)'\n")
+_TRAILER = re.compile(rb"\nended: '([^'\n]*)'\nreason: ([^\n]*)\n")
+
+
+def _last_seq_and_at(tail: bytes) -> tuple[int, str | None] | None:
+    """The last ``- seq: N`` (and its ``at``) in ``tail``, or None if the tail holds none."""
+    matches = list(_SEQ_LINE.finditer(tail))
+    if not matches:
+        return None
+    last = matches[-1]
+    at_match = _AT_LINE.search(tail, last.end() - 1)
+    return int(last.group(1)), (at_match.group(1).decode() if at_match else None)
+
+
+def _parse_head(head: bytes) -> dict[str, str]:
+    end = head.find(b"\nmessages:\n")
+    region = head if end < 0 else head[:end]
+    out = {}
+    for match in _HEAD_LINE.finditer(region):
+        value = match.group(2).decode("utf-8", "replace")
+        out[match.group(1).decode()] = yamltext.parse_value(value, [], 0, 0)[0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Low-level file helpers
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; raise FileExistsError rather than replace ``dst``."""
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    # Fallback (e.g. NFS): link is atomic and refuses to replace. A crash between link
+    # and unlink leaves current.yaml with two links, which _finish_pending recognizes.
+    os.link(src, dst)
+    os.unlink(src)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pread_tail(fd: int, size: int, want: int) -> bytes:
+    start = max(0, size - want)
+    return os.pread(fd, size - start, start)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "short write")
+        view = view[written:]
+        offset += written
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Reserve disk space before touching the file, so a full disk fails cleanly."""
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the filesystem cannot reserve; the write itself will tell
+        raise
+
+
+def _journal_error(exc: OSError, what: str) -> JournalError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return JournalError("no_space", f"the disk is full: {what} could not be written")
+    if exc.errno == errno.EROFS:
+        return JournalError("read_only", f"the data directory is read-only: {what} failed")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return JournalError("permission", f"permission denied: {what} failed")
+    return JournalError("io", f"{what} failed: {os.strerror(exc.errno or errno.EIO)}")
+
+
+# ---------------------------------------------------------------------------------------
+# The journal
+
+
+class Journal:
+    """Synchronous, thread-safe and process-safe access to every user's dialogs."""
+
+    def __init__(self, data_dir: Path, fsync: FsyncPolicy = "everysec") -> None:
+        self.users_dir = Path(data_dir) / "users"
+        self.fsync = fsync
+        self._dirty: set[Path] = set()
+        self._dirty_lock = threading.Lock()
+        # Called (from a worker thread) with what a crash left behind and we repaired or
+        # finished, so the caller can log it.
+        self.observer: Callable[[Archived | Repaired], None] | None = None
+
+    # -- paths --------------------------------------------------------------------------
+
+    def dialogs_dir(self, user: str) -> Path:
+        return self.users_dir / user_dir_name(user) / "dialogs"
+
+    def current_path(self, user: str) -> Path:
+        return self.dialogs_dir(user) / CURRENT
+
+    def archive_path(self, user: str, name: str) -> Path | None:
+        """The path of archive ``name``, or None if ``name`` is not an archive name."""
+        if ARCHIVE_NAME.match(name) is None:
+            return None
+        return self.dialogs_dir(user) / ARCHIVED / name
+
+    @contextlib.contextmanager
+    def locked(self, user: str, create: bool) -> Iterator[Path | None]:
+        """Hold the user's cross-process lock; yield the dialogs dir (None if absent)."""
+        directory = self.dialogs_dir(user)
+        if create:
+            try:
+                (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _journal_error(exc, "creating the user's directory") from exc
+        elif not directory.is_dir():
+            yield None
+            return
+        try:
+            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _journal_error(exc, "opening the user's lock file") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield directory
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # -- append -------------------------------------------------------------------------
+
+    def append(self, user: str, role: str, text: str, *, interrupted: bool = False) -> Appended:
+        """Append one message to the user's current dialog, starting one if needed."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        with self.locked(user, create=True) as directory:
+            assert directory is not None
+            return self._append_locked(user, directory / CURRENT, role, text, interrupted)
+
+    def _append_locked(
+        self, user: str, path: Path, role: str, text: str, interrupted: bool
+    ) -> Appended:
+        self._settle(user, path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _journal_error(exc, "opening the journal") from exc
+        try:
+            size = os.fstat(fd).st_size
+            now = time.time()
+            at = utc_stamp(now)
+            if size == 0:
+                dialog, seq, prefix, offset = new_dialog_id(now), 1, None, 0
+            else:
+                dialog = self._dialog_id(fd)
+                seq = self._last_seq(fd, size) + 1
+                prefix, offset = b"", size - len(MARKER)
+            message = Message(seq=seq, role=role, at=at, text=text, interrupted=interrupted)
+            body = message_text(message).encode("utf-8")
+            if prefix is None:
+                body = header_text(user, dialog, at).encode("utf-8") + body
+            self._write(fd, body + MARKER, offset, size)
+            self._after_write(fd, path, new_file=size == 0)
+            return Appended(user=user, dialog=dialog, message=message, new_dialog=size == 0)
+        finally:
+            os.close(fd)
+
+    def _write(self, fd: int, data: bytes, offset: int, old_size: int) -> None:
+        try:
+            _reserve(fd, offset, len(data))
+            _write_all(fd, data, offset)
+        except OSError as exc:
+            self._restore(fd, old_size)
+            raise _journal_error(exc, "appending to the journal") from exc
+
+    @staticmethod
+    def _restore(fd: int, old_size: int) -> None:
+        """Undo a failed write: cut back to the old size and put the marker back."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, old_size)
+            if old_size >= len(MARKER):
+                os.pwrite(fd, MARKER, old_size - len(MARKER))
+
+    def _after_write(self, fd: int, path: Path, new_file: bool) -> None:
+        if self.fsync == "always":
+            try:
+                os.fdatasync(fd)
+                if new_file:
+                    fsync_dir(path.parent)
+            except OSError as exc:
+                raise _journal_error(exc, "syncing the journal") from exc
+        elif self.fsync == "everysec":
+            with self._dirty_lock:
+                self._dirty.add(path)
+
+    def sync_dirty(self) -> int:
+        """fsync every journal written since the last call (the ``everysec`` policy)."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        for path in dirty:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        return len(dirty)
+
+    @staticmethod
+    def _dialog_id(fd: int) -> str:
+        # The header is a few short lines (the user id is at most 240 bytes encoded).
+        head = os.pread(fd, 4096, 0)
+        dialog = _parse_head(head).get("dialog")
+        if not dialog:
+            raise JournalError("corrupt", "the journal has no dialog id in its header")
+        return dialog
+
+    @staticmethod
+    def _last_seq(fd: int, size: int) -> int:
+        want = _TAIL_READ
+        while True:
+            tail = _pread_tail(fd, size, want)
+            found = _last_seq_and_at(tail)
+            if found is not None:
+                return found[0]
+            if want >= size:
+                raise JournalError("corrupt", "the journal has a header but no message")
+            want *= 4
+
+    # -- tail repair and unfinished archives ---------------------------------------------
+
+    def _settle(self, user: str, path: Path) -> Archived | Repaired | None:
+        """Make ``path`` a clean journal: repair a torn tail, finish a pending archive.
+
+        Called under the user's lock before every operation; costs one stat and one small
+        read when all is well.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _journal_error(exc, "opening the journal") from exc
+        try:
+            st = os.fstat(fd)
+            tail = _pread_tail(fd, st.st_size, 256)
+            if tail.endswith(TAIL_OK):
+                if _TRAILER.search(tail) is None:
+                    return None
+                return self._finish_pending(user, path, st.st_nlink)
+            return self._repair(fd, path, user)
+        finally:
+            os.close(fd)
+
+    def _repair(self, fd: int, path: Path, user: str) -> Repaired:
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        # A crash after reserving space but before writing leaves zeros past the marker.
+        data_end = len(data.rstrip(b"\0"))
+        keep = data_end if data[:data_end].endswith(TAIL_OK) else torn_boundary(data[:data_end])
+        torn = data[keep:]
+        side: Path | None = None
+        if torn.strip(b"\0"):
+            side = _free_name(path.with_name(f"{CURRENT}.torn-{time.strftime('%Y%m%dT%H%M%SZ')}"))
+            side.write_bytes(torn)
+        if keep == 0:
+            path.unlink()
+        elif keep == data_end:
+            os.ftruncate(fd, keep)  # only zeros were past the marker
+        else:
+            os.ftruncate(fd, keep)
+            os.pwrite(fd, MARKER, keep)
+            os.fsync(fd)
+        fsync_dir(path.parent)
+        repaired = Repaired(user=user, side_file=side, torn_bytes=len(torn))
+        if self.observer is not None:
+            self.observer(repaired)
+        return repaired
+
+    def _finish_pending(self, user: str, path: Path, nlink: int) -> Archived:
+        """A crash hit between the trailer and the rename: complete the rename."""
+        head = self._read_head_of(path)
+        if nlink > 1:
+            # The link fallback got as far as the new name: only the unlink is missing.
+            path.unlink()
+            fsync_dir(path.parent)
+            name = "(already linked)"
+            target = path.parent / ARCHIVED
+        else:
+            target = self._rename_into_archive(path)
+            name = target.name
+        finished = Archived(
+            user=user,
+            dialog=head.dialog,
+            name=name,
+            path=target,
+            reason=head.reason or "recovery",
+            messages=head.messages,
+            started=head.started,
+        )
+        if self.observer is not None:
+            self.observer(finished)
+        return finished
+
+    # -- archive ------------------------------------------------------------------------
+
+    def archive(
+        self,
+        user: str,
+        reason: str,
+        *,
+        dialog: str | None = None,
+        idle_for: float | None = None,
+    ) -> Archived | None:
+        """Move the user's current dialog into ``archived/``; None if there is none.
+
+        With ``dialog``, archive only if the current dialog is still that one; with
+        ``idle_for``, only if the journal has not been written for that many seconds.
+        Both re-check, under the lock, what the caller decided on without it.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        with self.locked(user, create=False) as directory:
+            if directory is None:
+                return None
+            path = directory / CURRENT
+            settled = self._settle(user, path)
+            if isinstance(settled, Archived) and (dialog is None or settled.dialog == dialog):
+                return settled
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            if idle_for is not None and time.time() - mtime < idle_for:
+                return None
+            head = self._read_head_of(path)
+            if dialog is not None and head.dialog != dialog:
+                return None
+            return self._archive_locked(user, path, reason, head)
+
+    def _archive_locked(self, user: str, path: Path, reason: str, head: Head) -> Archived:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                trailer = trailer_text(utc_stamp(), reason).encode() + MARKER
+                self._write(fd, trailer, size - len(MARKER), size)
+                if self.fsync != "no":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            target = self._rename_into_archive(path)
+        except OSError as exc:
+            raise _journal_error(exc, "archiving the dialog") from exc
+        return Archived(
+            user=user,
+            dialog=head.dialog,
+            name=target.name,
+            path=target,
+            reason=reason,
+            messages=head.messages,
+            started=head.started,
+        )
+
+    def _rename_into_archive(self, path: Path) -> Path:
+        archived = path.parent / ARCHIVED
+        archived.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+        for n in range(1, 10_000):
+            target = archived / (f"{stamp}.yaml" if n == 1 else f"{stamp}-{n}.yaml")
+            try:
+                rename_noreplace(path, target)
+            except FileExistsError:
+                continue
+            if self.fsync != "no":
+                fsync_dir(archived)
+                fsync_dir(path.parent)
+            return target
+        raise JournalError("io", "could not find a free archive name")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _read_head_of(self, path: Path) -> Head:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+            size = os.fstat(fh.fileno()).st_size
+            found = None
+            want = _TAIL_READ
+            while found is None:
+                tail = _pread_tail(fh.fileno(), size, want)
+                found = _last_seq_and_at(tail)
+                if want >= size:
+                    break
+                want *= 4
+        top = _parse_head(head)
+        trailer = _TRAILER.search(tail)
+        return Head(
+            user=top.get("user", ""),
+            dialog=top.get("dialog", ""),
+            started=top.get("started", ""),
+            messages=found[0] if found else 0,
+            last_at=found[1] if found else None,
+            ended=trailer.group(1).decode() if trailer else None,
+            reason=trailer.group(2).decode() if trailer else None,
+        )
+
+    def current_head(self, user: str) -> Head | None:
+        """The current dialog's id and message count, from the ends of the file."""
+        with self.locked(user, create=False) as directory:
+            if directory is None:
+                return None
+            path = directory / CURRENT
+            self._settle(user, path)
+            if not path.exists():
+                return None
+            return self._read_head_of(path)
+
+    def load_current(self, user: str) -> Dialog | None:
+        with self.locked(user, create=False) as directory:
+            if directory is None:
+                return None
+            path = directory / CURRENT
+            self._settle(user, path)
+            try:
+                return parse_dialog(path.read_bytes())
+            except FileNotFoundError:
+                return None
+
+    def messages_after(self, user: str, dialog: str, seq: int) -> tuple[Dialog | None, str | None]:
+        """Messages of ``dialog`` after ``seq``, from current.yaml or its archive.
+
+        Returns (dialog with only those messages, archive name if it was archived).
+        """
+        current = self.load_current(user)
+        if current is not None and current.dialog == dialog:
+            return _after(current, seq), None
+        for info in self.list_archives(user, limit=20):
+            if info.dialog == dialog:
+                data = self.read_archive(user, info.name)
+                if data is not None:
+                    return _after(parse_dialog(data), seq), info.name
+        return None, None
+
+    def read_archive(self, user: str, name: str) -> bytes | None:
+        path = self.archive_path(user, name)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def archive_info(self, user: str, path: Path) -> ArchiveInfo:
+        head = self._read_head_of(path)
+        return ArchiveInfo(
+            user=user,
+            name=path.name,
+            dialog=head.dialog,
+            started=head.started,
+            ended=head.ended,
+            reason=head.reason,
+            messages=head.messages,
+        )
+
+    def archive_names(self, user: str) -> list[str]:
+        """The user's archive file names, newest first."""
+        try:
+            directory = self.dialogs_dir(user) / ARCHIVED
+            names = [n for n in os.listdir(directory) if ARCHIVE_NAME.match(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(names, key=archive_sort_key, reverse=True)
+
+    def list_archives(self, user: str, limit: int | None = None) -> list[ArchiveInfo]:
+        names = self.archive_names(user)
+        if limit is not None:
+            names = names[:limit]
+        directory = self.dialogs_dir(user) / ARCHIVED
+        out = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                out.append(self.archive_info(user, directory / name))
+        return out
+
+    def users(self) -> list[str]:
+        """Every user with a directory, decoded."""
+        try:
+            return sorted(user_from_dir_name(n) for n in os.listdir(self.users_dir))
+        except FileNotFoundError:
+            return []
+
+    def current_mtimes(self) -> Iterator[tuple[str, float]]:
+        """(user, mtime of current.yaml) for every user with a current dialog."""
+        try:
+            entries = os.scandir(self.users_dir)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                try:
+                    st = os.stat(os.path.join(entry.path, "dialogs", CURRENT))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                yield user_from_dir_name(entry.name), st.st_mtime
+
+    def settle(self, user: str) -> Archived | Repaired | None:
+        """Repair or finish the user's journal if a crash left it torn or half-archived."""
+        with self.locked(user, create=False) as directory:
+            if directory is None:
+                return None
+            return self._settle(user, directory / CURRENT)
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _after(dialog: Dialog, seq: int) -> Dialog:
+    return Dialog(
+        user=dialog.user,
+        dialog=dialog.dialog,
+        started=dialog.started,
+        messages=[m for m in dialog.messages if m.seq > seq],
+        ended=dialog.ended,
+        reason=dialog.reason,
+    )
+
+
+def torn_boundary(data: bytes) -> int:
+    """How many leading bytes of a torn journal are whole; the rest is the torn write.
+
+    Every write starts at a line start, at column 0: the header together with the first
+    entry, then ``- seq:`` for each entry, ``ended:`` for the trailer. Every other line of
+    a record is indented, except the header's keys and the trailer's ``reason:``. So the
+    torn write began at the last column-0 line after the first entry that is not a
+    trailer continuation; if there is none, the first write itself was torn.
+    """
+    starts = [m.end() for m in re.finditer(rb"\n(?=[^ \n])", data)]
+    records = [0]
+    first_entry_seen = data.startswith(b"- seq: ")
+    for pos in starts:
+        if not first_entry_seen:
+            first_entry_seen = data.startswith(b"- seq: ", pos)
+            continue  # header lines and the first entry were written together
+        if data.startswith(b"reason:", pos) and data.startswith(b"ended:", records[-1]):
+            continue
+        records.append(pos)
+    return records[-1]

@@ -1,0 +1,153 @@
+"""One line per event, for grep.
+
+Every line is ``<UTC time> <LEVEL> <event> key=value ...`` (logfmt), or one JSON object
+with ``ARCHIVER_LOG_FORMAT=json``. Event names are stable and documented in the README.
+Call sites say ``log.info("dialog.archived", user=..., reason=...)``: the event name is the
+message and the fields travel in ``extra`` so the formatter, not the caller, decides quoting.
+
+Secrets never reach a line: values are passed through :func:`scrub`, which removes
+anything shaped like a JWT and any ``access_token=``/``token=`` query value, and uvicorn's
+access log is rewritten to a ``http.request`` event without the query string's secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+
+LOGGER_NAME = "archiver"
+_FIELDS = "archiver_fields"
+
+# Three base64url segments, the first starting like a JSON object header ("eyJ").
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+_QUERY_SECRET = re.compile(r"((?:access_token|token|api_key|key|jwt_token)=)[^&\s\"]*", re.I)
+_BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
+
+
+def scrub(text: str) -> str:
+    """Remove anything that looks like a credential from ``text``."""
+    text = _JWT.sub("[token]", text)
+    text = _QUERY_SECRET.sub(r"\1[redacted]", text)
+    return _BEARER.sub(r"\1[redacted]", text)
+
+
+class EventLogger:
+    """``log.info("event.name", key=value)`` on top of a stdlib logger."""
+
+    def __init__(self, name: str = LOGGER_NAME) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={_FIELDS: fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+
+log = EventLogger()
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        value = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    elif isinstance(value, bool):
+        value = "true" if value else "false"
+    text = scrub(str(value))
+    if _NEEDS_QUOTES.search(text):
+        text = json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _timestamp(created: float) -> str:
+    millis = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+
+
+def _event_and_fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    fields = getattr(record, _FIELDS, None)
+    if fields is not None:
+        return record.getMessage(), fields
+    if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+        return "http.request", _access_fields(record.args)
+    # Other libraries' lines (uvicorn's lifecycle messages, warnings): keep them on one line.
+    message = record.getMessage().replace("\n", " | ")
+    event = record.name.split(".")[0] + ".log"
+    extra: dict[str, Any] = {"logger": record.name, "msg": message}
+    if record.exc_info and record.exc_info[0] is not None:
+        extra["exc"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+    return event, extra
+
+
+def _access_fields(args: tuple[Any, ...]) -> dict[str, Any]:
+    # uvicorn passes (client, method, full_path, http_version, status).
+    client, method, path, _version, status = (list(args) + [None] * 5)[:5]
+    return {"method": method, "path": scrub(str(path)), "status": status, "client": client}
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event, fields = _event_and_fields(record)
+        parts = [_timestamp(record.created), record.levelname, event]
+        parts += [f"{key}={_value(val)}" for key, val in fields.items() if val is not None]
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event, fields = _event_and_fields(record)
+        body: dict[str, Any] = {"ts": _timestamp(record.created), "level": record.levelname}
+        body["event"] = event
+        for key, val in fields.items():
+            if val is None:
+                continue
+            if isinstance(val, str):
+                val = scrub(val)
+            elif not isinstance(val, int | float | bool):
+                val = scrub(str(val))
+            body[key] = val
+        return json.dumps(body, ensure_ascii=False)
+
+
+def setup(settings: Settings) -> None:
+    """Route our events and uvicorn's through one formatter to stderr (and the log file)."""
+    formatter: logging.Formatter
+    formatter = JsonFormatter() if settings.log_format == "json" else LogfmtFormatter()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if settings.log_file is not None:
+        Path(settings.log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    level = logging.getLevelName(settings.log_level.upper())
+    for name in (LOGGER_NAME, "uvicorn", "uvicorn.error", "uvicorn.access", "sse_starlette"):
+        logger = logging.getLogger(name)
+        logger.handlers = list(handlers) if name in (LOGGER_NAME, "uvicorn") else []
+        logger.propagate = name not in (LOGGER_NAME, "uvicorn")
+        logger.setLevel(level if isinstance(level, int) else logging.INFO)
+    access = logging.getLogger("uvicorn.access")
+    access.disabled = not settings.access_log
+    # sse-starlette logs each chunk at DEBUG, with its payload: never let that through.
+    logging.getLogger("sse_starlette").setLevel(max(logging.INFO, access.level))
+
+
+def uvicorn_log_config() -> None:
+    """uvicorn must not install its own handlers; ``setup`` owns logging."""
+    return None

@@ -1,0 +1,500 @@
+"""Presence and the life of a dialog: *when* to archive (journal.py decides *how*).
+
+* A user may hold several subscriptions. When the last one closes, a grace timer
+  (``ARCHIVER_DISCONNECT_GRACE``) archives the dialog with reason ``disconnect`` unless
+  the user reconnects first, so a page reload does not split a dialog.
+* The sweeper archives, with reason ``timeout``, every dialog whose journal has not been
+  written for ``ARCHIVER_SESSION_TIMEOUT``, judging by the file, so it also ends dialogs
+  left by a crashed process or by another instance. At start-up the same scan archives,
+  with reason ``recovery``, the dialogs whose owning process is gone (owners.py).
+* Chats of one user run one at a time under the user's lock: the user's message, the
+  streamed reply, the assistant's message. Archiving waits for that lock, so a dialog is
+  never split between a question and its answer.
+* Shutdown: :meth:`begin_shutdown` ends every stream with a ``shutdown`` event and stops
+  replies (those ends are not disconnects); :meth:`drain` then archives every dialog this
+  process knows with reason ``shutdown``.
+
+Every background task (grace timers, sweeper, fsync ticker) runs in the task group that
+the app's lifespan owns and cancels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .config import Settings
+from .hub import Event, Hub, Inbox
+from .journal import Appended, Archived, Head, JournalError, Message, Repaired
+from .logs import log
+from .owners import Instance
+from .replies import ReplyError, ReplyRequest, Responder
+from .store import Store
+
+
+class Busy(Exception):
+    """A reply for this user is still streaming."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining; no new chats."""
+
+
+@dataclass
+class _Chat:
+    scope: anyio.CancelScope | None = None
+    stopped: bool = False
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    user_message: Appended
+    reply: Appended
+    interrupted: bool
+
+    def as_json(self) -> dict[str, Any]:
+        reply: dict[str, Any] = {"seq": self.reply.message.seq, "text": self.reply.message.text}
+        if self.interrupted:
+            reply["interrupted"] = True
+        return {
+            "dialog": self.user_message.dialog,
+            "seq": self.user_message.message.seq,
+            "reply": reply,
+        }
+
+
+def message_event(dialog: str, message: Message) -> Event:
+    data = {"dialog": dialog, **message.as_json()}
+    return Event("message", data, id=f"{dialog}:{message.seq}")
+
+
+def archived_event(archived: Archived) -> Event:
+    data = {"dialog": archived.dialog, "archive": archived.name, "reason": archived.reason}
+    return Event("archived", data)
+
+
+SHUTDOWN_EVENT = Event("shutdown", {"reason": "server shutting down"})
+
+
+@dataclass
+class Sessions:
+    settings: Settings
+    store: Store
+    hub: Hub
+    responder: Responder
+    instance: Instance | None = None
+    draining: bool = False
+    archived: Counter[str] = field(default_factory=Counter)
+    started_at: float = field(default_factory=time.time)
+    _tg: TaskGroup | None = None
+    _grace: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    _chats: dict[str, _Chat] = field(default_factory=dict)
+    # Users whose dialogs this process has served: what a shutdown archives.
+    _known: set[str] = field(default_factory=set)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, task_group: TaskGroup) -> None:
+        """Start the background work in ``task_group`` (owned by the lifespan)."""
+        self._tg = task_group
+        self.store.journal.observer = self._observed
+        await self.recover()
+        task_group.start_soon(self._sweeper)
+        if self.settings.fsync == "everysec":
+            task_group.start_soon(self._fsync_ticker)
+
+    def begin_shutdown(self) -> None:
+        """End every stream cooperatively and stop replies; sync so a signal can call it."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info(
+            "shutdown.begin",
+            connections=self.hub.connections,
+            users=len(self._known),
+            replies=len(self._chats),
+        )
+        for scope in self._grace.values():
+            scope.cancel()
+        for chat in self._chats.values():
+            chat.stopped = True
+            if chat.scope is not None:
+                chat.scope.cancel()
+        self.hub.close_all("shutdown", SHUTDOWN_EVENT)
+
+    async def drain(self) -> None:
+        """Archive every dialog this process knows, with reason ``shutdown``."""
+        self.begin_shutdown()
+        started = time.monotonic()
+        users = sorted(self._known)
+        results: list[Archived] = []
+
+        async def one(user: str) -> None:
+            result = await self.archive(user, "shutdown")
+            if result is not None:
+                results.append(result)
+
+        limiter = anyio.Semaphore(16)
+
+        async def bounded(user: str) -> None:
+            async with limiter:
+                await one(user)
+
+        with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                for user in users:
+                    tg.start_soon(bounded, user)
+        if self.settings.fsync == "everysec":
+            await self.store.sync_dirty()
+        log.info(
+            "shutdown.done",
+            archived=len(results),
+            users=len(users),
+            timed_out=scope.cancelled_caught,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _observed(self, what: Archived | Repaired) -> None:
+        # Runs in a worker thread: logging is thread-safe, counters are only ints.
+        if isinstance(what, Repaired):
+            log.warning(
+                "journal.repaired",
+                user=what.user,
+                torn_bytes=what.torn_bytes,
+                side_file=what.side_file,
+            )
+        else:
+            log.warning(
+                "archive.finished",
+                user=what.user,
+                dialog=what.dialog,
+                reason=what.reason,
+                file=what.path,
+            )
+
+    # -- presence -----------------------------------------------------------------------
+
+    def connect(self, user: str) -> Inbox:
+        scope = self._grace.pop(user, None)
+        if scope is not None:
+            scope.cancel()
+            log.info("session.resumed", user=user)
+        self._known.add(user)
+        return self.hub.subscribe(user)
+
+    def disconnect(self, inbox: Inbox) -> int:
+        """Forget a connection; start the grace timer if it was the user's last one."""
+        remaining = self.hub.unsubscribe(inbox)
+        if remaining == 0 and not self.draining and inbox.user not in self._grace:
+            self._start_grace(inbox.user)
+        return remaining
+
+    def _start_grace(self, user: str) -> None:
+        if self._tg is None:
+            return
+        scope = anyio.CancelScope()
+        self._grace[user] = scope
+        self._tg.start_soon(self._grace_timer, user, scope)
+
+    async def _grace_timer(self, user: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(self.settings.disconnect_grace)
+        if self._grace.get(user) is scope:
+            del self._grace[user]
+        if scope.cancel_called or self.hub.count(user) or self.draining:
+            return
+        await self.archive(user, "disconnect")
+
+    # -- archiving ----------------------------------------------------------------------
+
+    async def archive(
+        self, user: str, reason: str, idle_for: float | None = None
+    ) -> Archived | None:
+        """Archive the user's current dialog (waits for a chat in flight to finish)."""
+        started = time.monotonic()
+        try:
+            async with self.store.user_lock(user):
+                result = await self.store.archive(user, reason, idle_for=idle_for)
+        except JournalError as exc:
+            log.error("archive.failed", user=user, reason=reason, error=exc.kind, detail=exc.detail)
+            return None
+        if result is None:
+            return None
+        self.archived[reason] += 1
+        log.info(
+            "dialog.archived",
+            user=user,
+            dialog=result.dialog,
+            reason=reason,
+            messages=result.messages,
+            file=result.path,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        self.hub.publish(user, archived_event(result))
+        return result
+
+    async def recover(self) -> None:
+        """At start-up: repair torn journals, archive orphaned dialogs (reason recovery)."""
+        started = time.monotonic()
+        users = [
+            u for u, _ in await self.store.run(lambda: list(self.store.journal.current_mtimes()))
+        ]
+        archived = 0
+        for user in users:
+            await self.store.settle(user)
+            if self.instance is not None:
+                orphan = await self.store.run(
+                    self.instance.orphaned, self.store.journal.dialogs_dir(user)
+                )
+                if not orphan:
+                    continue
+            if await self.archive(user, "recovery") is not None:
+                archived += 1
+        log.info(
+            "recovery.run",
+            dialogs=len(users),
+            archived=archived,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    async def sweep(self, older_than: float | None = None) -> int:
+        """Archive every dialog idle for ``older_than`` seconds (default: the timeout)."""
+        limit = self.settings.session_timeout if older_than is None else older_than
+        started = time.monotonic()
+        now = time.time()
+        mtimes = await self.store.run(lambda: list(self.store.journal.current_mtimes()))
+        stale = [user for user, mtime in mtimes if now - mtime >= limit and user not in self._chats]
+        archived = 0
+        for user in stale:
+            if await self.archive(user, "timeout", idle_for=limit) is not None:
+                archived += 1
+        log.info(
+            "sweep.run",
+            dialogs=len(mtimes),
+            archived=archived,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return archived
+
+    async def _sweeper(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.sweep_interval)
+            try:
+                await self.sweep()
+            except (OSError, JournalError) as exc:
+                log.error("sweep.failed", error=type(exc).__name__, detail=str(exc))
+
+    async def _fsync_ticker(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            try:
+                await self.store.sync_dirty()
+            except OSError as exc:
+                log.error("fsync.failed", error=type(exc).__name__, detail=str(exc))
+
+    # -- chat ---------------------------------------------------------------------------
+
+    def busy(self, user: str) -> bool:
+        return user in self._chats
+
+    def stop(self, user: str) -> bool:
+        """Stop the user's reply in flight; the partial reply is journaled as interrupted."""
+        chat = self._chats.get(user)
+        if chat is None or chat.stopped:
+            return False
+        chat.stopped = True
+        if chat.scope is not None:
+            chat.scope.cancel()
+        return True
+
+    async def chat(self, user: str, text: str) -> ChatResult:
+        if self.draining:
+            raise ShuttingDown()
+        if user in self._chats:
+            raise Busy()
+        chat = self._chats[user] = _Chat()
+        try:
+            async with self.store.user_lock(user):
+                return await self._chat_locked(user, text, chat)
+        finally:
+            del self._chats[user]
+
+    async def _chat_locked(self, user: str, text: str, chat: _Chat) -> ChatResult:
+        asked = await self._append(user, "user", text)
+        self.hub.publish(user, message_event(asked.dialog, asked.message))
+        history = await self._history(user)
+        message_id = f"{asked.dialog}:{asked.message.seq + 1}"
+        self.hub.publish(
+            user, Event("reply", {"type": "begin", "message_id": message_id, "content": ""})
+        )
+        request = ReplyRequest(user=user, dialog=asked.dialog, message=text, history=history)
+        chunks: list[str] = []
+        started = time.monotonic()
+        error: ReplyError | None = None
+        with anyio.CancelScope() as scope:
+            chat.scope = scope
+            if chat.stopped:
+                scope.cancel()
+            try:
+                async for chunk in self.responder.reply(request):
+                    chunks.append(chunk)
+                    self.hub.publish(
+                        user,
+                        Event(
+                            "reply", {"type": "item", "message_id": message_id, "content": chunk}
+                        ),
+                    )
+            except ReplyError as exc:
+                error = exc
+        chat.scope = None
+        interrupted = scope.cancelled_caught or chat.stopped
+        # Shielded: once the user's message is journaled, its answer (or the failure)
+        # must be too, even if this request is being cancelled.
+        with anyio.CancelScope(shield=True):
+            if error is not None:
+                return await self._reply_failed(user, asked, message_id, error)
+            reply = await self._append(user, "assistant", "".join(chunks), interrupted)
+        end: dict[str, Any] = {"type": "end", "message_id": message_id, "content": ""}
+        if interrupted:
+            end["interrupted"] = True
+        self.hub.publish(user, Event("reply", end))
+        self.hub.publish(user, message_event(reply.dialog, reply.message))
+        log.info(
+            "reply.stopped" if interrupted else "reply.done",
+            user=user,
+            dialog=reply.dialog,
+            seq=reply.message.seq,
+            responder=self.responder.name,
+            chars=len(reply.message.text),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return ChatResult(user_message=asked, reply=reply, interrupted=interrupted)
+
+    async def _reply_failed(
+        self, user: str, asked: Appended, message_id: str, error: ReplyError
+    ) -> ChatResult:
+        log.warning(
+            "reply.error",
+            user=user,
+            dialog=asked.dialog,
+            kind=error.kind,
+            responder=self.responder.name,
+        )
+        entry = await self._append(user, "error", error.detail)
+        self.hub.publish(
+            user,
+            Event("reply", {"type": "error", "message_id": message_id, "content": error.detail}),
+        )
+        self.hub.publish(user, message_event(entry.dialog, entry.message))
+        raise error
+
+    async def _append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
+        appended = await self.store.append(user, role, text, interrupted)
+        self._known.add(user)
+        if self.instance is not None:
+            await self.store.run(self.instance.claim, self.store.journal.dialogs_dir(user))
+        log.info(
+            "chat.append",
+            user=user,
+            dialog=appended.dialog,
+            seq=appended.message.seq,
+            role=role,
+            bytes=len(text.encode()),
+            new_dialog=appended.new_dialog or None,
+        )
+        return appended
+
+    async def _history(self, user: str) -> list[Message]:
+        want = self.responder.history_messages
+        if want <= 0:
+            return []
+        dialog = await self.store.load_current(user)
+        return [] if dialog is None else dialog.messages[-want:]
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def stream(self, inbox: Inbox, last_event_id: str | None) -> AsyncIterator[Event]:
+        """The events of one subscription: ready, replay, then live events."""
+        user = inbox.user
+        head = await self.store.current_head(user)
+        sent: dict[str, int] = {}
+        yield Event(
+            "ready",
+            {
+                "user": user,
+                "connection": inbox.id,
+                "dialog": head.dialog if head else None,
+                "messages": head.messages if head else 0,
+            },
+        )
+        async for event in self._replay(user, last_event_id, head):
+            _note_sent(sent, event)
+            yield event
+        while True:
+            live = await inbox.get()
+            if live is None:
+                return
+            if live.name == "message" and _already_sent(sent, live):
+                continue
+            _note_sent(sent, live)
+            yield live
+
+    async def _replay(
+        self, user: str, last_event_id: str | None, head: Head | None
+    ) -> AsyncIterator[Event]:
+        parsed = parse_event_id(last_event_id)
+        if parsed is None:
+            return
+        dialog_id, seq = parsed
+        missed, archive = await self.store.messages_after(user, dialog_id, seq)
+        if missed is not None:
+            for message in missed.messages:
+                yield message_event(missed.dialog, message)
+        if archive is not None and missed is not None:
+            yield Event(
+                "archived", {"dialog": missed.dialog, "archive": archive, "reason": missed.reason}
+            )
+        # The dialog the client knew has ended: all of the current one is new to it.
+        if (missed is None or archive is not None) and head is not None:
+            current = await self.store.load_current(user)
+            if current is not None:
+                for message in current.messages:
+                    yield message_event(current.dialog, message)
+
+    # -- numbers ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "draining" if self.draining else "ok",
+            "uptime": round(time.time() - self.started_at, 1),
+            "connections": self.hub.connections,
+            "users": len(self.hub.users()),
+            "replies": len(self._chats),
+            "archived": dict(self.archived),
+            "instance": self.instance.id if self.instance else None,
+        }
+
+
+def parse_event_id(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    dialog, sep, seq = value.rpartition(":")
+    if not sep or not dialog or not seq.isdigit():
+        return None
+    return dialog, int(seq)
+
+
+def _note_sent(sent: dict[str, int], event: Event) -> None:
+    if event.name == "message":
+        dialog, seq = event.data["dialog"], event.data["seq"]
+        sent[dialog] = max(sent.get(dialog, 0), seq)
+
+
+def _already_sent(sent: dict[str, int], event: Event) -> bool:
+    return bool(event.data["seq"] <= sent.get(event.data["dialog"], 0))

@@ -1,0 +1,89 @@
+"""The journal, as the event loop sees it: per-user ordering, and no disk I/O on the loop.
+
+Every :class:`~archiver.journal.Journal` call runs in a worker thread (a slow disk or an
+fsync never stalls other users' streams). A per-user ``asyncio.Lock`` keeps one user's
+operations in arrival order inside this process and keeps them from occupying several
+worker threads that would only queue on the same ``flock``; the ``flock`` taken inside
+the journal orders them against other processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .journal import Appended, Archived, ArchiveInfo, Dialog, Head, Journal, Repaired
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class _UserLock:
+    lock: anyio.Lock
+    users: int = 0
+
+
+class Store:
+    def __init__(self, journal: Journal, threads: int = 16) -> None:
+        self.journal = journal
+        self._locks: dict[str, _UserLock] = {}
+        # Bounded so a slow disk cannot take every worker thread from other work.
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    @asynccontextmanager
+    async def user_lock(self, user: str) -> AsyncIterator[None]:
+        """Hold the user's in-process lock (not reentrant)."""
+        entry = self._locks.get(user)
+        if entry is None:
+            entry = self._locks[user] = _UserLock(anyio.Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[user]  # no dict of every user ever seen
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=self._limiter)
+
+    # Callers hold user_lock() around these when order matters.
+
+    async def append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
+        return await self.run(self.journal.append, user, role, text, interrupted=interrupted)
+
+    async def archive(
+        self, user: str, reason: str, dialog: str | None = None, idle_for: float | None = None
+    ) -> Archived | None:
+        return await self.run(self.journal.archive, user, reason, dialog=dialog, idle_for=idle_for)
+
+    async def current_head(self, user: str) -> Head | None:
+        return await self.run(self.journal.current_head, user)
+
+    async def load_current(self, user: str) -> Dialog | None:
+        return await self.run(self.journal.load_current, user)
+
+    async def messages_after(
+        self, user: str, dialog: str, seq: int
+    ) -> tuple[Dialog | None, str | None]:
+        return await self.run(self.journal.messages_after, user, dialog, seq)
+
+    async def list_archives(self, user: str) -> list[ArchiveInfo]:
+        return await self.run(self.journal.list_archives, user)
+
+    async def read_archive(self, user: str, name: str) -> bytes | None:
+        return await self.run(self.journal.read_archive, user, name)
+
+    async def settle(self, user: str) -> Archived | Repaired | None:
+        return await self.run(self.journal.settle, user)
+
+    async def sync_dirty(self) -> int:
+        return await self.run(self.journal.sync_dirty)
