@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Server
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing from the developer's environment reaches a test."""
+    for name in list(os.environ):
+        if name.startswith("ARCHIVER_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start real `archiver serve` processes; each call gets its own port and log."""
+    servers: list[Server] = []
+
+    def make(data: Path | None = None, start: bool = True, **settings: str) -> Server:
+        server = Server(
+            data=data or tmp_path / "data",
+            log_path=tmp_path / f"server-{len(servers)}.log",
+            settings={k: str(v) for k, v in settings.items()},
+        )
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in servers:
+        server.stop()
