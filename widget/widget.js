@@ -1,0 +1,669 @@
+// The chat widget: one EventSource on /subscribe, fetch() for everything else.
+//
+// Every message is keyed by "<dialog>:<seq>" (the SSE id the server gives it). That key is the
+// only identity a message has here: a streamed reply, its final `message` event, a replay after
+// a reconnect, the same message seen by a second tab and the answer to our own POST all land on
+// the same element, so nothing is ever shown twice. Text only ever goes in through text nodes.
+
+import {
+  Api,
+  make,
+  readClaims,
+  rememberToken,
+  resolveToken,
+  shortTime,
+  takeFragment,
+  timeElement,
+} from "/widget/common.js";
+
+const RETRY_MIN_MS = 3000;
+const RETRY_MAX_MS = 30000;
+const STICKY_BOTTOM_PX = 80;
+
+const STATUS_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+};
+
+const ARCHIVED_TEXT = {
+  user: "New conversation started. The previous one was archived.",
+  disconnect: "This conversation was archived after the connection closed.",
+  timeout: "This conversation was archived after a period of inactivity.",
+  shutdown: "This conversation was archived when the server shut down.",
+  recovery: "This conversation was archived when the server recovered it.",
+};
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  title: $("title"),
+  status: $("status"),
+  statusText: $("status-text"),
+  log: $("log"),
+  empty: $("empty"),
+  alert: $("alert"),
+  alertText: $("alert-text"),
+  alertClose: $("alert-close"),
+  form: $("composer"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  newConversation: $("new-conversation"),
+  reviewLink: $("review-link"),
+  close: $("close"),
+};
+
+const params = takeFragment();
+const embedded = params.get("embed") === "1" && window.parent !== window;
+const hostOrigin = originOrNull(params.get("host"));
+let token = resolveToken(params);
+let api = new Api(token);
+
+const state = {
+  conn: "connecting",
+  everLive: false,
+  lostNotice: false, // a "server went away" notice is showing; say so when we are back
+  source: null,
+  retryTimer: 0,
+  retryDelay: RETRY_MIN_MS,
+  authFailed: false,
+  dialog: null, // the dialog new messages belong to, null when the next chat starts a new one
+  bubbles: new Map(), // "<dialog>:<seq>" -> bubble
+  pending: [], // our own messages, shown at once, waiting for their key
+  ended: new Set(), // dialogs known to be archived
+  cleared: new Set(), // dialogs removed from view by "New conversation"
+  streamingKey: null,
+  sending: false,
+  stopping: false,
+  archiving: false,
+  authAlert: false, // the alert shows a sign-in problem; a fresh `ready` clears it
+};
+
+function originOrNull(value) {
+  try {
+    const url = new URL(value);
+    return url.origin === value ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---- look and feel -------------------------------------------------------------------
+
+function applyLook() {
+  const title = (params.get("title") || "").trim().slice(0, 80);
+  if (title) {
+    ui.title.textContent = title;
+    document.title = title;
+  }
+  const color = params.get("color");
+  if (color && CSS.supports("color", color)) {
+    const root = document.documentElement;
+    root.style.setProperty("--accent", color);
+    root.style.setProperty("--on-accent", readableOn(color));
+  }
+  document.body.classList.toggle("is-embedded", embedded);
+  ui.close.hidden = !embedded;
+  ui.reviewLink.hidden = embedded;
+}
+
+/** Black or white, whichever reads better on the given colour. */
+function readableOn(color) {
+  const probe = make("span");
+  probe.style.color = color;
+  document.body.append(probe);
+  const rgb = getComputedStyle(probe).color.match(/[\d.]+/g) || ["0", "0", "0"];
+  probe.remove();
+  const [r, g, b] = rgb.slice(0, 3).map((v) => {
+    const c = Number(v) / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  return luminance > 0.4 ? "#111111" : "#ffffff";
+}
+
+// ---- status, alerts, notices ---------------------------------------------------------
+
+function setConn(conn, note = "") {
+  state.conn = conn;
+  ui.status.dataset.state = conn;
+  ui.statusText.textContent = note ? `${STATUS_TEXT[conn]} — ${note}` : STATUS_TEXT[conn];
+  updateControls();
+}
+
+function showAlert(text) {
+  ui.alertText.textContent = text;
+  ui.alert.hidden = false;
+}
+
+function hideAlert() {
+  ui.alert.hidden = true;
+  ui.alertText.textContent = "";
+}
+
+function notice(text, kind = "info") {
+  withScroll(() => {
+    const el = make("p", `notice notice--${kind}`, text);
+    ui.log.append(el);
+  });
+}
+
+function withScroll(change) {
+  const log = ui.log;
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < STICKY_BOTTOM_PX;
+  change();
+  ui.empty.hidden = ui.log.querySelector(".msg, .notice") !== null;
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+function updateControls() {
+  const busy = state.sending || state.streamingKey !== null;
+  const usable = Boolean(token) && !state.authFailed;
+  ui.send.disabled = !usable || state.sending;
+  ui.stop.hidden = !busy;
+  ui.stop.disabled = state.stopping;
+  ui.newConversation.disabled = !usable || busy || state.archiving;
+  ui.log.setAttribute("aria-busy", String(state.streamingKey !== null));
+}
+
+// ---- message bubbles -----------------------------------------------------------------
+
+const WHO = { user: "You", assistant: "Assistant", error: "Error" };
+
+function keyOf(dialog, seq) {
+  return `${dialog}:${seq}`;
+}
+
+function splitKey(key) {
+  const at = key.lastIndexOf(":");
+  return { dialog: key.slice(0, at), seq: Number(key.slice(at + 1)) };
+}
+
+function createBubble(role) {
+  const el = make("article", "msg");
+  const meta = make("p", "msg__meta");
+  const who = make("span", "msg__who");
+  const time = make("span", "msg__time");
+  const flag = make("span", "msg__flag");
+  flag.hidden = true;
+  meta.append(who, time, flag);
+  const body = make("div", "msg__body");
+  const text = document.createTextNode("");
+  body.append(text);
+  el.append(meta, body);
+  const bubble = { el, who, time, flag, text, key: null, dialog: null, seq: 0, final: false };
+  setRole(bubble, role);
+  return bubble;
+}
+
+function setKey(bubble, key) {
+  const { dialog, seq } = splitKey(key);
+  Object.assign(bubble, { key, dialog, seq });
+  bubble.el.dataset.key = key;
+  bubble.el.dataset.dialog = dialog;
+  bubble.el.dataset.seq = String(seq);
+  state.bubbles.set(key, bubble);
+}
+
+function setRole(bubble, role) {
+  const known = role in WHO ? role : "assistant";
+  bubble.role = known;
+  bubble.el.dataset.role = known;
+  bubble.el.className = bubble.el.className.replace(/\bmsg--(user|assistant|error)\b/g, "").trim();
+  bubble.el.classList.add(`msg--${known}`);
+  bubble.who.textContent = WHO[known];
+}
+
+function setTime(bubble, at) {
+  bubble.time.replaceChildren(timeElement(at, shortTime));
+}
+
+function setFlag(bubble, text) {
+  bubble.flag.textContent = text;
+  bubble.flag.hidden = !text;
+}
+
+function setStreaming(bubble, on) {
+  bubble.el.classList.toggle("msg--streaming", on);
+  bubble.el.setAttribute("aria-busy", String(on));
+}
+
+/** Put a keyed bubble in seq order within its dialog; anything newer goes at the end. */
+function place(bubble) {
+  const later = [...ui.log.querySelectorAll(".msg[data-key]")].find(
+    (el) => el.dataset.dialog === bubble.dialog && Number(el.dataset.seq) > bubble.seq,
+  );
+  if (later) later.before(bubble.el);
+  else ui.log.append(bubble.el);
+}
+
+function bubbleFor(key, role) {
+  let bubble = state.bubbles.get(key);
+  if (!bubble) {
+    bubble = createBubble(role);
+    setKey(bubble, key);
+    place(bubble);
+  }
+  return bubble;
+}
+
+/** A `message` event, a GET /dialog entry or (provisionally) our POST's answer. */
+function applyMessage(m, { provisional = false } = {}) {
+  if (!m || m.dialog == null || m.seq == null || state.cleared.has(m.dialog)) return;
+  const key = keyOf(m.dialog, m.seq);
+  const existing = state.bubbles.get(key);
+  if (provisional && existing && existing.final) return;
+  withScroll(() => {
+    const bubble = existing || (m.role === "user" && adoptPending(m.text, key)) || bubbleFor(key, m.role);
+    setRole(bubble, m.role);
+    if (typeof m.text === "string") bubble.text.data = m.text;
+    if (m.at) setTime(bubble, m.at);
+    if (m.interrupted) setFlag(bubble, "stopped");
+    setStreaming(bubble, false);
+    bubble.final = true;
+  });
+  if (state.streamingKey === key) state.streamingKey = null;
+  if (!state.ended.has(m.dialog)) state.dialog = m.dialog;
+  if (m.role !== "user") tellHost("message");
+  updateControls();
+}
+
+function finalCount(dialog) {
+  let n = 0;
+  for (const bubble of state.bubbles.values()) if (bubble.dialog === dialog && bubble.final) n += 1;
+  return n;
+}
+
+// Our own message shows at once; the first `message` event with the same text (or our POST's
+// answer, whichever comes first) gives it its key.
+function addPending(text) {
+  const bubble = createBubble("user");
+  bubble.pendingText = text;
+  bubble.el.classList.add("msg--pending");
+  bubble.text.data = text;
+  bubble.time.textContent = "sending…";
+  state.pending.push(bubble);
+  withScroll(() => ui.log.append(bubble.el));
+  ui.log.scrollTop = ui.log.scrollHeight;
+  return bubble;
+}
+
+function adoptPending(text, key) {
+  const wanted = (text ?? "").trim();
+  const index = state.pending.findIndex((b) => b.pendingText.trim() === wanted);
+  if (index < 0) return null;
+  const [bubble] = state.pending.splice(index, 1);
+  bubble.el.classList.remove("msg--pending");
+  bubble.time.textContent = "";
+  setKey(bubble, key);
+  return bubble;
+}
+
+function settleSent(bubble, answer) {
+  const key = keyOf(answer.dialog, answer.seq);
+  if (state.pending.includes(bubble)) {
+    if (state.bubbles.has(key)) {
+      state.pending = state.pending.filter((b) => b !== bubble);
+      bubble.el.remove();
+    } else {
+      applyMessage({ dialog: answer.dialog, seq: answer.seq, role: "user", text: bubble.pendingText });
+    }
+  }
+  const reply = answer.reply;
+  if (reply && reply.seq != null) {
+    applyMessage(
+      { dialog: answer.dialog, seq: reply.seq, role: "assistant", text: reply.text },
+      { provisional: true },
+    );
+  }
+}
+
+function failPending(bubble) {
+  if (!state.pending.includes(bubble)) return; // the server journaled it after all
+  state.pending = state.pending.filter((b) => b !== bubble);
+  if (!ui.input.value.trim()) {
+    ui.input.value = bubble.pendingText; // give the words back so they can be sent again
+    withScroll(() => bubble.el.remove());
+  } else {
+    bubble.el.classList.add("msg--failed");
+    bubble.time.textContent = "not sent";
+  }
+}
+
+// ---- server events -------------------------------------------------------------------
+
+function onReply(r) {
+  const key = typeof r.message_id === "string" ? r.message_id : "";
+  if (!key.includes(":")) return;
+  const { dialog } = splitKey(key);
+  if (state.cleared.has(dialog)) return;
+  const existing = state.bubbles.get(key);
+  if (existing && existing.final && r.type !== "error") return; // its message event came first
+  withScroll(() => {
+    const bubble = bubbleFor(key, "assistant");
+    if (r.type === "begin" || r.type === "item") {
+      if (typeof r.content === "string" && r.content) bubble.text.appendData(r.content);
+      setStreaming(bubble, true);
+      state.streamingKey = key;
+    } else if (r.type === "end") {
+      setStreaming(bubble, false);
+      if (r.interrupted) setFlag(bubble, "stopped");
+      if (state.streamingKey === key) state.streamingKey = null;
+    } else if (r.type === "error") {
+      setRole(bubble, "error");
+      bubble.text.data = r.content || "The assistant could not answer.";
+      setStreaming(bubble, false);
+      if (state.streamingKey === key) state.streamingKey = null;
+    }
+  });
+  if (!state.ended.has(dialog)) state.dialog = dialog;
+  updateControls();
+}
+
+function clearLog() {
+  for (const bubble of state.bubbles.values()) if (bubble.dialog) state.cleared.add(bubble.dialog);
+  state.bubbles.clear();
+  state.pending = [];
+  state.streamingKey = null;
+  withScroll(() => {
+    for (const el of ui.log.querySelectorAll(".msg, .notice")) el.remove();
+  });
+}
+
+function onArchived(a) {
+  if (!a || !a.dialog || state.ended.has(a.dialog)) return;
+  state.ended.add(a.dialog);
+  if (state.dialog === a.dialog) state.dialog = null;
+  if (state.streamingKey && splitKey(state.streamingKey).dialog === a.dialog) state.streamingKey = null;
+  if (a.reason === "user") {
+    clearLog();
+    notice(ARCHIVED_TEXT.user, "archived");
+  } else {
+    for (const bubble of state.bubbles.values()) {
+      if (bubble.dialog === a.dialog) {
+        bubble.el.classList.add("msg--ended");
+        setStreaming(bubble, false);
+      }
+    }
+    const why = ARCHIVED_TEXT[a.reason] || "This conversation has ended.";
+    notice(`${why} Your next message starts a new one.`, "archived");
+  }
+  updateControls();
+}
+
+function onShutdown() {
+  state.lostNotice = true;
+  notice("The server is going away for a moment. Reconnecting by itself…", "warning");
+  setConn("reconnecting");
+}
+
+async function onReady(r) {
+  const wasLive = state.everLive;
+  state.everLive = true;
+  state.retryDelay = RETRY_MIN_MS;
+  hideAuthAlert();
+  setConn("live");
+  if (state.lostNotice) {
+    state.lostNotice = false;
+    notice("Reconnected.", "ok");
+  }
+  // A reply that was streaming when the connection dropped may have ended meanwhile; its
+  // message (replayed below) settles it, and new items would mark it streaming again.
+  if (state.streamingKey) {
+    const bubble = state.bubbles.get(state.streamingKey);
+    if (bubble) setStreaming(bubble, false);
+    state.streamingKey = null;
+    updateControls();
+  }
+  const shown = state.dialog;
+  if (wasLive && shown && r.dialog !== shown && !state.ended.has(shown)) {
+    onArchived({ dialog: shown, reason: null }); // it ended while we were away
+  }
+  if (r.dialog && !state.cleared.has(r.dialog) && finalCount(r.dialog) < (r.messages || 0)) {
+    await loadDialog();
+  }
+}
+
+// ---- connection ----------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  if (state.source) state.source.close();
+  state.source = null;
+  if (!token || state.authFailed) return;
+  setConn(state.everLive ? "reconnecting" : "connecting");
+  const source = new EventSource(`/subscribe?access_token=${encodeURIComponent(token)}`);
+  state.source = source;
+  const on = (name, handler) =>
+    source.addEventListener(name, (event) => {
+      if (state.source !== source) return;
+      let data;
+      try {
+        data = JSON.parse(event.data || "{}");
+      } catch {
+        return;
+      }
+      handler(data);
+    });
+  on("ready", onReady);
+  on("message", (m) => applyMessage(m));
+  on("reply", onReply);
+  on("archived", onArchived);
+  on("shutdown", onShutdown);
+  source.addEventListener("error", () => onStreamError(source));
+}
+
+function onStreamError(source) {
+  if (state.source !== source) return;
+  if (source.readyState === EventSource.CONNECTING) {
+    // The browser retries by itself (the server asked for retry: 3000).
+    if (navigator.onLine === false) setConn("offline", "no network");
+    else setConn(state.everLive ? "reconnecting" : "connecting");
+    return;
+  }
+  // CLOSED: the browser gave up for good (an HTTP error or a proxy's answer). Find out why.
+  source.close();
+  state.source = null;
+  diagnose();
+}
+
+async function diagnose() {
+  try {
+    await api.get("/dialog");
+    scheduleReconnect(); // plain requests work: retry the stream with a backoff
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) authFailed(err);
+    else scheduleReconnect();
+  }
+}
+
+function scheduleReconnect() {
+  clearTimeout(state.retryTimer);
+  if (navigator.onLine === false) {
+    setConn("offline", "no network"); // the "online" event reconnects
+    return;
+  }
+  const delay = state.retryDelay;
+  state.retryDelay = Math.min(delay * 2, RETRY_MAX_MS);
+  setConn(state.everLive ? "reconnecting" : "connecting", `retrying in ${Math.round(delay / 1000)} s`);
+  state.retryTimer = setTimeout(connect, delay);
+}
+
+function authFailed(err) {
+  state.authFailed = true;
+  if (state.source) state.source.close();
+  state.source = null;
+  clearTimeout(state.retryTimer);
+  setConn("offline", "sign-in needed");
+  state.authAlert = true;
+  showAlert(err.readable || err.detail || "Your session has expired.");
+  tellHost("token-request");
+}
+
+function hideAuthAlert() {
+  if (state.authAlert) {
+    state.authAlert = false;
+    hideAlert();
+  }
+}
+
+function setToken(next) {
+  if (!next || next === token) return;
+  token = next;
+  api = new Api(token);
+  rememberToken(token);
+  state.authFailed = false;
+  state.retryDelay = RETRY_MIN_MS;
+  loadDialog().then(connect);
+}
+
+async function loadDialog() {
+  try {
+    const d = await api.get("/dialog");
+    if (!d || !d.dialog || state.cleared.has(d.dialog)) return;
+    for (const m of d.messages || []) applyMessage({ ...m, dialog: d.dialog });
+    if (!state.ended.has(d.dialog)) state.dialog = d.dialog;
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) authFailed(err);
+    // anything else: the stream's own retries will tell the story
+  }
+}
+
+// ---- actions -------------------------------------------------------------------------
+
+async function send() {
+  const text = ui.input.value;
+  if (!text.trim() || state.sending || !token || state.authFailed) return;
+  hideAlert();
+  ui.input.value = "";
+  const bubble = addPending(text);
+  state.sending = true;
+  updateControls();
+  try {
+    settleSent(bubble, await api.post("/chat", { message: text }));
+  } catch (err) {
+    failPending(bubble);
+    if (err.status === 401) authFailed(err);
+    else showAlert(err.readable || String(err));
+  } finally {
+    state.sending = false;
+    updateControls();
+  }
+}
+
+async function stop() {
+  if (state.stopping) return;
+  state.stopping = true;
+  updateControls();
+  try {
+    const r = await api.post("/chat/stop", {});
+    if (!r.stopped && state.streamingKey) {
+      const bubble = state.bubbles.get(state.streamingKey);
+      if (bubble) setStreaming(bubble, false);
+      state.streamingKey = null; // nothing was streaming after all
+    }
+  } catch (err) {
+    showAlert(err.readable || String(err));
+  } finally {
+    state.stopping = false;
+    updateControls();
+    ui.input.focus();
+  }
+}
+
+async function newConversation() {
+  state.archiving = true;
+  updateControls();
+  hideAlert();
+  try {
+    const r = await api.post("/dialog/archive", {});
+    if (r.dialog) {
+      onArchived({ dialog: r.dialog, archive: r.archive, reason: "user" });
+    } else {
+      clearLog();
+      notice("New conversation.", "archived");
+    }
+  } catch (err) {
+    if (err.status === 401) authFailed(err);
+    else showAlert(err.readable || String(err));
+  } finally {
+    state.archiving = false;
+    updateControls();
+    ui.input.focus();
+  }
+}
+
+// ---- talking to the embedding page (embed.js) ----------------------------------------
+
+function tellHost(type) {
+  if (embedded && hostOrigin) window.parent.postMessage({ source: "archiver-widget", type }, hostOrigin);
+}
+
+function onHostMessage(event) {
+  if (!embedded || event.source !== window.parent || event.origin !== hostOrigin) return;
+  const data = event.data;
+  if (!data || data.source !== "archiver-embed") return;
+  if (data.type === "token" && typeof data.token === "string") setToken(data.token);
+  if (data.type === "focus") ui.input.focus();
+}
+
+// ---- wiring --------------------------------------------------------------------------
+
+function wire() {
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      send();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && embedded) tellHost("close");
+  });
+  ui.stop.addEventListener("click", stop);
+  ui.newConversation.addEventListener("click", newConversation);
+  ui.alertClose.addEventListener("click", hideAlert);
+  ui.close.addEventListener("click", () => tellHost("close"));
+  window.addEventListener("message", onHostMessage);
+  window.addEventListener("offline", () => setConn("offline", "no network"));
+  window.addEventListener("online", () => {
+    if (!state.source || state.source.readyState === EventSource.CLOSED) connect();
+    else if (state.source.readyState === EventSource.OPEN && state.everLive) setConn("live");
+    else setConn(state.everLive ? "reconnecting" : "connecting");
+  });
+  // Close the stream as the page goes away, so the server sees the disconnect at once.
+  window.addEventListener("pagehide", () => {
+    if (state.source) state.source.close();
+    state.source = null;
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) connect();
+  });
+}
+
+async function boot() {
+  applyLook();
+  wire();
+  if (!token) {
+    setConn("offline", "no access token");
+    state.authAlert = true;
+    showAlert(
+      embedded
+        ? "Waiting for the site to sign you in…"
+        : "This page needs an access token: open the link that `archiver serve` prints (it ends in #token=…).",
+    );
+    tellHost("token-request");
+    return;
+  }
+  const claims = readClaims(token);
+  if (claims.sub) ui.status.title = `Signed in as ${claims.sub}`;
+  await loadDialog();
+  connect();
+  if (!embedded) ui.input.focus();
+}
+
+boot();
