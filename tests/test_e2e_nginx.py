@@ -38,6 +38,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,7 +311,9 @@ class SSEParser:
         self._reset()
 
     def _reset(self) -> None:
-        self._event, self._data, self._id = "", [], None
+        self._event: str = ""
+        self._data: list[str] = []
+        self._id: str | None = None
 
     def feed(self, chunk: bytes) -> Iterator[tuple[str, str, str | None]]:
         self._buffer += chunk
@@ -788,28 +791,28 @@ def chat_once(cluster: Cluster, http: httpx.Client, token: str, text: str) -> Ch
     return result
 
 
-def assert_journaled_exactly_once(files: list[DialogFile], user: str, log: ChatLog) -> None:
-    """Every 2xx chat's message and reply sit in exactly one file, where the response said."""
+def assert_journaled_exactly_once(files: list[DialogFile], user: str, log: ChatLog) -> list[str]:
+    """Every 2xx chat's message and reply sit in exactly one file; the message where the
+    response said. Returns the chats whose reply is not in the dialog of their message
+    (callers assert that last, so that every other check has run)."""
     mine = [f for f in files if f.user == user]
     by_dialog = {f.dialog: f for f in mine}
     assert len(by_dialog) == len(mine), f"{user}: two files hold one dialog id"
     user_hits: dict[str, list[tuple[DialogFile, int]]] = defaultdict(list)
-    reply_hits: Counter[str] = Counter()
+    reply_hits: dict[str, list[tuple[DialogFile, int]]] = defaultdict(list)
     for f in mine:
         seqs = [m["seq"] for m in f.messages]
         consecutive = list(range(seqs[0], seqs[0] + len(seqs))) if seqs else []
         assert seqs == consecutive, f"{f.path}: seqs not consecutive (lost or duplicated): {seqs}"
         for m in f.messages:
-            if m["role"] == "user":
-                user_hits[m["text"]].append((f, m["seq"]))
-            elif m["role"] == "assistant":
-                reply_hits[m["text"]] += 1
+            index = user_hits if m["role"] == "user" else reply_hits
+            index[m["text"]].append((f, m["seq"]))
     sent = {r.text for r in log.results}
     assert set(user_hits) <= sent, f"{user}: journal holds unsent messages {set(user_hits) - sent}"
     for r in log.failed:
         assert len(user_hits.get(r.text, [])) <= 1, f"{user}: failed chat duplicated: {r.text!r}"
-    replies = [r.body["reply"]["text"] for r in log.ok]
-    replies_unique = len(set(replies)) == len(replies)
+    reply_texts = Counter(r.body["reply"]["text"] for r in log.ok)
+    split = []
     for r in log.ok:
         hits = user_hits.get(r.text, [])
         assert len(hits) == 1, (
@@ -822,13 +825,18 @@ def assert_journaled_exactly_once(files: list[DialogFile], user: str, log: ChatL
             f"{r.body['dialog']}:{r.body['seq']}"
         )
         reply = r.body["reply"]
+        if reply["text"] and reply_texts[reply["text"]] == 1:  # unique: count it
+            found = reply_hits.get(reply["text"], [])
+            assert len(found) == 1, f"{user}: reply {reply['text']!r} is in {len(found)} places"
         entry = next((m for m in f.messages if m["seq"] == reply["seq"]), None)
-        assert entry is not None and entry["role"] == "assistant", (
-            f"{user}: reply to {r.text!r} (seq {reply['seq']}) is not in {f.path.name}"
-        )
-        assert entry["text"] == reply["text"]
-        if replies_unique:
-            assert reply_hits[reply["text"]] == 1, f"{user}: reply {reply['text']!r} duplicated"
+        if entry is None or entry["role"] != "assistant" or entry["text"] != reply["text"]:
+            where = [(h.path.name, h.dialog, s) for h, s in reply_hits.get(reply["text"], [])]
+            split.append(
+                f"{user}: POST /chat {r.text!r} -> 200 dialog={r.body['dialog']} "
+                f"seq={r.body['seq']} reply.seq={reply['seq']}, but {f.dialog}:{reply['seq']} "
+                f"is {entry}; the reply is at {where}"
+            )
+    return split
 
 
 # --------------------------------------------------------------------------------------
@@ -929,6 +937,13 @@ def test_sse_through_nginx_is_unbuffered(make_cluster: Callable[..., Cluster]) -
     ticks = cluster.wait(pings, 10, "three ': ping' comments")
     assert ticks[-1].at - ticks[0].at >= 1.0, "pings arrived in a burst"
 
+    # Widget files go through nginx unchanged, cacheable by browsers.
+    proxied = cluster.http.get("/widget/widget.js")
+    direct = httpx.get(f"http://{LOOPBACK}:{cluster.instances[0].port}/widget/widget.js")
+    assert proxied.status_code == direct.status_code == 200
+    assert proxied.content == direct.content
+    assert "max-age=3600" in proxied.headers.get("cache-control", "")
+
     # The TLS + HTTP/2 server block serves the same app.
     assert cluster.layout.tls_port is not None
     https = httpx.get(f"https://{LOOPBACK}:{cluster.layout.tls_port}/health", verify=False)
@@ -983,7 +998,9 @@ def test_client_abort_archives_within_a_second(make_cluster: Callable[..., Clust
     assert archived.reason == "disconnect"
     assert elapsed <= 1.0, f"archived {elapsed:.2f}s after the client closed"
     assert archived.messages[0]["text"] == "hello before leaving"
-    assert_journaled_exactly_once(load_dialogs(cluster.data), "leaver", ChatLog([result]))
+    assert not assert_journaled_exactly_once(
+        load_dialogs(cluster.data), "leaver", ChatLog([result])
+    )
     events = [r for i in cluster.instances for r in i.records()]
     assert any(r["event"] == "sse.disconnect" and r.get("reason") == "client" for r in events)
 
@@ -1025,11 +1042,11 @@ def test_users_stick_to_one_instance(make_cluster: Callable[..., Cluster]) -> No
             for r in logs[u].ok
             for s in (r.body["seq"], r.body["reply"]["seq"])
         }
-        cluster.wait(
-            lambda u=u, ids=ids: ids <= {e.id for e in clients[u].find("message")},
-            10,
-            f"{u}'s six message events",
-        )
+
+        def delivered(client: SSEClient = clients[u], ids: set[str] = ids) -> bool:
+            return ids <= client.ids()
+
+        cluster.wait(delivered, 10, f"{u}'s six message events")
 
     seen = {i.port: i.users_seen() for i in cluster.instances}
     for u in users:
@@ -1039,9 +1056,9 @@ def test_users_stick_to_one_instance(make_cluster: Callable[..., Cluster]) -> No
     assert all(seen.values()), f"one instance got no user at all: {seen}"
 
     files = load_dialogs(cluster.data)
-    for u in users:
-        assert_journaled_exactly_once(files, u, logs[u])
+    split = [s for u in users for s in assert_journaled_exactly_once(files, u, logs[u])]
     cluster.assert_no_token_logged(list(tokens.values()))
+    assert not split, "\n".join(split)
 
 
 # --------------------------------------------------------------------------------------
@@ -1102,7 +1119,7 @@ def test_sigterm_moves_users_and_archives_with_reason_shutdown(
         exited = time.monotonic()
 
         for u in moved:  # the browser got `shutdown`, reconnected, and is ready again
-            cluster.wait(lambda u=u: clients[u].find("shutdown"), 5, f"{u}: event: shutdown")
+            cluster.wait(partial(clients[u].find, "shutdown"), 5, f"{u}: event: shutdown")
             cluster.wait_ready(clients[u], conn=1)
         cluster.wait(
             lambda: all(sum(r.started > exited for r in logs[u].ok) >= 3 for u in users),
@@ -1121,23 +1138,26 @@ def test_sigterm_moves_users_and_archives_with_reason_shutdown(
         assert {r.upstream for r in after} == {survivor.port}, f"{u} not served by the survivor"
         last = after[-1].body
         reply_id = f"{last['dialog']}:{last['reply']['seq']}"
-        cluster.wait(
-            lambda u=u, reply_id=reply_id: reply_id in clients[u].ids(),
-            10,
-            f"{u}: the last reply, live on the new subscription",
-        )
+
+        def live(client: SSEClient = clients[u], reply_id: str = reply_id) -> bool:
+            return reply_id in client.ids()
+
+        cluster.wait(live, 10, f"{u}: the last reply, live on the new subscription")
         ids = [e.id for e in clients[u].find("message")]
         assert len(ids) == len(set(ids)), f"{u}: a message event was delivered twice"
     for u in stayed:  # consistent hashing: the survivor's users never moved
         assert {e.conn for e in clients[u].snapshot()} == {0}, f"{u} was disconnected"
 
     files = load_dialogs(cluster.data)
+    split = []
     for u in users:
-        assert_journaled_exactly_once(files, u, logs[u])
+        split += assert_journaled_exactly_once(files, u, logs[u])
         before = logs[u].results[0].body["dialog"]
         reason = next(f.reason for f in files if f.dialog == before)
         expected = "shutdown" if u in moved else None
         assert reason == expected, f"{u}: dialog {before} has reason {reason}, want {expected}"
+    # A reply belongs in the dialog of the message it answers (and where the response says).
+    assert not split, "\n".join(split)
 
 
 # --------------------------------------------------------------------------------------
@@ -1216,4 +1236,5 @@ def test_same_user_on_two_instances_loses_and_duplicates_nothing(
     cluster.wait_ready(client_a, conn=1)
     assert user in a.users_seen(("chat.append",)) and user in b.users_seen(("chat.append",))
     assert len(log.ok) >= 40, f"only {len(log.ok)} of 48 chats succeeded: {log.failed}"
-    assert_journaled_exactly_once(load_dialogs(cluster.data), user, log)
+    split = assert_journaled_exactly_once(load_dialogs(cluster.data), user, log)
+    assert not split, "\n".join(split)
