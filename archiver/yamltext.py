@@ -173,6 +173,9 @@ def _parse_double_quoted(value: str) -> str:
     return "".join(out)
 
 
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+
+
 def _parse_inline(value: str) -> str:
     if value.startswith("'"):
         if len(value) < 2 or not value.endswith("'"):
@@ -180,6 +183,8 @@ def _parse_inline(value: str) -> str:
         return value[1:-1].replace("''", "'")
     if value.startswith('"'):
         return _parse_double_quoted(value)
+    if value[:1] in ("{", "[", "&", "*", "!", ">", "%", "@", "`", "?") or " #" in value:
+        raise ParseError("not a scalar this module writes")  # flow, anchors, tags...
     return value
 
 
@@ -232,7 +237,7 @@ def parse_mapping_lines(lines: list[str], i: int, indent: int) -> tuple[dict[str
             break
         first = False
         key, sep, rest = body.partition(":")
-        if not sep or (rest and not rest.startswith(" ")):
+        if not sep or (rest and not rest.startswith(" ")) or not _KEY.match(key):
             raise ParseError(f"line {i + 1} is not a 'key: value' line")
         value, i = parse_value(rest[1:], lines, i + 1, indent)
         out[key] = value
@@ -267,7 +272,7 @@ def parse_document(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
             i += 1
         else:
             key, sep, rest = line.partition(":")
-            if not sep:
+            if not sep or not _KEY.match(key):
                 raise ParseError(f"line {i + 1} is not a 'key: value' line")
             if key == "messages" and rest.strip() == "":
                 i += 1

@@ -8,6 +8,7 @@ close one with a real FIN, and wait for events with a deadline instead of sleepi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -121,7 +122,11 @@ class Server:
 
     def chat(self, user: str, message: str, **kw: Any) -> httpx.Response:
         return httpx.post(
-            self.url + "/chat", json={"message": message}, headers=self.headers(user), timeout=30, **kw
+            self.url + "/chat",
+            json={"message": message},
+            headers=self.headers(user),
+            timeout=30,
+            **kw,
         )
 
     def user_dir(self, user: str) -> Path:
@@ -247,10 +252,8 @@ class SSEClient:
 
     def close(self) -> None:
         """Close like a browser tab: FIN now, even while the reader thread is blocked."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
         self.closed.wait(5)
 

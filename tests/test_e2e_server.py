@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import SSEClient, Server, mint, wait_for
+from tests.helpers import Server, SSEClient, mint, wait_for
 
 Make = Callable[..., Server]
 
@@ -149,8 +149,11 @@ def test_reconnect_after_archive_gets_missed_messages_then_archived(make_server:
         texts = [again.next("message").data["text"] for _ in range(3)]
         assert texts == ["Echo: hi", "while away", "Echo: while away"]
         event = again.next("archived").data
-        assert event == {"dialog": first.data["dialog"], "archive": archived["archive"],
-                         "reason": "user"}
+        assert event == {
+            "dialog": first.data["dialog"],
+            "archive": archived["archive"],
+            "reason": "user",
+        }
 
 
 def test_sweeper_archives_idle_dialog_and_tells_the_subscriber(make_server: Make) -> None:
@@ -185,7 +188,10 @@ def test_sigterm_archives_everyone_with_reason_shutdown(make_server: Make) -> No
         [archive] = server.archives(user)
         doc = load(archive)
         assert doc["reason"] == "shutdown"
-        assert [m["text"] for m in doc["messages"]] == [f"hello from {user}", f"Echo: hello from {user}"]
+        assert [m["text"] for m in doc["messages"]] == [
+            f"hello from {user}",
+            f"Echo: hello from {user}",
+        ]
     log = server.log()
     assert "ASGI callable returned without completing response" not in log
     assert "Traceback" not in log
@@ -211,7 +217,12 @@ def test_sigkill_then_restart_recovers_the_dialog(make_server: Make, tmp_path: P
     doc = load(archive)
     assert doc["reason"] == "recovery"
     assert [m["text"] for m in doc["messages"]] == [
-        "one", "Echo: one", "two", "Echo: two", "three", "Echo: three"
+        "one",
+        "Echo: one",
+        "two",
+        "Echo: two",
+        "three",
+        "Echo: three",
     ]
 
 
@@ -230,7 +241,10 @@ def test_second_chat_while_reply_streams_is_409(make_server: Make) -> None:
 
 def test_stop_journals_the_partial_reply_as_interrupted(make_server: Make) -> None:
     server = make_server(echo_delay="0.2")
-    with SSEClient(server.url, mint("ivy")) as sse, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with (
+        SSEClient(server.url, mint("ivy")) as sse,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         sse.next("ready")
         pending = pool.submit(server.chat, "ivy", "one two three four five six seven")
         sse.next("reply")  # begin
@@ -316,8 +330,9 @@ def test_health_reports_connections_and_archive_counts(make_server: Make) -> Non
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     base = tmp_path_factory.mktemp("shared")
-    server = Server(data=base / "data", log_path=base / "server.log",
-                    settings={"max_message_bytes": "1000"})
+    server = Server(
+        data=base / "data", log_path=base / "server.log", settings={"max_message_bytes": "1000"}
+    )
     server.start()
     yield server
     server.stop()
@@ -359,21 +374,32 @@ BAD_REQUESTS = [
     ids=[case[0] for case in BAD_REQUESTS],
 )
 def test_bad_input_is_refused_with_json_and_writes_nothing(
-    shared: Server, name: str, method: str, path: str, auth: object, body: bytes | None,
-    status: int, error: str,
+    shared: Server,
+    name: str,
+    method: str,
+    path: str,
+    auth: object,
+    body: bytes | None,
+    status: int,
+    error: str,
 ) -> None:
     import jwt as pyjwt
 
     headers = {"Content-Type": "application/json"}
-    token = {
-        "ok": mint("mallory"),
-        "form": mint("mallory"),
-        "expired": mint("mallory", ttl=-60),
-        "forged": mint("mallory", secret="another-secret-of-enough-length-0123"),
-        "none": pyjwt.encode({"sub": "mallory", "exp": int(time.time()) + 60}, None,
-                             algorithm="none"),
-        "garbage": "not.a.jwt",
-    }.get(auth) if isinstance(auth, str) else None
+    token = (
+        {
+            "ok": mint("mallory"),
+            "form": mint("mallory"),
+            "expired": mint("mallory", ttl=-60),
+            "forged": mint("mallory", secret="another-secret-of-enough-length-0123"),
+            "none": pyjwt.encode(
+                {"sub": "mallory", "exp": int(time.time()) + 60}, None, algorithm="none"
+            ),
+            "garbage": "not.a.jwt",
+        }.get(auth)
+        if isinstance(auth, str)
+        else None
+    )
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if auth == "form":
@@ -410,8 +436,9 @@ def test_another_users_archive_is_404(shared: Server) -> None:
     assert as_json["reason"] == "user" and as_json["messages"][0]["text"] == "secret plans"
     listing = httpx.get(shared.url + "/archives", headers=shared.headers("owner")).json()
     assert listing[0]["name"] == name and listing[0]["messages"] == 2
-    admin = httpx.get(f"{shared.url}/users/owner/archives/{name}",
-                      headers=shared.headers("root", admin=True))
+    admin = httpx.get(
+        f"{shared.url}/users/owner/archives/{name}", headers=shared.headers("root", admin=True)
+    )
     assert admin.status_code == 200 and admin.content == mine.content
 
 

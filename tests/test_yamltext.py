@@ -73,10 +73,9 @@ TRICKY = [
 
 
 def emit_document(text: str) -> str:
-    entry = yamltext.entry_text(
-        [("seq", "1"), ("role", "user"), ("at", yamltext.quoted("2026-11-21T10:30:05.420Z"))]
-        + [("text", yamltext.scalar(text, 2))]
-    )
+    at = yamltext.quoted("2026-11-21T10:30:05.420Z")
+    fields = [("seq", "1"), ("role", "user"), ("at", at), ("text", yamltext.scalar(text, 2))]
+    entry = yamltext.entry_text(fields)
     return f"user: {yamltext.inline(text)}\nmessages:\n{entry}...\n"
 
 
@@ -114,7 +113,11 @@ def test_any_text_round_trips_in_both_loaders(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["a", " ", "\n", "\t", ":", "#", "-", "'", '"', "é", "\x85"]), max_size=12))
+@given(
+    st.lists(
+        st.sampled_from(["a", " ", "\n", "\t", ":", "#", "-", "'", '"', "é", "\x85"]), max_size=12
+    )
+)
 def test_texts_made_of_yaml_syntax_round_trip(chars: list[str]) -> None:
     check("".join(chars))
 

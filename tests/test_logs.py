@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+import logging
+
+from archiver.logs import JsonFormatter, LogfmtFormatter, scrub
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLWJ5dGVz"
+
+
+def record(event: str, **fields: object) -> logging.LogRecord:
+    rec = logging.LogRecord("archiver", logging.INFO, __file__, 1, event, None, None)
+    rec.archiver_fields = fields  # type: ignore[attr-defined]
+    rec.created = 1795256100.004
+    return rec
+
+
+def test_logfmt_line_has_time_level_event_and_quoted_fields() -> None:
+    line = LogfmtFormatter().format(
+        record("dialog.archived", user="a1", reason="disconnect", file="a b", ms=3.14, skip=None)
+    )
+    assert line == (
+        '2026-11-21T10:15:00.004Z INFO dialog.archived user=a1 reason=disconnect file="a b" ms=3.14'
+    )
+
+
+def test_one_line_even_for_multiline_values() -> None:
+    line = LogfmtFormatter().format(record("request.failed", detail="one\ntwo"))
+    assert "\n" not in line and 'detail="one\\ntwo"' in line
+
+
+def test_json_format() -> None:
+    body = json.loads(JsonFormatter().format(record("sse.connect", user="u", conn="c-1")))
+    assert body["event"] == "sse.connect" and body["user"] == "u" and body["level"] == "INFO"
+
+
+def test_tokens_never_reach_a_line() -> None:
+    assert JWT not in scrub(f"token {JWT} here")
+    assert scrub("/subscribe?access_token=abc.def&x=1") == "/subscribe?access_token=[redacted]&x=1"
+    assert scrub("Authorization: Bearer abc") == "Authorization: Bearer [redacted]"
+    line = LogfmtFormatter().format(record("auth.rejected", path=f"/dialog?access_token={JWT}"))
+    assert JWT not in line
+
+
+def test_uvicorn_access_log_becomes_an_http_request_event() -> None:
+    rec = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/subscribe?access_token={JWT}", "1.1", 200),
+        None,
+    )
+    line = LogfmtFormatter().format(rec)
+    assert (
+        ' INFO http.request method=GET path="/subscribe?access_token=[redacted]" status=200' in line
+    )
+    assert JWT not in line

@@ -1,0 +1,118 @@
+"""Sessions driven directly, with a real journal on disk and a real task group."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from archiver.config import Settings
+from archiver.hub import Hub
+from archiver.journal import Journal
+from archiver.replies import Echo
+from archiver.sessions import Busy, Sessions, parse_event_id
+from archiver.store import Store
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
+    settings = Settings(
+        data_dir=tmp_path, disconnect_grace=0.2, fsync="no", echo_delay=0.02, jwt_secret="x" * 32
+    )
+    journal = Journal(tmp_path, fsync="no")
+    s = Sessions(settings=settings, store=Store(journal), hub=Hub(), responder=Echo(0.02))
+    async with anyio.create_task_group() as tg:
+        await s.run(tg)
+        yield s
+        tg.cancel_scope.cancel()
+
+
+def archives(s: Sessions, user: str) -> list[str]:
+    return s.store.journal.archive_names(user)
+
+
+@pytest.mark.anyio
+async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> None:
+    inbox = sessions.connect("a")
+    await sessions.chat("a", "hello")
+    sessions.disconnect(inbox)
+    await anyio.sleep(0.1)
+    assert archives(sessions, "a") == []
+    await anyio.sleep(0.3)
+    assert len(archives(sessions, "a")) == 1
+    assert sessions.archived == {"disconnect": 1}
+
+
+@pytest.mark.anyio
+async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions) -> None:
+    inbox = sessions.connect("a")
+    await sessions.chat("a", "hello")
+    sessions.disconnect(inbox)
+    await anyio.sleep(0.1)
+    again = sessions.connect("a")
+    await anyio.sleep(0.4)
+    assert archives(sessions, "a") == []
+    sessions.disconnect(again)
+    await anyio.sleep(0.4)
+    assert len(archives(sessions, "a")) == 1
+
+
+@pytest.mark.anyio
+async def test_archive_waits_for_the_reply_so_a_dialog_is_never_split(sessions: Sessions) -> None:
+    results: list[object] = []
+
+    async def chat() -> None:
+        results.append(await sessions.chat("a", "one two three four"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(chat)
+        await anyio.sleep(0.03)  # the user message is journaled, the reply is streaming
+        with pytest.raises(Busy):
+            await sessions.chat("a", "again")
+        archived = await sessions.archive("a", "user")
+    assert archived is not None and archived.messages == 2
+    assert sessions.store.journal.load_current("a") is None
+
+
+@pytest.mark.anyio
+async def test_drain_ends_streams_and_archives_with_reason_shutdown(sessions: Sessions) -> None:
+    inbox = sessions.connect("a")
+    await sessions.chat("a", "hello")
+    await sessions.chat("b", "no subscription")
+    await sessions.drain()
+    names = []
+    while (event := await inbox.get()) is not None:
+        names.append(event.name)
+    assert names[-1] == "shutdown" and inbox.closed == "shutdown"
+    assert sessions.archived == {"shutdown": 2}
+    sessions.disconnect(inbox)  # a shutdown end is not a disconnect: no grace timer
+    assert sessions._grace == {}
+
+
+@pytest.mark.anyio
+async def test_stream_replays_only_missed_messages_and_never_twice(sessions: Sessions) -> None:
+    first = await sessions.chat("a", "one")
+    await sessions.chat("a", "two")
+    inbox = sessions.connect("a")
+    stream = sessions.stream(inbox, f"{first.reply.dialog}:{first.reply.message.seq}")
+    ready = await stream.__anext__()
+    assert ready.name == "ready" and ready.data["messages"] == 4
+    replayed = [await stream.__anext__() for _ in range(2)]
+    assert [e.data["text"] for e in replayed] == ["two", "Echo: two"]
+    await sessions.chat("a", "three")
+    live = await stream.__anext__()
+    assert live.data["text"] == "three"  # the queued copies of "two" were skipped
+    await stream.aclose()
+
+
+def test_parse_event_id() -> None:
+    assert parse_event_id("d-20261121T103000Z-3f9a:12") == ("d-20261121T103000Z-3f9a", 12)
+    for bad in (None, "", "nocolon", "d:", ":3", "d:x"):
+        assert parse_event_id(bad) is None
