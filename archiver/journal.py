@@ -311,20 +311,34 @@ def _parse_with_ruamel(text: str) -> Dialog:
     return _dialog_from(doc, messages)
 
 
-_SEQ_LINE = re.compile(rb"(?:^|\n)- seq: (\d+)\n")
 _HEAD_LINE = re.compile(rb"^(user|dialog|started): (.*)$", re.M)
-_AT_LINE = re.compile(rb"\n  at: '([^'\n]*)'\n")
 _TRAILER = re.compile(rb"\nended: '([^'\n]*)'\nreason: ([^\n]*)\n")
+_SEQ = b"\n- seq: "
+_AT = b"\n  at: '"
 
 
 def _last_seq_and_at(tail: bytes) -> tuple[int, str | None] | None:
-    """The last ``- seq: N`` (and its ``at``) in ``tail``, or None if the tail holds none."""
-    matches = list(_SEQ_LINE.finditer(tail))
-    if not matches:
+    """The last ``- seq: N`` (and its ``at``) in ``tail``, or None if the tail holds none.
+
+    Entry lines are the only ones at column 0 that start with ``- ``, so a reverse search
+    for the line finds the last entry without scanning the dialog.
+    """
+    pos = tail.rfind(_SEQ)
+    if pos < 0:
+        if not tail.startswith(_SEQ[1:]):
+            return None
+        pos = -1
+    start = pos + len(_SEQ)
+    end = tail.find(b"\n", start)
+    if end < 0:
         return None
-    last = matches[-1]
-    at_match = _AT_LINE.search(tail, last.end() - 1)
-    return int(last.group(1)), (at_match.group(1).decode() if at_match else None)
+    seq = int(tail[start:end])
+    at_pos = tail.find(_AT, end)
+    at = None
+    if at_pos >= 0:
+        at_end = tail.find(b"'", at_pos + len(_AT))
+        at = tail[at_pos + len(_AT) : at_end].decode() if at_end > 0 else None
+    return seq, at
 
 
 def _parse_head(head: bytes) -> dict[str, str]:
@@ -362,7 +376,7 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -414,8 +428,9 @@ class Journal:
 
     def __init__(self, data_dir: Path, fsync: FsyncPolicy = "everysec") -> None:
         self.users_dir = Path(data_dir) / "users"
+        self._users_str = str(self.users_dir)
         self.fsync = fsync
-        self._dirty: set[Path] = set()
+        self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
@@ -425,6 +440,10 @@ class Journal:
 
     def dialogs_dir(self, user: str) -> Path:
         return self.users_dir / user_dir_name(user) / "dialogs"
+
+    def _dialogs_str(self, user: str) -> str:
+        # Plain strings on the append path: pathlib objects cost more than the syscalls.
+        return os.path.join(self._users_str, user_dir_name(user), "dialogs")
 
     def current_path(self, user: str) -> Path:
         return self.dialogs_dir(user) / CURRENT
@@ -438,17 +457,21 @@ class Journal:
     @contextlib.contextmanager
     def locked(self, user: str, create: bool) -> Iterator[Path | None]:
         """Hold the user's cross-process lock; yield the dialogs dir (None if absent)."""
-        directory = self.dialogs_dir(user)
-        if create:
-            try:
-                (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise _journal_error(exc, "creating the user's directory") from exc
-        elif not directory.is_dir():
-            yield None
-            return
+        with self._locked(user, create) as directory:
+            yield None if directory is None else Path(directory)
+
+    @contextlib.contextmanager
+    def _locked(self, user: str, create: bool) -> Iterator[str | None]:
+        directory = self._dialogs_str(user)
         try:
-            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except FileNotFoundError:
+            if not create:
+                yield None
+                return
+            fd = self._create_dirs(directory)
         except OSError as exc:
             raise _journal_error(exc, "opening the user's lock file") from exc
         try:
@@ -457,43 +480,62 @@ class Journal:
         finally:
             os.close(fd)  # closing releases the flock
 
+    @staticmethod
+    def _create_dirs(directory: str) -> int:
+        try:
+            os.makedirs(os.path.join(directory, ARCHIVED), exist_ok=True)
+            return os.open(
+                os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise _journal_error(exc, "creating the user's directory") from exc
+
     # -- append -------------------------------------------------------------------------
 
     def append(self, user: str, role: str, text: str, *, interrupted: bool = False) -> Appended:
         """Append one message to the user's current dialog, starting one if needed."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
-        with self.locked(user, create=True) as directory:
+        with self._locked(user, create=True) as directory:
             assert directory is not None
-            return self._append_locked(user, directory / CURRENT, role, text, interrupted)
+            path = os.path.join(directory, CURRENT)
+            return self._append_locked(user, path, role, text, interrupted)
 
     def _append_locked(
-        self, user: str, path: Path, role: str, text: str, interrupted: bool
+        self, user: str, path: str, role: str, text: str, interrupted: bool
     ) -> Appended:
-        self._settle(user, path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise _journal_error(exc, "opening the journal") from exc
         try:
             size = os.fstat(fd).st_size
+            tail = _pread_tail(fd, size, _TAIL_READ) if size else b""
+            if size and (not tail.endswith(TAIL_OK) or _TRAILER.search(tail[-256:])):
+                # A crash left it torn or half-archived: settle it, then start over.
+                os.close(fd)
+                fd = -1
+                self._settle(user, Path(path))
+                return self._append_locked(user, path, role, text, interrupted)
             now = time.time()
-            at = utc_stamp(now)
             if size == 0:
-                dialog, seq, prefix, offset = new_dialog_id(now), 1, None, 0
+                dialog, seq, offset = new_dialog_id(now), 1, 0
             else:
                 dialog = self._dialog_id(fd)
-                seq = self._last_seq(fd, size) + 1
-                prefix, offset = b"", size - len(MARKER)
-            message = Message(seq=seq, role=role, at=at, text=text, interrupted=interrupted)
+                seq = self._last_seq(fd, size, tail) + 1
+                offset = size - len(MARKER)
+            message = Message(
+                seq=seq, role=role, at=utc_stamp(now), text=text, interrupted=interrupted
+            )
             body = message_text(message).encode("utf-8")
-            if prefix is None:
-                body = header_text(user, dialog, at).encode("utf-8") + body
+            if size == 0:
+                body = header_text(user, dialog, message.at).encode("utf-8") + body
             self._write(fd, body + MARKER, offset, size)
             self._after_write(fd, path, new_file=size == 0)
             return Appended(user=user, dialog=dialog, message=message, new_dialog=size == 0)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _write(self, fd: int, data: bytes, offset: int, old_size: int) -> None:
         try:
@@ -511,12 +553,12 @@ class Journal:
             if old_size >= len(MARKER):
                 os.pwrite(fd, MARKER, old_size - len(MARKER))
 
-    def _after_write(self, fd: int, path: Path, new_file: bool) -> None:
+    def _after_write(self, fd: int, path: str, new_file: bool) -> None:
         if self.fsync == "always":
             try:
                 os.fdatasync(fd)
                 if new_file:
-                    fsync_dir(path.parent)
+                    fsync_dir(os.path.dirname(path))
             except OSError as exc:
                 raise _journal_error(exc, "syncing the journal") from exc
         elif self.fsync == "everysec":
@@ -538,24 +580,25 @@ class Journal:
 
     @staticmethod
     def _dialog_id(fd: int) -> str:
-        # The header is a few short lines (the user id is at most 240 bytes encoded).
-        head = os.pread(fd, 4096, 0)
-        dialog = _parse_head(head).get("dialog")
-        if not dialog:
+        # The header is a few short lines; the user id line is at most ~1 KB escaped.
+        head = os.pread(fd, 2048, 0)
+        start = head.find(b"\ndialog: ")
+        end = head.find(b"\n", start + 1)
+        if start < 0 or end < 0:
             raise JournalError("corrupt", "the journal has no dialog id in its header")
-        return dialog
+        return yamltext.parse_value(head[start + 9 : end].decode(), [], 0, 0)[0]
 
     @staticmethod
-    def _last_seq(fd: int, size: int) -> int:
-        want = _TAIL_READ
+    def _last_seq(fd: int, size: int, tail: bytes) -> int:
+        want = len(tail)
         while True:
-            tail = _pread_tail(fd, size, want)
             found = _last_seq_and_at(tail)
             if found is not None:
                 return found[0]
             if want >= size:
                 raise JournalError("corrupt", "the journal has a header but no message")
             want *= 4
+            tail = _pread_tail(fd, size, want)
 
     # -- tail repair and unfinished archives ---------------------------------------------
 
