@@ -27,13 +27,18 @@ const STATUS_TEXT = {
   offline: "Offline",
 };
 
-const ARCHIVED_TEXT = {
-  user: "New conversation started. The previous one was archived.",
+const NEW_CONVERSATION_TEXT = "New conversation started. The previous one was archived.";
+const ENDED_TEXT = {
+  user: "This conversation was ended with “New conversation”.",
   disconnect: "This conversation was archived after the connection closed.",
   timeout: "This conversation was archived after a period of inactivity.",
   shutdown: "This conversation was archived when the server shut down.",
   recovery: "This conversation was archived when the server recovered it.",
 };
+
+function endedText(reason) {
+  return `${ENDED_TEXT[reason] || "This conversation has ended."} Your next message starts a new one.`;
+}
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -72,6 +77,8 @@ const state = {
   bubbles: new Map(), // "<dialog>:<seq>" -> bubble
   pending: [], // our own messages, shown at once, waiting for their key
   ended: new Set(), // dialogs known to be archived
+  endNotices: new Map(), // dialog -> {el, generic}: the notice saying it ended
+  lastEventId: "", // the newest "<dialog>:<seq>" the server gave us, for a fresh EventSource
   cleared: new Set(), // dialogs removed from view by "New conversation"
   streamingKey: null,
   sending: false,
@@ -143,10 +150,9 @@ function hideAlert() {
 }
 
 function notice(text, kind = "info") {
-  withScroll(() => {
-    const el = make("p", `notice notice--${kind}`, text);
-    ui.log.append(el);
-  });
+  const el = make("p", `notice notice--${kind}`, text);
+  withScroll(() => ui.log.append(el));
+  return el;
 }
 
 function withScroll(change) {
@@ -265,6 +271,7 @@ function applyMessage(m, { provisional = false } = {}) {
   });
   if (state.streamingKey === key) state.streamingKey = null;
   if (!state.ended.has(m.dialog)) state.dialog = m.dialog;
+  if (!provisional) state.lastEventId = key;
   if (m.role !== "user") tellHost("message");
   updateControls();
 }
@@ -372,13 +379,22 @@ function clearLog() {
 }
 
 function onArchived(a) {
-  if (!a || !a.dialog || state.ended.has(a.dialog)) return;
+  if (!a || !a.dialog) return;
+  if (state.ended.has(a.dialog)) {
+    // We inferred the end from a `ready` (see onReady); the server's event says why.
+    const known = state.endNotices.get(a.dialog);
+    if (known && known.generic && a.reason) {
+      known.el.textContent = endedText(a.reason);
+      known.generic = false;
+    }
+    return;
+  }
   state.ended.add(a.dialog);
   if (state.dialog === a.dialog) state.dialog = null;
   if (state.streamingKey && splitKey(state.streamingKey).dialog === a.dialog) state.streamingKey = null;
   if (a.reason === "user") {
     clearLog();
-    notice(ARCHIVED_TEXT.user, "archived");
+    notice(NEW_CONVERSATION_TEXT, "archived");
   } else {
     for (const bubble of state.bubbles.values()) {
       if (bubble.dialog === a.dialog) {
@@ -386,8 +402,8 @@ function onArchived(a) {
         setStreaming(bubble, false);
       }
     }
-    const why = ARCHIVED_TEXT[a.reason] || "This conversation has ended.";
-    notice(`${why} Your next message starts a new one.`, "archived");
+    const el = notice(endedText(a.reason), "archived");
+    state.endNotices.set(a.dialog, { el, generic: !a.reason });
   }
   updateControls();
 }
@@ -433,7 +449,10 @@ function connect() {
   state.source = null;
   if (!token || state.authFailed) return;
   setConn(state.everLive ? "reconnecting" : "connecting");
-  const source = new EventSource(`/subscribe?access_token=${encodeURIComponent(token)}`);
+  // A new EventSource does not send Last-Event-ID by itself; the server takes it as a query too.
+  const query = new URLSearchParams({ access_token: token });
+  if (state.lastEventId) query.set("last_event_id", state.lastEventId);
+  const source = new EventSource(`/subscribe?${query}`);
   state.source = source;
   const on = (name, handler) =>
     source.addEventListener(name, (event) => {
