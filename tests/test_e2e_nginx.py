@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = REPO / "deploy" / "nginx.conf"
 SECRET = secrets.token_hex(32)
 LOOPBACK = "127.0.0.1"
+# Read at import: conftest's autouse fixture clears ARCHIVER_* before each test.
+REQUIRE_E2E = os.environ.get("ARCHIVER_REQUIRE_E2E") == "1"
 T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,7 +101,7 @@ def nginx_binary() -> str:
     )
     if found is None:
         message = "nginx is not installed (apt-get install nginx)"
-        if os.environ.get("ARCHIVER_REQUIRE_E2E") == "1":
+        if REQUIRE_E2E:
             pytest.fail(message + "; ARCHIVER_REQUIRE_E2E=1 forbids skipping")
         pytest.skip(message)
     return found
