@@ -717,7 +717,7 @@ def test_markup_in_messages_is_displayed_literally(
 # ---- 7. embedded on another origin -----------------------------------------------------------
 
 
-def _embedded_chat(page: Page, server: Server, title: str) -> None:
+def _embedded_chat(page: Page, server: Server, title: str, screenshot: Path | None = None) -> None:
     launcher = page.get_by_role("button", name=f"Open {title}")
     expect(launcher).to_be_visible()
     expect(launcher).to_have_attribute("aria-expanded", "false")
@@ -737,6 +737,8 @@ def _embedded_chat(page: Page, server: Server, title: str) -> None:
     reply = frame.locator("#log .msg[data-role=assistant]:not(.msg--streaming)[data-key]")
     expect(reply).to_have_count(1)
     expect(reply.locator(".msg__body")).to_contain_text("hi from the shop")
+    if screenshot is not None:
+        save_screenshot(page, screenshot.parent, screenshot.name)
 
     frame.locator("#close").click()  # the widget asks the host page to close its panel
     expect(page.get_by_role("button", name=f"Open {title}")).to_have_attribute(
@@ -745,7 +747,9 @@ def _embedded_chat(page: Page, server: Server, title: str) -> None:
     expect(page.locator("iframe")).to_be_hidden()
 
 
-def test_embed_on_another_origin_chats(start_server: Callable[..., Server], pages: Pages) -> None:
+def test_embed_on_another_origin_chats(
+    start_server: Callable[..., Server], pages: Pages, tmp_path: Path
+) -> None:
     host_port = free_port()  # chosen first: the server must allow exactly this origin to frame it
     server = start_server(ARCHIVER_ALLOWED_ORIGINS=f"http://localhost:{host_port}")
     attrs = (
@@ -759,7 +763,7 @@ def test_embed_on_another_origin_chats(start_server: Callable[..., Server], page
         box = launcher.bounding_box()
         assert box is not None and box["x"] < DESKTOP["width"] / 2, "data-position=left"
         assert launcher.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(11, 110, 79)"
-        _embedded_chat(page, server, "Help desk")
+        _embedded_chat(page, server, "Help desk", tmp_path / "embed-host-page.png")
 
     current = load_yaml(server.current()[0])
     assert current["user"] == "frank"
