@@ -35,10 +35,11 @@ from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .hub import Event, Hub, Inbox
 from .journal import Journal, JournalError, parse_dialog
+from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
 from .owners import Instance
-from .replies import ReplyError, make_responder
-from .sessions import Busy, Sessions, ShuttingDown
+from .replies import ReplyError, make_client, make_responder
+from .sessions import Busy, Refused, Sessions, ShuttingDown
 from .store import Store
 
 BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
@@ -46,11 +47,14 @@ JOURNAL_STATUS = {"no_space": 507, "read_only": 503, "permission": 503, "io": 50
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers
 
 
 def widget_dir() -> Path:
@@ -197,8 +201,11 @@ async def chat(request: Request) -> Response:
         raise ApiError(503, "shutting_down", "The server is shutting down; try again.") from None
     except JournalError as exc:
         raise _journal_api_error(exc) from None
+    except Refused as exc:
+        retry = {"Retry-After": str(ceil_seconds(exc.retry_after))}
+        raise ApiError(exc.status, exc.code, exc.detail, retry) from None
     except ReplyError as exc:
-        raise ApiError(exc.status, exc.kind, exc.detail) from None
+        raise ApiError(exc.status, f"upstream_{exc.kind}", exc.detail) from None
     return JSONResponse(result.as_json())
 
 
@@ -321,7 +328,7 @@ async def api_error(request: Request, exc: Exception) -> Response:
         log.info("auth.rejected", reason=exc.code, **fields)
     else:
         log.info("request.rejected", error=exc.code, user=_user_of(request), **fields)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
     return JSONResponse({"error": exc.code, "detail": exc.detail}, exc.status, headers=headers)
 
 
@@ -408,12 +415,17 @@ def create_app(settings: Settings) -> Starlette:
         AppStatus.should_exit = False  # process-global in sse-starlette; a new server starts
         instance = Instance(settings.data_dir)
         journal = Journal(settings.data_dir, settings.fsync)
+        client = make_client(settings) if settings.upstream != "echo" else None
         sessions = Sessions(
             settings=settings,
             store=Store(journal),
             hub=Hub(),
-            responder=make_responder(settings),
+            responder=make_responder(settings, client),
             instance=instance,
+            rate_limit=RateLimit(settings.rate_limit) if settings.rate_limit else None,
+            breaker=None
+            if settings.upstream == "echo"
+            else Breaker(settings.breaker_failures, settings.breaker_cooldown),
         )
         app.state.sessions = sessions
         log.info(
@@ -432,6 +444,8 @@ def create_app(settings: Settings) -> Starlette:
                 await sessions.drain()
                 tg.cancel_scope.cancel()
         finally:
+            if client is not None:
+                await client.aclose()
             instance.close()
             log.info("server.stop", pid=os.getpid(), instance=instance.id)
 

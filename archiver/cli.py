@@ -100,7 +100,9 @@ def serve(
         "port": settings.port,
         "log_config": None,
         "access_log": settings.access_log,
-        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        # Streams end at once on shutdown and replies are stopped; requests get at most
+        # 60% of the budget, the archives the rest (Sessions.drain).
+        "timeout_graceful_shutdown": max(0.5, settings.shutdown_timeout * 0.6),
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
         "lifespan": "on",

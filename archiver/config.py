@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 FsyncPolicy = Literal["always", "everysec", "no"]
 LogFormat = Literal["logfmt", "json"]
-Upstream = Literal["echo"]
+Upstream = Literal["echo", "openai", "n8n"]
 
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +27,11 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 DEFAULT_ECHO_DELAY = 0.05
 DEFAULT_SEND_TIMEOUT = 30.0
+DEFAULT_UPSTREAM_TIMEOUT = 60.0
+DEFAULT_HISTORY_MESSAGES = 20
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_COOLDOWN = 30.0
+DEFAULT_RATE_LIMIT = 60.0
 
 ENV_PREFIX = "ARCHIVER_"
 
@@ -63,6 +68,18 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     upstream: Upstream = "echo"
     echo_delay: float = DEFAULT_ECHO_DELAY
+    upstream_url: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    # Signs the short-lived `jwt_token` sent to an n8n webhook; never the users' secret.
+    upstream_jwt_secret: str | None = field(default=None, repr=False)
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    system_prompt: str | None = None
+    history_messages: int = DEFAULT_HISTORY_MESSAGES
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES
+    breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
+    # Chats per minute per user (a token bucket holding one minute's worth); 0 turns it off.
+    rate_limit: float = DEFAULT_RATE_LIMIT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -85,6 +102,17 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than 0")
         if self.disconnect_grace < 0 or self.echo_delay < 0:
             raise ConfigError("ARCHIVER_DISCONNECT_GRACE and ARCHIVER_ECHO_DELAY must be >= 0")
+        if self.upstream != "echo" and not self.upstream_url:
+            raise ConfigError(f"ARCHIVER_UPSTREAM={self.upstream} needs ARCHIVER_UPSTREAM_URL")
+        if self.upstream == "openai" and not self.upstream_model:
+            raise ConfigError("ARCHIVER_UPSTREAM=openai needs ARCHIVER_UPSTREAM_MODEL")
+        if self.upstream_timeout <= 0 or self.breaker_cooldown <= 0:
+            raise ConfigError("ARCHIVER_UPSTREAM_TIMEOUT and ARCHIVER_BREAKER_COOLDOWN must be > 0")
+        if self.history_messages < 1 or self.breaker_failures < 1 or self.rate_limit < 0:
+            raise ConfigError(
+                "ARCHIVER_HISTORY_MESSAGES and ARCHIVER_BREAKER_FAILURES must be >= 1, "
+                "ARCHIVER_RATE_LIMIT >= 0"
+            )
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:

@@ -787,6 +787,38 @@ class Journal:
                 return None
             return self._read_head_of(path)
 
+    def tail_messages(self, user: str, count: int) -> list[Message]:
+        """The last ``count`` messages of the current dialog, read from the end of the file."""
+        with self.locked(user, create=False) as directory:
+            if directory is None:
+                return []
+            path = directory / CURRENT
+            self._settle(user, path)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return []
+            try:
+                size = os.fstat(fd).st_size
+                want = 16384
+                while True:
+                    tail = _pread_tail(fd, size, want)
+                    starts = [m.start() + 1 for m in re.finditer(re.escape(_SEQ), tail)]
+                    if len(starts) > count or want >= size:
+                        break
+                    want *= 4
+            finally:
+                os.close(fd)
+        if not starts:
+            return []
+        chunk = tail[starts[-count] if len(starts) >= count else starts[0] :].decode("utf-8")
+        try:
+            _, entries = yamltext.parse_document(chunk)
+            return [_message_from(e) for e in entries]
+        except yamltext.ParseError:
+            dialog = self.load_current(user)
+            return [] if dialog is None else dialog.messages[-count:]
+
     def load_current(self, user: str) -> Dialog | None:
         with self.locked(user, create=False) as directory:
             if directory is None:

@@ -20,6 +20,7 @@ the app's lifespan owns and cancels.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from anyio.abc import TaskGroup
 from .config import Settings
 from .hub import Event, Hub, Inbox
 from .journal import Appended, Archived, Head, JournalError, Message, Repaired
+from .limits import Breaker, RateLimit
 from .logs import log
 from .owners import Instance
 from .replies import ReplyError, ReplyRequest, Responder
@@ -44,6 +46,17 @@ class Busy(Exception):
 
 class ShuttingDown(Exception):
     """The server is draining; no new chats."""
+
+
+class Refused(Exception):
+    """A chat refused before anything was journaled (rate limit, open breaker)."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -89,7 +102,10 @@ class Sessions:
     hub: Hub
     responder: Responder
     instance: Instance | None = None
+    rate_limit: RateLimit | None = None
+    breaker: Breaker | None = None
     draining: bool = False
+    shutdown_started: float | None = None
     archived: Counter[str] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.time)
     _tg: TaskGroup | None = None
@@ -114,6 +130,7 @@ class Sessions:
         if self.draining:
             return
         self.draining = True
+        self.shutdown_started = time.monotonic()
         log.info(
             "shutdown.begin",
             connections=self.hub.connections,
@@ -146,7 +163,11 @@ class Sessions:
             async with limiter:
                 await one(user)
 
-        with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
+        # Whatever is left of ARCHIVER_SHUTDOWN_TIMEOUT since SIGTERM (streams and requests
+        # in flight had their part of it), but always a moment to write the archives.
+        elapsed = time.monotonic() - (self.shutdown_started or started)
+        budget = max(1.0, self.settings.shutdown_timeout - elapsed - 0.5)
+        with anyio.move_on_after(budget) as scope:
             async with anyio.create_task_group() as tg:
                 for user in users:
                     tg.start_soon(bounded, user)
@@ -318,6 +339,7 @@ class Sessions:
             raise ShuttingDown()
         if user in self._chats:
             raise Busy()
+        self._admit(user)
         chat = self._chats[user] = _Chat()
         try:
             async with self.store.user_lock(user):
@@ -325,45 +347,77 @@ class Sessions:
         finally:
             del self._chats[user]
 
+    def _admit(self, user: str) -> None:
+        """Refuse, before journaling anything, a chat over the rate or while the breaker is open."""
+        now = time.monotonic()
+        if self.rate_limit is not None:
+            wait = self.rate_limit.take(user, now)
+            if wait:
+                raise Refused(
+                    429,
+                    "rate_limited",
+                    "Too many messages; wait a moment before sending another.",
+                    wait,
+                )
+        if self.breaker is not None:
+            wait = self.breaker.retry_after(now)
+            if wait:
+                raise Refused(
+                    503,
+                    "upstream_unavailable",
+                    "The assistant is unavailable right now; try again shortly.",
+                    wait,
+                )
+
     async def _chat_locked(self, user: str, text: str, chat: _Chat) -> ChatResult:
         asked = await self._append(user, "user", text)
         self.hub.publish(user, message_event(asked.dialog, asked.message))
         history = await self._history(user)
         message_id = f"{asked.dialog}:{asked.message.seq + 1}"
-        self.hub.publish(
-            user, Event("reply", {"type": "begin", "message_id": message_id, "content": ""})
-        )
+        self._publish_reply(user, "begin", message_id)
         request = ReplyRequest(user=user, dialog=asked.dialog, message=text, history=history)
+        log.info(
+            "reply.start",
+            user=user,
+            dialog=asked.dialog,
+            responder=self.responder.name,
+            history=len(history),
+        )
         chunks: list[str] = []
         started = time.monotonic()
+        first: float | None = None
         error: ReplyError | None = None
         with anyio.CancelScope() as scope:
             chat.scope = scope
             if chat.stopped:
                 scope.cancel()
             try:
-                async for chunk in self.responder.reply(request):
-                    chunks.append(chunk)
-                    self.hub.publish(
-                        user,
-                        Event(
-                            "reply", {"type": "item", "message_id": message_id, "content": chunk}
-                        ),
-                    )
+                # aclosing: a stop closes the producer now, and with it the upstream request.
+                async with contextlib.aclosing(self.responder.reply(request)) as stream:
+                    async for chunk in stream:
+                        if first is None:
+                            first = time.monotonic()
+                        chunks.append(chunk)
+                        self._publish_reply(user, "item", message_id, chunk)
             except ReplyError as exc:
                 error = exc
         chat.scope = None
-        interrupted = scope.cancelled_caught or chat.stopped
+        interrupted = scope.cancelled_caught or chat.stopped or error is not None
+        self._note_upstream(error)
+        timing = {
+            "ms": round((time.monotonic() - started) * 1000, 1),
+            "first_token_ms": None if first is None else round((first - started) * 1000, 1),
+        }
         # Shielded: once the user's message is journaled, its answer (or the failure)
         # must be too, even if this request is being cancelled.
         with anyio.CancelScope(shield=True):
+            reply = None
+            if chunks or error is None:
+                reply = await self._append(user, "assistant", "".join(chunks), interrupted)
             if error is not None:
-                return await self._reply_failed(user, asked, message_id, error)
-            reply = await self._append(user, "assistant", "".join(chunks), interrupted)
-        end: dict[str, Any] = {"type": "end", "message_id": message_id, "content": ""}
-        if interrupted:
-            end["interrupted"] = True
-        self.hub.publish(user, Event("reply", end))
+                return await self._reply_failed(user, asked, message_id, error, reply, timing)
+        assert reply is not None
+        self._publish_reply(user, "end", message_id, interrupted=interrupted)
         self.hub.publish(user, message_event(reply.dialog, reply.message))
         log.info(
             "reply.stopped" if interrupted else "reply.done",
@@ -372,25 +426,54 @@ class Sessions:
             seq=reply.message.seq,
             responder=self.responder.name,
             chars=len(reply.message.text),
-            ms=round((time.monotonic() - started) * 1000, 1),
+            **timing,
         )
         return ChatResult(user_message=asked, reply=reply, interrupted=interrupted)
 
+    def _publish_reply(
+        self, user: str, kind: str, message_id: str, content: str = "", interrupted: bool = False
+    ) -> None:
+        data: dict[str, Any] = {"type": kind, "message_id": message_id, "content": content}
+        if interrupted:
+            data["interrupted"] = True
+        self.hub.publish(user, Event("reply", data))
+
+    def _note_upstream(self, error: ReplyError | None) -> None:
+        if self.breaker is None:
+            return
+        if error is None:
+            self.breaker.success()
+        elif self.breaker.failure(time.monotonic()):
+            log.warning(
+                "breaker.open",
+                responder=self.responder.name,
+                failures=self.breaker.consecutive,
+                cooldown=self.breaker.cooldown,
+            )
+
     async def _reply_failed(
-        self, user: str, asked: Appended, message_id: str, error: ReplyError
+        self,
+        user: str,
+        asked: Appended,
+        message_id: str,
+        error: ReplyError,
+        partial: Appended | None,
+        timing: dict[str, Any],
     ) -> ChatResult:
         log.warning(
             "reply.error",
             user=user,
             dialog=asked.dialog,
             kind=error.kind,
+            upstream_status=error.upstream_status,
             responder=self.responder.name,
+            chars=0 if partial is None else len(partial.message.text),
+            **timing,
         )
+        if partial is not None:
+            self.hub.publish(user, message_event(partial.dialog, partial.message))
         entry = await self._append(user, "error", error.detail)
-        self.hub.publish(
-            user,
-            Event("reply", {"type": "error", "message_id": message_id, "content": error.detail}),
-        )
+        self._publish_reply(user, "error", message_id, error.detail)
         self.hub.publish(user, message_event(entry.dialog, entry.message))
         raise error
 
@@ -414,8 +497,7 @@ class Sessions:
         want = self.responder.history_messages
         if want <= 0:
             return []
-        dialog = await self.store.load_current(user)
-        return [] if dialog is None else dialog.messages[-want:]
+        return await self.store.tail_messages(user, want)
 
     # -- streams ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from .journal import Appended, Archived, ArchiveInfo, Dialog, Head, Journal, Repaired
+from .journal import Appended, Archived, ArchiveInfo, Dialog, Head, Journal, Message, Repaired
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +67,9 @@ class Store:
 
     async def current_head(self, user: str) -> Head | None:
         return await self.run(self.journal.current_head, user)
+
+    async def tail_messages(self, user: str, count: int) -> list[Message]:
+        return await self.run(self.journal.tail_messages, user, count)
 
     async def load_current(self, user: str) -> Dialog | None:
         return await self.run(self.journal.load_current, user)
