@@ -10,7 +10,7 @@ against a deadline). The one exception is asserting that something does *not* ha
 one of two tabs archives nothing): that needs an observation window, several grace periods long.
 
 Screenshots of the widget mid-reply and of the review page are saved under the test's tmp
-dir; a copy goes to widget/screenshots/ (for the README) when missing there or when
+dir; a copy goes to docs/screenshots/ (for the README) when missing there or when
 ARCHIVER_UPDATE_SCREENSHOTS=1.
 """
 
@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - reported by the browser fixture
     sync_playwright = None
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "widget" / "screenshots"
+SCREENSHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
