@@ -159,7 +159,13 @@ async def subscribe(request: Request) -> Response:
         started = time.monotonic()
         try:
             inbox = sessions.connect(user.id)
-            log.info("sse.connect", user=user.id, conn=inbox.id, last_event_id=last_event_id)
+            log.info(
+                "sse.connect",
+                user=user.id,
+                conn=inbox.id,
+                last_event_id=last_event_id,
+                client=request.client.host if request.client else None,
+            )
             yield ServerSentEvent(retry=3000, sep="\n")
             async for event in sessions.stream(inbox, last_event_id):
                 yield _sse(event)
@@ -198,7 +204,9 @@ async def chat(request: Request) -> Response:
             409, "reply_in_progress", "A reply is still being written; wait for it or stop it."
         ) from None
     except ShuttingDown:
-        raise ApiError(503, "shutting_down", "The server is shutting down; try again.") from None
+        raise ApiError(
+            503, "shutting_down", "The server is shutting down; try again.", {"Retry-After": "1"}
+        ) from None
     except JournalError as exc:
         raise _journal_api_error(exc) from None
     except Refused as exc:
@@ -414,7 +422,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         AppStatus.should_exit = False  # process-global in sse-starlette; a new server starts
         instance = Instance(settings.data_dir)
-        journal = Journal(settings.data_dir, settings.fsync)
+        journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)
         client = make_client(settings) if settings.upstream != "echo" else None
         sessions = Sessions(
             settings=settings,

@@ -94,6 +94,12 @@ class Hub:
             count += 1
         return count
 
+    def close_user(self, user: str, reason: str) -> int:
+        inboxes = list(self._inboxes.get(user, ()))
+        for inbox in inboxes:
+            inbox.close(reason)
+        return len(inboxes)
+
     def count(self, user: str) -> int:
         return len(self._inboxes.get(user, ()))
 

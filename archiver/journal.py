@@ -57,6 +57,7 @@ ROLES = ("user", "assistant", "error")
 MAX_USER_DIR = 240  # bytes; most filesystems allow 255 per path component
 ARCHIVE_NAME = re.compile(r"\A(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})(?:-([1-9]\d{0,5}))?\.yaml\Z")
 _TAIL_READ = 4096
+OWNER_BYTES = 128  # the owner id in .lock, space-padded so a rewrite is one pwrite
 
 
 class JournalError(Exception):
@@ -66,6 +67,14 @@ class JournalError(Exception):
         super().__init__(detail)
         self.kind = kind  # "no_space" | "read_only" | "permission" | "io" | "corrupt"
         self.detail = detail
+
+
+class NotOwner(Exception):
+    """The dialog belongs to another live instance, which will archive it itself."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
 
 
 class BadUserId(ValueError):
@@ -426,8 +435,19 @@ def _journal_error(exc: OSError, what: str) -> JournalError:
 class Journal:
     """Synchronous, thread-safe and process-safe access to every user's dialogs."""
 
-    def __init__(self, data_dir: Path, fsync: FsyncPolicy = "everysec") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        fsync: FsyncPolicy = "everysec",
+        instance: str | None = None,
+        alive: Callable[[str], bool] | None = None,
+    ) -> None:
         self.users_dir = Path(data_dir) / "users"
+        # This process's id, written into a user's .lock by every append (owners.py),
+        # and how to tell whether another id is a running process.
+        self.instance = instance
+        self._owner_bytes = None if instance is None else instance.encode().ljust(OWNER_BYTES)
+        self.alive = alive
         self._users_str = str(self.users_dir)
         self.fsync = fsync
         self._dirty: set[str] = set()
@@ -457,11 +477,11 @@ class Journal:
     @contextlib.contextmanager
     def locked(self, user: str, create: bool) -> Iterator[Path | None]:
         """Hold the user's cross-process lock; yield the dialogs dir (None if absent)."""
-        with self._locked(user, create) as directory:
-            yield None if directory is None else Path(directory)
+        with self._locked(user, create) as held:
+            yield None if held is None else Path(held[0])
 
     @contextlib.contextmanager
-    def _locked(self, user: str, create: bool) -> Iterator[str | None]:
+    def _locked(self, user: str, create: bool) -> Iterator[tuple[str, int] | None]:
         directory = self._dialogs_str(user)
         try:
             fd = os.open(
@@ -476,7 +496,7 @@ class Journal:
             raise _journal_error(exc, "opening the user's lock file") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield directory
+            yield directory, fd
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -496,10 +516,27 @@ class Journal:
         """Append one message to the user's current dialog, starting one if needed."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
-        with self._locked(user, create=True) as directory:
-            assert directory is not None
-            path = os.path.join(directory, CURRENT)
-            return self._append_locked(user, path, role, text, interrupted)
+        with self._locked(user, create=True) as held:
+            assert held is not None
+            directory, lock_fd = held
+            appended = self._append_locked(
+                user, os.path.join(directory, CURRENT), role, text, interrupted
+            )
+            self._claim(lock_fd)
+            return appended
+
+    def _claim(self, lock_fd: int) -> None:
+        """Record this process as the dialog's owner (under the lock, so never stale)."""
+        if self._owner_bytes is not None and os.pread(lock_fd, OWNER_BYTES, 0) != self._owner_bytes:
+            os.pwrite(lock_fd, self._owner_bytes, 0)
+
+    def owner(self, user: str) -> str | None:
+        """The id of the process that last appended to the user's dialog, if recorded."""
+        try:
+            with open(self.dialogs_dir(user) / LOCK, "rb") as fh:
+                return fh.read(OWNER_BYTES).decode("utf-8", "replace").strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def _append_locked(
         self, user: str, path: str, role: str, text: str, interrupted: bool
@@ -683,18 +720,23 @@ class Journal:
         *,
         dialog: str | None = None,
         idle_for: float | None = None,
+        owned: bool = False,
     ) -> Archived | None:
         """Move the user's current dialog into ``archived/``; None if there is none.
 
         With ``dialog``, archive only if the current dialog is still that one; with
-        ``idle_for``, only if the journal has not been written for that many seconds.
-        Both re-check, under the lock, what the caller decided on without it.
+        ``idle_for``, only if the journal has not been written for that many seconds;
+        with ``owned``, raise :class:`NotOwner` if another live process appended last.
+        All re-check, under the lock, what the caller decided on without it.
         """
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
-        with self.locked(user, create=False) as directory:
-            if directory is None:
+        with self._locked(user, create=False) as held:
+            if held is None:
                 return None
+            directory = Path(held[0])
+            if owned:
+                self._check_owner(held[1])
             path = directory / CURRENT
             settled = self._settle(user, path)
             if isinstance(settled, Archived) and (dialog is None or settled.dialog == dialog):
@@ -709,6 +751,11 @@ class Journal:
             if dialog is not None and head.dialog != dialog:
                 return None
             return self._archive_locked(user, path, reason, head)
+
+    def _check_owner(self, lock_fd: int) -> None:
+        owner = os.pread(lock_fd, OWNER_BYTES, 0).decode("utf-8", "replace").strip()
+        if owner and owner != self.instance and self.alive is not None and self.alive(owner):
+            raise NotOwner(owner)
 
     def _archive_locked(self, user: str, path: Path, reason: str, head: Head) -> Archived:
         try:

@@ -1,10 +1,12 @@
-"""Which process owns a dialog, so start-up recovery never archives a live one.
+"""Which process owns a dialog, so one instance never archives another's live dialog.
 
 Several ``archiver serve`` processes may share a data directory. Each holds an exclusive
-``flock`` on ``<data>/.instances/<id>.lock`` for its whole life, and records its id in a
-user's ``dialogs/.owner`` the first time it writes that user's journal. A dialog is an
-orphan when its owner's lock can be taken: the kernel releases a lock when its process
-dies, SIGKILL included (and an NFSv4 server when the lease of a dead client expires).
+``flock`` on ``<data>/.instances/<id>.lock`` for its whole life. Every append writes the
+appending process's id into the user's ``dialogs/.lock`` (the file whose ``flock``
+serializes the user's operations, so the record costs one small ``pwrite`` and is never
+stale). An owner is alive while its instance lock is held: the kernel releases a lock
+when its process dies, SIGKILL included (an NFSv4 server, when a dead client's lease
+expires).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 from pathlib import Path
 
 INSTANCES = ".instances"
-OWNER = ".owner"
 
 
 class Instance:
@@ -28,7 +29,6 @@ class Instance:
         self.path = self.dir / f"{self.id}.lock"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._claimed: set[Path] = set()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -36,33 +36,17 @@ class Instance:
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
-    def claim(self, dialogs_dir: Path) -> None:
-        """Record this process as the owner of the dialogs in ``dialogs_dir``."""
-        if dialogs_dir in self._claimed:
-            return
-        tmp = dialogs_dir / f"{OWNER}.{self.id}"
-        tmp.write_text(self.id + "\n")
-        os.replace(tmp, dialogs_dir / OWNER)
-        self._claimed.add(dialogs_dir)
-
-    def orphaned(self, dialogs_dir: Path) -> bool:
-        """True if no live process owns the dialog in ``dialogs_dir``."""
-        try:
-            owner = (dialogs_dir / OWNER).read_text().strip()
-        except FileNotFoundError:
-            return True
+    def alive(self, owner: str) -> bool:
+        """Is the instance ``owner`` running (this one included)?"""
         if owner == self.id:
-            return False
-        if "/" in owner or owner.startswith("."):
             return True
-        return not self._alive(owner)
-
-    def _alive(self, owner: str) -> bool:
+        if not owner or "/" in owner or owner.startswith("."):
+            return False
         path = self.dir / f"{owner}.lock"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            return False  # its owner exited cleanly and removed it
+            return False  # it exited cleanly and removed its lock file
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,3 +56,7 @@ class Instance:
         with contextlib.suppress(OSError):
             path.unlink()  # a dead instance's leftover
         return False
+
+    def other_live_owner(self, owner: str | None) -> bool:
+        """True if ``owner`` is another instance that is running."""
+        return owner is not None and owner != self.id and self.alive(owner)

@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from .config import Settings
 from .hub import Event, Hub, Inbox
-from .journal import Appended, Archived, Head, JournalError, Message, Repaired
+from .journal import Appended, Archived, Head, JournalError, Message, NotOwner, Repaired
 from .limits import Breaker, RateLimit
 from .logs import log
 from .owners import Instance
@@ -122,6 +122,8 @@ class Sessions:
         self.store.journal.observer = self._observed
         await self.recover()
         task_group.start_soon(self._sweeper)
+        if self.instance is not None:
+            task_group.start_soon(self._follow_owners)
         if self.settings.fsync == "everysec":
             task_group.start_soon(self._fsync_ticker)
 
@@ -153,7 +155,7 @@ class Sessions:
         results: list[Archived] = []
 
         async def one(user: str) -> None:
-            result = await self.archive(user, "shutdown")
+            result = await self.archive(user, "shutdown", owned=True)
             if result is not None:
                 results.append(result)
 
@@ -230,18 +232,25 @@ class Sessions:
             del self._grace[user]
         if scope.cancel_called or self.hub.count(user) or self.draining:
             return
-        await self.archive(user, "disconnect")
+        await self.archive(user, "disconnect", owned=True)
 
     # -- archiving ----------------------------------------------------------------------
 
     async def archive(
-        self, user: str, reason: str, idle_for: float | None = None
+        self, user: str, reason: str, idle_for: float | None = None, owned: bool = False
     ) -> Archived | None:
-        """Archive the user's current dialog (waits for a chat in flight to finish)."""
+        """Archive the user's current dialog (waits for a chat in flight to finish).
+
+        ``owned``: only if no other live instance has taken the dialog over (a user whose
+        browser moved to another instance goes on there; that one archives it).
+        """
         started = time.monotonic()
         try:
             async with self.store.user_lock(user):
-                result = await self.store.archive(user, reason, idle_for=idle_for)
+                result = await self.store.archive(user, reason, idle_for=idle_for, owned=owned)
+        except NotOwner as exc:
+            log.info("archive.skipped", user=user, reason=reason, owner=exc.owner)
+            return None
         except JournalError as exc:
             log.error("archive.failed", user=user, reason=reason, error=exc.kind, detail=exc.detail)
             return None
@@ -270,11 +279,9 @@ class Sessions:
         for user in users:
             await self.store.settle(user)
             if self.instance is not None:
-                orphan = await self.store.run(
-                    self.instance.orphaned, self.store.journal.dialogs_dir(user)
-                )
-                if not orphan:
-                    continue
+                owner = await self.store.run(self.store.journal.owner, user)
+                if await self.store.run(self.instance.other_live_owner, owner):
+                    continue  # a live instance's dialog, not an orphan
             if await self.archive(user, "recovery") is not None:
                 archived += 1
         log.info(
@@ -310,6 +317,27 @@ class Sessions:
                 await self.sweep()
             except (OSError, JournalError) as exc:
                 log.error("sweep.failed", error=type(exc).__name__, detail=str(exc))
+
+    async def _follow_owners(self) -> None:
+        """End streams of users whose dialog another live instance now owns.
+
+        Behind a proxy that routes by token, a user's chats go to one instance; after a
+        restart or failover their stream can be left on another, where no reply events
+        arrive. Ending it makes the browser reconnect to where its chats go.
+        """
+        assert self.instance is not None
+        instance = self.instance
+        journal = self.store.journal
+
+        def moved(users: list[str]) -> list[tuple[str, str]]:
+            owners = [(user, journal.owner(user)) for user in users]
+            return [(u, o) for u, o in owners if o is not None and instance.other_live_owner(o)]
+
+        while True:
+            await anyio.sleep(self.settings.ping_interval)
+            for user, owner in await self.store.run(moved, self.hub.users()):
+                closed = self.hub.close_user(user, "moved")
+                log.info("session.moved", user=user, owner=owner, connections=closed)
 
     async def _fsync_ticker(self) -> None:
         while True:
@@ -480,8 +508,6 @@ class Sessions:
     async def _append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
         appended = await self.store.append(user, role, text, interrupted)
         self._known.add(user)
-        if self.instance is not None:
-            await self.store.run(self.instance.claim, self.store.journal.dialogs_dir(user))
         log.info(
             "chat.append",
             user=user,

@@ -61,9 +61,16 @@ class Store:
         return await self.run(self.journal.append, user, role, text, interrupted=interrupted)
 
     async def archive(
-        self, user: str, reason: str, dialog: str | None = None, idle_for: float | None = None
+        self,
+        user: str,
+        reason: str,
+        dialog: str | None = None,
+        idle_for: float | None = None,
+        owned: bool = False,
     ) -> Archived | None:
-        return await self.run(self.journal.archive, user, reason, dialog=dialog, idle_for=idle_for)
+        return await self.run(
+            self.journal.archive, user, reason, dialog=dialog, idle_for=idle_for, owned=owned
+        )
 
     async def current_head(self, user: str) -> Head | None:
         return await self.run(self.journal.current_head, user)

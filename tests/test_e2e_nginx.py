@@ -1156,8 +1156,15 @@ def test_sigterm_moves_users_and_archives_with_reason_shutdown(
         split += assert_journaled_exactly_once(files, u, logs[u])
         before = logs[u].results[0].body["dialog"]
         reason = next(f.reason for f in files if f.dialog == before)
-        expected = "shutdown" if u in moved else None
-        assert reason == expected, f"{u}: dialog {before} has reason {reason}, want {expected}"
+        if u in stayed:
+            assert reason is None, f"{u}: the survivor's dialog {before} ended ({reason})"
+        elif reason != "shutdown":
+            # The user's chats reached the survivor before the victim's drain got to their
+            # dialog: the survivor owns it now and the victim leaves it alone (archiving it
+            # would cut a live dialog, maybe between a question and its answer).
+            assert reason is None, f"{u}: dialog {before} has reason {reason}"
+            skipped = f"archive.skipped user={u} reason=shutdown"
+            assert skipped in victim.log.read_text(), f"{u}: {before} neither archived nor skipped"
     # A reply belongs in the dialog of the message it answers (and where the response says).
     assert not split, "\n".join(split)
 
@@ -1290,10 +1297,12 @@ def test_rolling_restart_loses_no_message(make_cluster: Callable[..., Cluster]) 
             t.join(timeout=40)
     assert not any(t.is_alive() for t in loops)
 
-    # A POST that reaches an instance as it closes its socket gets a 502 from nginx (not
-    # retried: POST is not idempotent); anything else is a failure of the restart.
+    # A POST is not retried by nginx (it is not idempotent); anything but these two is a
+    # failure of the restart.
     failed = [(r.text, r.status, str(r.body)[:80]) for u in users for r in logs[u].failed]
-    assert all(status == 502 for _, status, _ in failed), failed
+    # 502: nginx found the instance gone; 503 shutting_down: a chat reached the instance on
+    # an open connection while it drained. Neither journaled anything (checked below).
+    assert all(status in (502, 503) for _, status, _ in failed), failed
     assert len(failed) <= len(users), f"{len(failed)} chats failed: {failed}"
     files = load_dialogs(cluster.data)
     split = [s for u in users for s in assert_journaled_exactly_once(files, u, logs[u])]

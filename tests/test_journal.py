@@ -418,3 +418,25 @@ def test_two_processes_neither_lose_nor_duplicate(tmp_path: Path) -> None:
     for w in range(3):  # each worker's own messages stay in its order
         own = [t for t in seen if t.startswith(f"w{w}-")]
         assert len(own) == 120
+
+
+# -- ownership -------------------------------------------------------------------------
+
+
+def test_append_records_the_owner_and_owned_archive_respects_a_live_other(tmp_path: Path) -> None:
+    from archiver.journal import NotOwner
+
+    live = {"proc-a", "proc-b"}
+    a = Journal(tmp_path, fsync="no", instance="proc-a", alive=live.__contains__)
+    b = Journal(tmp_path, fsync="no", instance="proc-b", alive=live.__contains__)
+    a.append("u", "user", "on a")
+    assert a.owner("u") == "proc-a"
+    b.append("u", "user", "moved to b")
+    assert a.owner("u") == "proc-b"
+    with pytest.raises(NotOwner) as info:
+        a.archive("u", "shutdown", owned=True)
+    assert info.value.owner == "proc-b"
+    assert a.current_path("u").exists()
+    live.discard("proc-b")  # b died: its dialog is anyone's to archive
+    archived = a.archive("u", "shutdown", owned=True)
+    assert archived is not None and archived.messages == 2
