@@ -146,8 +146,3 @@ def setup(settings: Settings) -> None:
     access.disabled = not settings.access_log
     # sse-starlette logs each chunk at DEBUG, with its payload: never let that through.
     logging.getLogger("sse_starlette").setLevel(max(logging.INFO, access.level))
-
-
-def uvicorn_log_config() -> None:
-    """uvicorn must not install its own handlers; ``setup`` owns logging."""
-    return None
