@@ -148,9 +148,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, di
         growth = f"{m[points[-1]] / m[points[0]]:10.2f}x" if len(m) == len(points) else "-"
         out(f"{name:26}{cells}{growth:>12}")
     floor_median = medians["os.write (floor)"][points[0]]
-    ratios = "".join(
-        f"{medians['archiver'][p] / floor_median:21.1f}x" for p in points
-    )
+    ratios = "".join(f"{medians['archiver'][p] / floor_median:21.1f}x" for p in points)
     out(f"{'archiver / floor':26}{ratios}")
     naive = medians["ruamel load+dump (naive)"]
     speedup = "".join(
