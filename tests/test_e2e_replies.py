@@ -50,7 +50,11 @@ def test_openai_reply_streams_to_subscribers_and_is_journaled_once(
     make_server: Make, upstream: Upstream
 ) -> None:
     server = openai_server(
-        make_server, upstream, system_prompt="You are terse.", history_messages="3"
+        make_server,
+        upstream,
+        system_prompt="You are terse.",
+        history_messages="3",
+        upstream_api_key="sk-never-logged",
     )
     token = mint("alice")
     with SSEClient(server.url, token) as sse:
@@ -82,6 +86,8 @@ def test_openai_reply_streams_to_subscribers_and_is_journaled_once(
     assert all(token not in str(r) for r in upstream.requests), "the user's JWT never leaves"
     log = server.log()
     assert "reply.start" in log and "first_token_ms=" in log
+    assert upstream.requests[-1]["headers"]["authorization"] == "Bearer sk-never-logged"
+    assert "sk-never-logged" not in log
 
 
 @pytest.mark.parametrize("path", ["stream", "json"])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from archiver.logs import JsonFormatter, LogfmtFormatter, scrub
 
@@ -57,3 +58,22 @@ def test_uvicorn_access_log_becomes_an_http_request_event() -> None:
         ' INFO http.request method=GET path="/subscribe?access_token=[redacted]" status=200' in line
     )
     assert JWT not in line
+
+
+def test_setup_writes_the_same_lines_to_the_log_file(tmp_path: Path) -> None:
+    from archiver import logs
+    from archiver.config import Settings
+
+    path = tmp_path / "logs" / "archiver.log"
+    logs.setup(Settings(log_file=path, log_format="json", log_level="INFO"))
+    try:
+        logs.log.info("sse.connect", user="u1", conn="c-1")
+        logs.log.debug("hidden.event")
+        for handler in logging.getLogger("archiver").handlers:
+            handler.flush()
+        lines = path.read_text().splitlines()
+        assert [json.loads(line)["event"] for line in lines] == ["sse.connect"]
+    finally:
+        for handler in logging.getLogger("archiver").handlers:
+            handler.close()
+        logging.getLogger("archiver").handlers = []
