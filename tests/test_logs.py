@@ -73,7 +73,8 @@ def test_setup_writes_the_same_lines_to_the_log_file(tmp_path: Path) -> None:
             handler.flush()
         lines = path.read_text().splitlines()
         assert [json.loads(line)["event"] for line in lines] == ["sse.connect"]
-    finally:
-        for handler in logging.getLogger("archiver").handlers:
-            handler.close()
-        logging.getLogger("archiver").handlers = []
+    finally:  # setup() configures process-global loggers: undo it for the other tests
+        for name in ("archiver", "uvicorn"):
+            for handler in logging.getLogger(name).handlers:
+                handler.close()
+            logging.getLogger(name).handlers = []
