@@ -1,6 +1,9 @@
-"""The ``archiver`` command: a thin layer over settings, the app and the journal.
+"""The ``archiver`` command: a thin layer over settings, the app, the journal and review.
 
-Exit codes: 0 ok, 1 nothing found, 2 usage error (click's own).
+Exit codes: 0 ok, 1 nothing found (or an error, printed as one ``Error:`` line on
+stderr), 2 usage error (click's own). The review commands read the data directory
+directly, so they work with the server stopped. ``serve`` and ``token`` import uvicorn
+and the JWT library only when they run: the review commands start faster without them.
 """
 
 from __future__ import annotations
@@ -9,19 +12,38 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
-import uvicorn
 
-from . import __version__, auth, logs, review
+from . import __version__, review
 from .config import ConfigError, Settings
-from .journal import Journal, JournalError, parse_dialog
+from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, JournalError
 
 DEMO_USER = "demo"
 DEMO_TTL = 24 * 3600
+REFERENCE_WIDTH = 100  # columns of the README's CLI reference
+# The order commands appear in `archiver --help` and the README.
+COMMANDS = [
+    "serve",
+    "token",
+    "list",
+    "show",
+    "search",
+    "watch",
+    "export",
+    "sweep",
+    "prune",
+    "forget",
+]
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if name in self.commands]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -31,6 +53,96 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+def _journal(data_dir: Path | None) -> Journal:
+    """The journal of an existing data directory (review commands never create one)."""
+    path = _settings(data_dir=data_dir).data_dir
+    if not path.is_dir():
+        raise click.ClickException(f"no data directory {path} (set --data or ARCHIVER_DATA_DIR)")
+    return Journal(path)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn what reading the data directory can raise into one clear line and an exit code."""
+    try:
+        yield
+    except BrokenPipeError:
+        _stdout_gone()
+    except review.UnknownUser as exc:
+        raise click.ClickException(str(exc)) from None
+    except BadUserId as exc:
+        raise click.UsageError(str(exc)) from None
+    except JournalError as exc:
+        raise click.ClickException(exc.detail) from None
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise click.ClickException(f"cannot read{where}: {exc.strerror or exc}") from None
+
+
+def _stdout_gone() -> NoReturn:
+    # The reader went away (`archiver search x | head`): stop quietly, like grep.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
+def _warn(path: Path, exc: Exception) -> None:
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    click.echo(f"warning: skipped {path}: {detail}", err=True)
+
+
+def _nothing_found() -> NoReturn:
+    sys.exit(1)
+
+
+class _Output:
+    """Lines for stdout, written in batches: click.echo flushes on every call, which at
+    tens of thousands of lines costs more than finding them."""
+
+    def __init__(self, batch: int = 512) -> None:
+        self.batch = batch
+        self.lines: list[str] = []
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        if len(self.lines) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            click.echo("\n".join(self.lines))
+            self.lines.clear()
+
+    def json_array(self, items: Iterable[dict[str, Any]]) -> int:
+        """A JSON array, one element per line; return how many elements."""
+        count = 0
+        held: str | None = None  # each element waits for the next to know its comma
+        for item in items:
+            self.line("[" if held is None else held + ",")
+            held = json.dumps(item, ensure_ascii=False)
+            count += 1
+        self.line("[]" if held is None else held + "\n]")
+        return count
+
+
+def _when(end: bool) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """An option callback: ``2026-11-21`` or an ISO time, as a UTC timestamp bound."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return None if value is None else review.parse_time(value, end=end)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return convert
+
+
 data_option = click.option(
     "--data",
     "data_dir",
@@ -38,29 +150,47 @@ data_option = click.option(
     default=None,
     help="Data directory.  [env: ARCHIVER_DATA_DIR; default: ./data]",
 )
+user_option = click.option("--user", default=None, help="Only this user's archives.")
+since_option = click.option(
+    "--since",
+    metavar="DATE",
+    callback=_when(end=False),
+    help="Only archives that ended at or after DATE (2026-11-21 or an ISO time; UTC).",
+)
+until_option = click.option(
+    "--until",
+    "before",
+    metavar="DATE",
+    callback=_when(end=True),
+    help="Only archives that ended at or before DATE (a date includes that whole day).",
+)
+reason_option = click.option(
+    "--reason", type=click.Choice(REASONS), default=None, help="Only archives ended for REASON."
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _filter(
+    user: str | None, since: str | None, before: str | None, reason: str | None
+) -> review.Filter:
+    return review.Filter(user=user, since=since, before=before, reason=reason)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="archiver")
 def main() -> None:
-    """Archive chat dialogs when their subscribers go away.
+    """Archive chat dialogs when their subscribers go away, and review the archives.
 
     \b
     archiver serve                      run the service on http://127.0.0.1:8000
     archiver token alice                print a token for user alice
     archiver list --user alice          list alice's archived dialogs
     archiver show alice 2026-11-21-10-30-00.yaml
+    archiver search refund --since 2026-11-01
+    archiver watch                      print archives as they land
+
+    The review commands read the data directory directly, with the server running or
+    not. Exit codes: 0 ok, 1 nothing found or an error, 2 usage error.
     """
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            # A graceful shutdown after SIGTERM is a clean exit: exit 0 instead of
-            # uvicorn's re-raising the signal, which supervisors would read as "killed".
-            self._captured_signals.clear()
 
 
 @main.command()
@@ -89,6 +219,10 @@ def serve(
     archiver serve --port 9000 --data /var/lib/archiver
     ARCHIVER_DISCONNECT_GRACE=0 archiver serve
     """
+    import uvicorn
+
+    from . import auth, logs
+
     settings = _settings(
         host=host, port=port, data_dir=data_dir, forwarded_allow_ips=forwarded_allow_ips
     )
@@ -100,9 +234,7 @@ def serve(
         "port": settings.port,
         "log_config": None,
         "access_log": settings.access_log,
-        # Streams end at once on shutdown and replies are stopped; requests get at most
-        # 60% of the budget, the archives the rest (Sessions.drain).
-        "timeout_graceful_shutdown": max(0.5, settings.shutdown_timeout * 0.6),
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
         "lifespan": "on",
@@ -110,11 +242,23 @@ def serve(
     if reload:
         # The reloader imports the app in a child process, so pass settings by env.
         os.environ.update(_env_of(settings))
-        uvicorn.run("archiver.app:from_env", factory=True, reload=True, **options)
+        package = str(Path(__file__).parent)
+        uvicorn.run(
+            "archiver.app:from_env", factory=True, reload=True, reload_dirs=[package], **options
+        )
         return
     from .app import create_app
 
-    _Server(uvicorn.Config(create_app(settings), **options)).run()
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                # A graceful shutdown after SIGTERM is a clean exit: exit 0 instead of
+                # uvicorn's re-raising the signal, which supervisors would read as "killed".
+                self._captured_signals.clear()
+
+    Server(uvicorn.Config(create_app(settings), **options)).run()
 
 
 def _env_of(settings: Settings) -> dict[str, str]:
@@ -125,6 +269,8 @@ def _env_of(settings: Settings) -> dict[str, str]:
 
 
 def _print_demo_url(settings: Settings) -> None:
+    from . import auth
+
     if not settings.jwt_secret or not settings.jwt_algorithm.startswith("HS"):
         return
     token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
@@ -147,6 +293,8 @@ def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
     archiver token ops --admin --ttl 600
     curl -H "Authorization: Bearer $(archiver token alice)" localhost:8000/dialog
     """
+    from . import auth
+
     settings = auth.resolve_settings(_settings(data_dir=data_dir))
     if not settings.jwt_secret:
         raise click.ClickException(
@@ -155,26 +303,57 @@ def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
     click.echo(auth.mint(settings, user, admin=admin, ttl=ttl))
 
 
+def _info_json(info: ArchiveInfo) -> dict[str, Any]:
+    return {"user": info.user, **info.as_json()}
+
+
+def _info_line(info: ArchiveInfo) -> str:
+    fields = [review.printable(info.user), info.name, info.started, info.ended, info.reason]
+    return "\t".join(str(f) for f in [*fields, info.messages])
+
+
 @main.command("list")
-@click.option("--user", default=None, help="Only this user's archives.")
+@user_option
+@since_option
+@until_option
+@reason_option
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most N archives."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @data_option
-def list_(user: str | None, as_json: bool, data_dir: Path | None) -> None:
+def list_(
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    reason: str | None,
+    limit: int | None,
+    as_json: bool,
+    data_dir: Path | None,
+) -> None:
     """List archived dialogs, newest first.
+
+    One tab-separated line per archive: user, name, started, ended, reason, messages.
+    Reads only the ends of each file, so it stays fast on large archives.
 
     \b
     archiver list
-    archiver list --user alice --json
+    archiver list --user alice --since 2026-11-01 --json
+    archiver list --reason timeout --until 2026-11-21T12:00Z --limit 20
     """
-    journal = Journal(_settings(data_dir=data_dir).data_dir)
-    infos = review.list_archives(journal, user)
-    if as_json:
-        click.echo(json.dumps([{"user": i.user, **i.as_json()} for i in infos], ensure_ascii=False))
-    else:
-        for i in infos:
-            click.echo(f"{i.user}\t{i.name}\t{i.started}\t{i.ended}\t{i.reason}\t{i.messages}")
+    journal = _journal(data_dir)
+    with _errors():
+        infos = review.list_archives(
+            journal, where=_filter(user, since, before, reason), limit=limit, on_error=_warn
+        )
+        with _Output() as out:
+            if as_json:
+                out.json_array(_info_json(i) for i in infos)
+            else:
+                for info in infos:
+                    out.line(_info_line(info))
     if not infos:
-        sys.exit(1)
+        _nothing_found()
 
 
 @main.command()
@@ -183,30 +362,305 @@ def list_(user: str | None, as_json: bool, data_dir: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript as JSON.")
 @data_option
 def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | None) -> None:
-    """Show one archived dialog as a conversation (or JSON).
+    """Show one dialog as a conversation, or as JSON.
+
+    The archive NAME of user USER, the user's live dialog with NAME current.yaml, or any
+    dialog file by its PATH.
 
     \b
     archiver show alice 2026-11-21-10-30-00.yaml
+    archiver show alice current.yaml --json
     archiver show data/users/alice/dialogs/archived/2026-11-21-10-30-00.yaml
     """
     if name is None:
         path = Path(user_or_path)
     else:
-        journal = Journal(_settings(data_dir=data_dir).data_dir)
-        try:
-            found = review.find_archive(journal, user_or_path, name)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        if found is None:
+        journal = _journal(data_dir)
+        with _errors():
+            review.users_of(journal, user_or_path)
+            found = (
+                journal.current_path(user_or_path)
+                if name == CURRENT
+                else review.find_archive(journal, user_or_path, name)
+            )
+        if found is None or not found.is_file():
             raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
         path = found
     try:
-        dialog = parse_dialog(path.read_bytes())
+        dialog = review.read_dialog(path, live=path.name == CURRENT)
+    except IsADirectoryError:
+        raise click.ClickException(f"{path} is a directory, not a dialog file") from None
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
     except (JournalError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{path} is not a dialog file: {exc}") from None
-    if as_json:
-        click.echo(json.dumps(dialog.as_json(), ensure_ascii=False, indent=2))
-    else:
-        click.echo(review.render(dialog), nl=False)
+    with _errors():
+        if as_json:
+            click.echo(json.dumps(dialog.as_json(), ensure_ascii=False, indent=2))
+        else:
+            click.echo(review.render(dialog, style=click.style), nl=False)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (case-sensitive).")
+@user_option
+@since_option
+@until_option
+@click.option("--role", type=click.Choice(ROLES), default=None, help="Only messages of ROLE.")
+@reason_option
+@click.option("--current", is_flag=True, help="Also search live dialogs (current.yaml).")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Stop after N messages."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of messages.")
+@data_option
+def search(
+    text: str,
+    regex: bool,
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    role: str | None,
+    reason: str | None,
+    current: bool,
+    limit: int | None,
+    as_json: bool,
+    data_dir: Path | None,
+) -> None:
+    """Find messages containing TEXT (case-insensitive).
+
+    Prints user, archive, seq, role and each matching line, newest archives first, the
+    match highlighted on a terminal. Live dialogs are searched only with --current.
+
+    \b
+    archiver search refund
+    archiver search "order #1042" --user alice --role user
+    archiver search 'refund(ed|s)?\b' --regex --since 2026-11-01 --json
+    archiver search invoice --current --limit 5
+
+    With --json each element is {"user", "archive", "dialog", "seq", "role", "at", "text",
+    "matches"}, "matches" holding [start, end] offsets into "text".
+    """
+    if not text:
+        raise click.UsageError("TEXT is empty")
+    try:
+        query = review.Query.compile(text, regex=regex)
+    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
+        raise click.UsageError(f"bad regular expression: {exc}") from None
+    journal = _journal(data_dir)
+    with _errors():
+        hits: Iterator[review.Hit] = review.search(
+            journal,
+            query,
+            _filter(user, since, before, reason),
+            role=role,
+            current=current,
+            on_error=_warn,
+        )
+        if limit is not None:
+            hits = (hit for _, hit in zip(range(limit), hits, strict=False))
+        with _Output() as out:
+            if as_json:
+                count = out.json_array(hit.as_json() for hit in hits)
+            else:
+                count = 0
+                for hit in hits:
+                    for line in review.hit_lines(hit, style=click.style):
+                        out.line(line)
+                    count += 1
+    if not count:
+        _nothing_found()
+
+
+@main.command()
+@click.option("--user", default=None, help="Only this user's archives.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@data_option
+def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
+    """Print each archive the moment it lands, until Ctrl+C.
+
+    Also sees archives written by other processes: servers sharing the data directory,
+    `archiver sweep`. Lines are those of `archiver list`.
+
+    \b
+    archiver watch
+    archiver watch --user alice --json | jq .reason
+    """
+    journal = _journal(data_dir)
+    stop = threading.Event()
+    with _errors(), contextlib.suppress(KeyboardInterrupt):
+        review.users_of(journal, user)  # a typo'd user is an error, not a silent watch
+        archives = review.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
+        for info in archives:
+            line = json.dumps(_info_json(info), ensure_ascii=False) if as_json else None
+            click.echo(line or _info_line(info))
+
+
+def _watching(journal: Journal) -> Callable[[], None]:
+    def ready() -> None:
+        click.echo(f"watching {journal.users_dir} for new archives (Ctrl+C to stop)", err=True)
+
+    return ready
+
+
+@main.command()
+@user_option
+@since_option
+@until_option
+@reason_option
+@data_option
+def export(
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    reason: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Print archives with their messages as JSON Lines.
+
+    One object per archive, newest first: {"user", "name", "dialog", "started", "ended",
+    "reason", "messages": [{"seq", "role", "at", "text"}, ...]}.
+
+    \b
+    archiver export > archives.jsonl
+    archiver export --user alice --since 2026-11-01 --until 2026-11-30 > alice-nov.jsonl
+    """
+    journal = _journal(data_dir)
+    count = 0
+    with _errors(), _Output(batch=64) as out:
+        for item in review.export(journal, _filter(user, since, before, reason), _warn):
+            out.line(json.dumps(item, ensure_ascii=False))
+            count += 1
+    if not count:
+        _nothing_found()
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Idle time that makes a dialog stale.  [default: ARCHIVER_SESSION_TIMEOUT, 300]",
+)
+@data_option
+def sweep(older_than: float | None, data_dir: Path | None) -> None:
+    """Archive stale live dialogs now (reason timeout).
+
+    For after a crash, or with no server running: every live dialog idle for SECONDS is
+    archived. Takes the same per-user locks as the server, so it is safe while servers
+    run. Exits 1 if nothing was stale.
+
+    \b
+    archiver sweep
+    archiver sweep --older-than 0        archive every live dialog
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    idle = settings.session_timeout if older_than is None else older_than
+    count = 0
+    with _errors():
+        for archived in review.sweep(journal, idle, on_error=_warn):
+            user = review.printable(archived.user)
+            messages = review.plural(archived.messages, "message")
+            click.echo(f"archived {user} {archived.name} ({messages})")
+            count += 1
+    if not count:
+        click.echo(f"no live dialog idle for {idle:g} s", err=True)
+        _nothing_found()
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Delete archives that ended more than DAYS ago.",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+@data_option
+def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
+    """Delete archives older than DAYS.
+
+    Prints each archive that ended more than DAYS ago as it is deleted. Live dialogs are
+    never touched. Exits 1 if no archive was that old.
+
+    \b
+    archiver prune --older-than 90 --dry-run
+    archiver prune --older-than 90
+    """
+    journal = _journal(data_dir)
+    verb = "would remove" if dry_run else "removed"
+    count = 0
+    with _errors():
+        for pruned in review.prune(journal, older_than, dry_run=dry_run):
+            info = pruned.info
+            user = review.printable(info.user)
+            click.echo(f"{verb} {user} {info.name} (ended {review.archive_time(info)})")
+            count += 1
+    archives = review.plural(count, "archive")
+    click.echo(f"{verb} {archives} older than {review.plural(older_than, 'day')}", err=True)
+    if not count:
+        _nothing_found()
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+@main.command()
+@click.argument("user")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@data_option
+def forget(user: str, yes: bool, data_dir: Path | None) -> None:
+    """Erase everything stored for USER.
+
+    Removes the live dialog, every archive, torn side files, the lock and the user's
+    directory, under the user's lock, printing each file removed. Asks first unless
+    --yes is given; without a terminal, --yes is required.
+
+    \b
+    archiver forget alice
+    archiver forget 'auth0|42' --yes
+    """
+    journal = _journal(data_dir)
+    with _errors():
+        files = review.user_contents(journal, user)
+        if not yes:
+            if not _interactive():
+                raise click.UsageError("forget needs --yes when not run from a terminal")
+            archives = sum(1 for f in files if f.parent.name == "archived")
+            click.confirm(
+                f"Erase all {len(files)} files of user {user!r} ({archives} archives)?"
+                " This cannot be undone",
+                abort=True,
+            )
+        done = review.forget(journal, user)
+        for path in done.files:
+            click.echo(f"removed {review.printable(str(path))}")
+    click.echo(f"forgot user {review.printable(user)!r}: {done.summary()}", err=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The README's CLI reference
+
+
+def cli_reference(width: int = REFERENCE_WIDTH) -> str:
+    """Every command's ``--help`` as Markdown, for the README (checked by a test)."""
+    blocks = []
+    root = click.Context(
+        main,
+        info_name="archiver",
+        terminal_width=width,
+        max_content_width=width,
+        **main.context_settings,
+    )
+    with root:
+        blocks.append(("archiver", main.get_help(root)))
+        for name in COMMANDS:
+            command = main.commands[name]
+            with click.Context(command, info_name=name, parent=root) as ctx:
+                blocks.append((f"archiver {name}", command.get_help(ctx)))
+    return "\n".join(f"#### `{title}`\n\n```\n{text}\n```\n" for title, text in blocks)

@@ -1,51 +1,528 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO, Any
 
 import jwt
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
+from archiver import cli
 from archiver.cli import main
-from archiver.journal import Journal
+from archiver.journal import Journal, user_dir_name
+from tests.test_review import build_fixture, write_archive, write_from_another_process
+
+ROOT = Path(__file__).parent.parent
+ALICE_NEWEST = "2026-11-20-10-00-00-2.yaml"
+ALICE_SAME_SECOND = "2026-11-20-10-00-00.yaml"
 
 
-def archive_one(data: Path, user: str = "alice") -> str:
-    journal = Journal(data, fsync="no")
-    journal.append(user, "user", "Hello there")
-    journal.append(user, "assistant", "A reply\nover two lines")
-    archived = journal.archive(user, "disconnect")
-    assert archived is not None
-    return archived.name
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    build_fixture(path)
+    return path
+
+
+def run(data: Path | None, *args: str, **kw: Any) -> Result:
+    """``archiver ARGS --data DATA`` in-process; stderr kept apart from stdout."""
+    extra = ["--data", str(data)] if data is not None else []
+    return CliRunner().invoke(main, [*args, *extra], catch_exceptions=False, **kw)
+
+
+def lines(result: Result) -> list[list[str]]:
+    return [line.split("\t") for line in result.stdout.splitlines()]
+
+
+# ---------------------------------------------------------------------------------------
+# token
 
 
 def test_token_uses_the_generated_secret(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["token", "alice", "--admin", "--data", str(tmp_path)])
+    result = run(tmp_path, "token", "alice", "--admin")
     assert result.exit_code == 0, result.output
     secret = (tmp_path / ".jwt-secret").read_text().strip()
-    claims = jwt.decode(result.output.strip(), secret, algorithms=["HS256"])
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
     assert claims["sub"] == "alice" and claims["role"] == "admin"
 
 
-def test_list_and_show(tmp_path: Path) -> None:
-    name = archive_one(tmp_path)
-    runner = CliRunner()
-    listed = runner.invoke(main, ["list", "--data", str(tmp_path)])
-    assert listed.exit_code == 0 and f"alice\t{name}\t" in listed.output
-    as_json = json.loads(runner.invoke(main, ["list", "--json", "--data", str(tmp_path)]).output)
-    assert as_json[0]["user"] == "alice" and as_json[0]["messages"] == 2
-    shown = runner.invoke(main, ["show", "alice", name, "--data", str(tmp_path)])
-    assert shown.exit_code == 0
-    assert "#1 user" in shown.output and "    over two lines" in shown.output
-    by_path = Journal(tmp_path).dialogs_dir("alice") / "archived" / name
-    assert runner.invoke(main, ["show", str(by_path), "--json"]).exit_code == 0
+# ---------------------------------------------------------------------------------------
+# list
 
 
-def test_nothing_found_and_errors_have_exit_codes(tmp_path: Path) -> None:
-    runner = CliRunner()
-    assert runner.invoke(main, ["list", "--data", str(tmp_path)]).exit_code == 1
-    missing = runner.invoke(
-        main, ["show", "alice", "2020-01-01-00-00-00.yaml", "--data", str(tmp_path)]
+def test_list_prints_one_line_per_archive_newest_first(data: Path) -> None:
+    result = run(data, "list")
+    assert result.exit_code == 0, result.output
+    assert lines(result) == [
+        [
+            "auth0|42",
+            "2026-11-21-08-00-00.yaml",
+            "2026-11-21T00:00:00.000Z",
+            "2026-11-21T08:00:00.000Z",
+            "shutdown",
+            "2",
+        ],
+        [
+            "alice",
+            ALICE_NEWEST,
+            "2026-11-20T00:00:00.000Z",
+            "2026-11-20T10:00:00.900Z",
+            "user",
+            "2",
+        ],
+        [
+            "alice",
+            ALICE_SAME_SECOND,
+            "2026-11-20T00:00:00.000Z",
+            "2026-11-20T10:00:00.500Z",
+            "disconnect",
+            "2",
+        ],
+        [
+            "alice",
+            "2026-10-01-09-00-00.yaml",
+            "2026-10-01T00:00:00.000Z",
+            "2026-10-01T09:00:00.100Z",
+            "timeout",
+            "1",
+        ],
+    ]
+
+
+def test_list_filters_and_json(data: Path) -> None:
+    def names(*args: str) -> list[str]:
+        return [row[1] for row in lines(run(data, "list", *args))]
+
+    assert names("--user", "auth0|42") == ["2026-11-21-08-00-00.yaml"]
+    assert names("--since", "2026-11-20", "--until", "2026-11-20") == [
+        ALICE_NEWEST,
+        ALICE_SAME_SECOND,
+    ]
+    assert names("--since", "2026-11-20T10:00:00.600Z") == [
+        "2026-11-21-08-00-00.yaml",
+        ALICE_NEWEST,
+    ]
+    assert names("--until", "2026-11-20T10:00:00.500Z") == [
+        ALICE_SAME_SECOND,
+        "2026-10-01-09-00-00.yaml",
+    ]
+    assert names("--reason", "timeout") == ["2026-10-01-09-00-00.yaml"]
+    assert names("--limit", "2") == ["2026-11-21-08-00-00.yaml", ALICE_NEWEST]
+    docs = json.loads(run(data, "list", "--json", "--user", "alice").stdout)
+    assert docs[0] == {
+        "user": "alice",
+        "name": ALICE_NEWEST,
+        "dialog": "d-2026-11-20-10-00-00-2",
+        "started": "2026-11-20T00:00:00.000Z",
+        "ended": "2026-11-20T10:00:00.900Z",
+        "reason": "user",
+        "messages": 2,
+    }
+    assert len(docs) == 3
+
+
+def test_list_exit_codes_and_errors(data: Path, tmp_path: Path) -> None:
+    empty = run(data, "list", "--since", "2030-01-01")
+    assert (empty.exit_code, empty.stdout) == (1, "")
+    assert json.loads(run(data, "list", "--json", "--since", "2030-01-01").stdout) == []
+    unknown = run(data, "list", "--user", "bob")
+    assert unknown.exit_code == 1
+    assert unknown.stderr == "Error: no user 'bob' in this data directory\n"
+    bad_date = run(data, "list", "--since", "last tuesday")
+    assert bad_date.exit_code == 2 and "neither a date" in bad_date.stderr
+    assert run(data, "list", "--reason", "bored").exit_code == 2
+    assert run(data, "list", "--limit", "0").exit_code == 2
+    assert run(data, "list", "--bogus").exit_code == 2
+    nowhere = run(tmp_path / "nowhere", "list")
+    assert nowhere.exit_code == 1 and "no data directory" in nowhere.stderr
+
+
+def test_the_data_directory_comes_from_the_environment(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARCHIVER_DATA_DIR", str(data))
+    assert len(lines(run(None, "list"))) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# show
+
+
+def test_show_renders_a_conversation(data: Path) -> None:
+    result = run(data, "show", "alice", ALICE_SAME_SECOND)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("dialog d-2026-11-20-10-00-00  user alice\n")
+    assert "ended 2026-11-20 10:00:00 UTC (disconnect)  2 messages" in result.stdout
+    assert "10:00:01  #1 user\n    Where is my REFUND for order #1042?\n" in result.stdout
+    assert "#2 assistant\n    It's on its way:\n      tracking ZX-99\n    refund issued" in (
+        result.stdout
     )
-    assert missing.exit_code == 1 and "no archive" in missing.output
-    assert runner.invoke(main, ["list", "--bogus"]).exit_code == 2
+    assert "\x1b[" not in result.stdout  # no colour when not on a terminal
+    coloured = run(data, "show", "alice", ALICE_SAME_SECOND, color=True)
+    assert "\x1b[" in coloured.stdout
+
+
+def test_show_by_path_and_as_json(data: Path) -> None:
+    path = data / "users" / "auth0%7C42" / "dialogs" / "archived" / "2026-11-21-08-00-00.yaml"
+    shown = run(None, "show", str(path), "--json")
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert doc["user"] == "auth0|42" and doc["reason"] == "shutdown"
+    assert [m["role"] for m in doc["messages"]] == ["user", "error"]
+
+
+def test_show_a_live_dialog_leaves_out_its_torn_tail(data: Path) -> None:
+    result = run(data, "show", "a/b", "current.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    assert [m["text"] for m in json.loads(result.stdout)["messages"]] == [
+        "first refund line",
+        "second",
+    ]
+
+
+def test_show_errors(data: Path, tmp_path: Path) -> None:
+    missing = run(data, "show", "alice", "2020-01-01-00-00-00.yaml")
+    assert missing.exit_code == 1
+    assert missing.stderr == "Error: no archive '2020-01-01-00-00-00.yaml' for user 'alice'\n"
+    assert run(data, "show", "alice", "../current.yaml").exit_code == 1
+    unknown = run(data, "show", "bob", ALICE_NEWEST)
+    assert unknown.exit_code == 1 and "no user 'bob'" in unknown.stderr
+    gone = run(None, "show", str(tmp_path / "gone.yaml"))
+    assert gone.exit_code == 1 and gone.stderr.startswith("Error: cannot read ")
+    assert "No such file" in gone.stderr
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"\xff\xfe")
+    bad = run(None, "show", str(junk))
+    assert bad.exit_code == 1 and "is not a dialog file" in bad.stderr
+    assert run(None, "show", str(tmp_path)).exit_code == 1
+    for result in (missing, unknown, gone, bad):
+        assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------
+# search
+
+
+def test_search_prints_where_each_matching_line_is(data: Path) -> None:
+    result = run(data, "search", "refund")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "auth0|42  2026-11-21-08-00-00.yaml  #1 user  refund please",
+        f"alice  {ALICE_SAME_SECOND}  #1 user  Where is my REFUND for order #1042?",
+        f"alice  {ALICE_SAME_SECOND}  #2 assistant  refund issued",
+        "alice  2026-10-01-09-00-00.yaml  #1 user  an old refund",
+    ]
+
+
+def test_search_highlights_only_on_a_terminal(data: Path) -> None:
+    plain = run(data, "search", "zx-99")
+    assert "\x1b[" not in plain.stdout
+    coloured = run(data, "search", "zx-99", color=True)
+    assert "tracking \x1b[31m\x1b[1mZX-99\x1b[0m" in coloured.stdout
+
+
+def test_search_options(data: Path) -> None:
+    def found(*args: str) -> list[tuple[str, str, int]]:
+        result = run(data, "search", *args, "--json")
+        return [(h["user"], h["archive"], h["seq"]) for h in json.loads(result.stdout)]
+
+    assert found("refund", "--role", "assistant") == [("alice", ALICE_SAME_SECOND, 2)]
+    assert found("refund", "--user", "auth0|42") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
+    assert found("refund", "--reason", "timeout") == [("alice", "2026-10-01-09-00-00.yaml", 1)]
+    assert found("refund", "--since", "2026-11-21") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
+    assert found("refund", "--until", "2026-10-31") == [("alice", "2026-10-01-09-00-00.yaml", 1)]
+    assert found("refund", "--limit", "1") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
+    assert found(r"ZX-\d+", "--regex") == [("alice", ALICE_SAME_SECOND, 2)]
+    assert found("don't forget") == [("alice", ALICE_NEWEST, 1)]
+    assert found("refun", "--current")[:2] == [
+        ("a/b", "current.yaml", 1),
+        ("alice", "current.yaml", 1),
+    ]
+    [hit] = json.loads(run(data, "search", "tracking", "--json").stdout)
+    assert hit["text"][hit["matches"][0][0] : hit["matches"][0][1]] == "tracking"
+    assert set(hit) == {"user", "archive", "dialog", "seq", "role", "at", "text", "matches"}
+
+
+def test_search_exit_codes(data: Path) -> None:
+    none = run(data, "search", "no such words")
+    assert (none.exit_code, none.stdout) == (1, "")
+    assert run(data, "search", "no such words", "--json").stdout == "[]\n"
+    bad = run(data, "search", "(unclosed", "--regex")
+    assert bad.exit_code == 2 and "bad regular expression" in bad.stderr
+    assert run(data, "search", "").exit_code == 2
+    assert run(data, "search", "x", "--role", "robot").exit_code == 2
+    unknown = run(data, "search", "x", "--user", "bob")
+    assert (
+        unknown.exit_code == 1 and unknown.stderr == "Error: no user 'bob' in this data directory\n"
+    )
+
+
+def test_search_warns_about_an_unreadable_file_and_goes_on(data: Path) -> None:
+    broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
+    broken.write_bytes(b"user: alice\nmessages: [refund\n")
+    result = run(data, "search", "refund", "--user", "alice")
+    assert result.exit_code == 0
+    assert f"warning: skipped {broken}: " in result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
+# ---------------------------------------------------------------------------------------
+# export
+
+
+def test_export_writes_one_json_object_per_archive(data: Path) -> None:
+    result = run(data, "export", "--user", "alice", "--since", "2026-11-01")
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["name"] for d in docs] == [ALICE_NEWEST, ALICE_SAME_SECOND]
+    assert docs[1]["messages"][1] == {
+        "seq": 2,
+        "role": "assistant",
+        "at": "2026-11-20T10:00:02.000Z",
+        "text": "It's on its way:\n  tracking ZX-99\nrefund issued",
+    }
+    assert {k for k in docs[0] if k != "messages"} == {
+        "user",
+        "name",
+        "dialog",
+        "started",
+        "ended",
+        "reason",
+    }
+    everything = run(data, "export").stdout.splitlines()
+    assert len(everything) == 4
+    assert run(data, "export", "--until", "2020-01-01").exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------
+# sweep
+
+
+def test_sweep_archives_stale_live_dialogs_under_the_lock(data: Path) -> None:
+    journal = Journal(data, fsync="no")
+    journal.append("fresh", "user", "just now")
+    old = time.time() - 3600
+    os.utime(journal.current_path("alice"), (old, old))
+    result = run(data, "sweep", "--older-than", "600")
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    assert line.startswith("archived alice ") and line.endswith(" (1 message)")
+    name = line.split()[2]
+    assert (journal.dialogs_dir("alice") / "archived" / name).is_file()
+    assert journal.current_path("fresh").is_file()
+    again = run(data, "sweep", "--older-than", "600")
+    assert again.exit_code == 1 and "no live dialog idle for 600 s" in again.stderr
+
+
+def test_sweep_repairs_and_archives_a_torn_journal(data: Path) -> None:
+    result = run(data, "sweep", "--older-than", "0")
+    assert result.exit_code == 0, result.output
+    assert sorted(line.split()[1] for line in result.stdout.splitlines()) == ["a/b", "alice"]
+    journal = Journal(data)
+    [archive] = journal.list_archives("a/b")
+    assert archive.messages == 2 and archive.reason == "timeout"
+    side = list(journal.dialogs_dir("a/b").glob("current.yaml.torn-*"))
+    assert len(side) == 1 and side[0].read_bytes().startswith(b"- seq: 3\n")
+
+
+def test_sweep_takes_its_default_from_the_session_timeout(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(data)
+    old = time.time() - 3600
+    os.utime(journal.current_path("alice"), (old, old))
+    monkeypatch.setenv("ARCHIVER_SESSION_TIMEOUT", "7200")
+    assert run(data, "sweep").exit_code == 1
+    monkeypatch.setenv("ARCHIVER_SESSION_TIMEOUT", "1800")
+    assert run(data, "sweep").stdout.startswith("archived alice ")
+
+
+# ---------------------------------------------------------------------------------------
+# prune
+
+
+def archive_ended(data: Path, user: str, days_ago: float) -> Path:
+    moment = datetime.now(UTC) - timedelta(days=days_ago)
+    name = moment.strftime("%Y-%m-%d-%H-%M-%S") + ".yaml"
+    ended = moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return write_archive(data, user, name, [("user", f"{days_ago} days ago")], ended=ended)
+
+
+def yaml_files(data: Path) -> set[Path]:
+    return set(data.rglob("*.yaml"))
+
+
+def test_prune_removes_exactly_the_archives_it_prints(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    old = {
+        ("alice", archive_ended(data, "alice", 40)),
+        ("auth0|42", archive_ended(data, "auth0|42", 31)),
+    }
+    keep = {archive_ended(data, "alice", 29), archive_ended(data, "alice", 0)}
+    Journal(data, fsync="no").append("alice", "user", "live, never pruned")
+    before = yaml_files(data)
+
+    dry = run(data, "prune", "--older-than", "30", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert yaml_files(data) == before
+    assert dry.stderr == "would remove 2 archives older than 30 days\n"
+
+    done = run(data, "prune", "--older-than", "30")
+    assert done.exit_code == 0, done.output
+    printed = {tuple(line.split()[:3]) for line in done.stdout.splitlines()}
+    assert printed == {("removed", user, path.name) for user, path in old}
+    assert dry.stdout.replace("would remove", "removed") == done.stdout
+    assert yaml_files(data) == before - {path for _, path in old}
+    assert keep <= yaml_files(data)
+
+    nothing = run(data, "prune", "--older-than", "30")
+    assert nothing.exit_code == 1 and nothing.stdout == ""
+    assert run(data, "prune").exit_code == 2  # --older-than is required
+    assert run(data, "prune", "--older-than", "-1").exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------
+# forget
+
+
+def everything(data: Path) -> set[Path]:
+    return set(data.rglob("*"))
+
+
+def test_forget_erases_one_user_and_says_what_it_removed(data: Path) -> None:
+    Journal(data, fsync="no").settle("a/b")  # the torn tail becomes a side file
+    user_dir = data / "users" / user_dir_name("a/b")
+    files = {p for p in user_dir.rglob("*") if p.is_file()}
+    assert any(p.name.startswith("current.yaml.torn-") for p in files)
+    before = everything(data)
+
+    result = run(data, "forget", "a/b", "--yes")
+    assert result.exit_code == 0, result.output
+    removed = {data / line.removeprefix("removed ") for line in result.stdout.splitlines()}
+    assert removed == files
+    assert everything(data) == {p for p in before if user_dir not in (p, *p.parents)}
+    assert result.stderr == (
+        "forgot user 'a/b': 1 journal, 1 torn side file, 1 other file, 3 directories\n"
+    )
+
+    again = run(data, "forget", "a/b", "--yes")
+    assert again.exit_code == 1 and "no user 'a/b'" in again.stderr
+
+
+def test_forget_asks_first_and_needs_a_terminal_or_yes(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = everything(data)
+    refused = run(data, "forget", "alice")
+    assert refused.exit_code == 2 and "needs --yes" in refused.stderr
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    declined = run(data, "forget", "alice", input="n\n")
+    assert declined.exit_code == 1 and "3 archives" in declined.stdout
+    assert everything(data) == before
+    accepted = run(data, "forget", "alice", input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert not (data / "users" / "alice").exists()
+    assert (data / "users" / "auth0%7C42").is_dir()
+
+
+# ---------------------------------------------------------------------------------------
+# watch
+
+
+def _lines_of(stream: IO[str]) -> queue.Queue[str]:
+    found: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            found.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return found
+
+
+def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "watch", "--json", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = _lines_of(proc.stdout), _lines_of(proc.stderr)
+        assert "watching " in err.get(timeout=20)  # the watch is in place
+        [name] = write_from_another_process(data, "auth0|42")
+        doc = json.loads(out.get(timeout=10))
+        assert (doc["user"], doc["name"], doc["reason"]) == ("auth0|42", name, "user")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_watch_refuses_an_unknown_user(data: Path) -> None:
+    result = run(data, "watch", "--user", "bob")
+    assert result.exit_code == 1 and "no user 'bob'" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# help and the README
+
+
+def test_every_command_has_examples_in_its_help() -> None:
+    for name in cli.COMMANDS:
+        text = CliRunner().invoke(main, [name, "--help"]).output
+        assert f"  archiver {name}" in text, name
+
+
+def test_readme_cli_reference_matches_help() -> None:
+    """The README's CLI reference is the commands' help; regenerate it with
+    ``python -m tests.test_cli`` after changing a command."""
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- cli-reference -->" in readme, "README.md has no cli-reference block"
+    block = readme.split("<!-- cli-reference -->\n")[1].split("<!-- /cli-reference -->")[0]
+    assert block == cli.cli_reference()
+
+
+def test_the_reference_is_what_help_prints() -> None:
+    reference = cli.cli_reference()
+    for name in cli.COMMANDS:
+        text = (
+            CliRunner()
+            .invoke(
+                main,
+                [name, "--help"],
+                prog_name="archiver",
+                terminal_width=cli.REFERENCE_WIDTH,
+                max_content_width=cli.REFERENCE_WIDTH,
+            )
+            .output
+        )
+        assert f"#### `archiver {name}`\n\n```\n{text}```\n" in reference
+
+
+def write_readme_reference() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, _, rest = text.partition("<!-- cli-reference -->\n")
+    _, _, tail = rest.partition("<!-- /cli-reference -->")
+    if not rest:
+        raise SystemExit("README.md has no <!-- cli-reference --> block to fill")
+    readme.write_text(
+        f"{head}<!-- cli-reference -->\n{cli.cli_reference()}<!-- /cli-reference -->{tail}"
+    )
+
+
+if __name__ == "__main__":  # python -m tests.test_cli: rewrite the README's CLI reference
+    write_readme_reference()
