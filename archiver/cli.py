@@ -490,7 +490,6 @@ def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
     journal = _journal(data_dir)
     stop = threading.Event()
     with _errors(), contextlib.suppress(KeyboardInterrupt):
-        review.users_of(journal, user)  # a typo'd user is an error, not a silent watch
         archives = review.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
         for info in archives:
             line = json.dumps(_info_json(info), ensure_ascii=False) if as_json else None

@@ -552,18 +552,15 @@ def _new_archives(users_dir: Path, batch: set[tuple[Any, str]], only: str | None
     found: set[Path] = set()
     for _, raw in batch:
         path = Path(raw)
-        try:
-            parts = path.relative_to(users_dir).parts
-        except ValueError:
-            if path == users_dir:  # the users directory itself just appeared
-                found.update(_archives_below(users_dir, 0, only))
-            continue
-        if only is not None and parts[0] != only:
+        if path != users_dir and users_dir not in path.parents:
+            continue  # the data directory's other contents (when users/ did not exist)
+        parts = path.relative_to(users_dir).parts
+        if parts and only is not None and parts[0] != only:
             continue
         if len(parts) == 4 and parts[1:3] == ("dialogs", ARCHIVED):
             if ARCHIVE_NAME.match(parts[3]):
                 found.add(path)
-        elif len(parts) < 4 and path.is_dir():
+        elif len(parts) < 4 and path.is_dir():  # appeared with whatever it holds already
             found.update(_archives_below(path, len(parts), only))
     return found
 

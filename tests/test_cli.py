@@ -471,11 +471,6 @@ def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path) -> 
             proc.wait()
 
 
-def test_watch_refuses_an_unknown_user(data: Path) -> None:
-    result = run(data, "watch", "--user", "bob")
-    assert result.exit_code == 1 and "no user 'bob'" in result.stderr
-
-
 # ---------------------------------------------------------------------------------------
 # help and the README
 

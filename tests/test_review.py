@@ -436,6 +436,15 @@ def test_watch_sees_the_first_archive_of_a_new_user_and_filters_by_user(
         assert seen.empty()
 
 
+def test_watch_a_data_directory_with_no_users_yet(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with watching(Journal(data)) as seen:
+        [name] = write_from_another_process(data, "first")
+        info = seen.get(timeout=10)
+    assert (info.user, info.name) == ("first", name)
+
+
 def test_watch_refuses_a_missing_data_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         next(review.watch_archives(Journal(tmp_path / "nowhere")))
