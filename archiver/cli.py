@@ -26,6 +26,7 @@ from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, J
 DEMO_USER = "demo"
 DEMO_TTL = 24 * 3600
 REFERENCE_WIDTH = 100  # columns of the README's CLI reference
+SEARCH_WORKERS = min(os.cpu_count() or 1, 4)  # processes reading files (large archives)
 # The order commands appear in `archiver --help` and the README.
 COMMANDS = [
     "serve",
@@ -221,12 +222,16 @@ def serve(
     """
     import uvicorn
 
-    from . import auth, logs
+    from . import auth, logs, redact
 
     settings = _settings(
         host=host, port=port, data_dir=data_dir, forwarded_allow_ips=forwarded_allow_ips
     )
     settings = auth.resolve_settings(settings)
+    try:
+        redact.load(settings.redact, settings.redact_file)
+    except redact.RedactConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     logs.setup(settings)
     _print_demo_url(settings)
     options: dict[str, Any] = {
@@ -457,6 +462,7 @@ def search(
             role=role,
             current=current,
             on_error=_warn,
+            workers=SEARCH_WORKERS,
         )
         if limit is not None:
             hits = (hit for _, hit in zip(range(limit), hits, strict=False))

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
+import signal
 import textwrap
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -381,6 +383,9 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
+PARALLEL_FROM = 2000  # files; below this, forking costs more than it saves
+
+
 def search(
     journal: Journal,
     query: Query,
@@ -389,20 +394,109 @@ def search(
     role: str | None = None,
     current: bool = False,
     on_error: OnError | None = None,
+    workers: int = 1,
 ) -> Iterator[Hit]:
     """Messages matching ``query``: live journals first (with ``current``), then archives
-    newest first; within a dialog in order. ``where`` filters archives, not messages."""
+    newest first; within a dialog in order. ``where`` filters archives, not messages.
+
+    With ``workers`` > 1 and many files, forked processes share the reading (see
+    :func:`_search_forked`): only for a single-threaded caller such as the CLI, never
+    inside the server, whose threads a fork would copy mid-flight.
+    """
     where = where or Filter()
-    for source in _sources(journal, where, current):
-        try:
-            hits = _search_file(source, query, where, role)
-        except FileNotFoundError:
-            continue  # pruned meanwhile
-        except FILE_ERRORS as exc:
-            if on_error is not None:
-                on_error(Path(source.path), exc)
-            continue
+    sources = _sources(journal, where, current)
+    results: Iterable[_Result]
+    if workers > 1 and len(sources) >= PARALLEL_FROM and hasattr(os, "fork"):
+        results = _search_forked(sources, query, where, role, workers)
+    else:
+        results = (_search_one(i, s, query, where, role) for i, s in enumerate(sources))
+    for _, hits, error in results:
+        if error is not None and on_error is not None:
+            on_error(*error)
         yield from hits
+
+
+_Result = tuple[int, list[Hit], tuple[Path, Exception] | None]
+
+
+def _search_one(
+    index: int, source: _Source, query: Query, where: Filter, role: str | None
+) -> _Result:
+    try:
+        return index, _search_file(source, query, where, role), None
+    except FileNotFoundError:
+        return index, [], None  # pruned meanwhile
+    except FILE_ERRORS as exc:
+        return index, [], (Path(source.path), exc)
+
+
+def _search_share(
+    sources: list[_Source], share: int, workers: int, query: Query, where: Filter, role: str | None
+) -> list[_Result]:
+    """Every ``workers``-th file from ``share`` on; only the files with hits or errors.
+
+    Errors become OSError or ValueError, which survive a pickle round trip (JournalError,
+    whose constructor takes two arguments, would not).
+    """
+    out = []
+    for index in range(share, len(sources), workers):
+        result = _search_one(index, sources[index], query, where, role)
+        if result[2] is not None and not isinstance(result[2][1], OSError):
+            result = (index, result[1], (result[2][0], ValueError(str(result[2][1]))))
+        if result[1] or result[2]:
+            out.append(result)
+    return out
+
+
+def _search_forked(
+    sources: list[_Source], query: Query, where: Filter, role: str | None, workers: int
+) -> list[_Result]:
+    """Search with ``workers`` processes: this one and forked children, each taking every
+    ``workers``-th file (a fork shares the list for free), the children sending back
+    their hits pickled through a pipe.
+
+    Measured on 10,000 archives, 2 cores: the byte scan drops from ~75 to ~45 ms. A
+    multiprocessing pool gained nothing: pickling the file list to it and starting it
+    cost what the second core saved.
+    """
+    children: list[tuple[int, int]] = []
+    try:
+        for share in range(1, workers):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: search its share, send it, and leave at once
+                os.close(read)
+                status = 1
+                try:
+                    payload = pickle.dumps(
+                        _search_share(sources, share, workers, query, where, role)
+                    )
+                    with open(write, "wb") as pipe:
+                        pipe.write(payload)
+                    status = 0
+                finally:
+                    os._exit(status)  # no atexit handlers, no flushing the parent's buffers
+            os.close(write)
+            children.append((pid, read))
+        results = _search_share(sources, 0, workers, query, where, role)
+        while children:
+            pid, read = children[0]
+            with open(read, "rb") as pipe:
+                payload = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            children.pop(0)
+            if status != 0:
+                raise OSError(f"a search worker failed (wait status {status})")
+            results.extend(pickle.loads(payload))
+    finally:
+        for pid, read in children:  # only after an error or Ctrl+C
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            with contextlib.suppress(OSError):
+                os.close(read)
+    results.sort(key=lambda result: result[0])
+    return results
 
 
 _TRAILER = re.compile(rb"\nended: '([^'\n]*)'\nreason: ([^\n]*)\n")
@@ -488,8 +582,28 @@ def _dialog_id(data: bytes) -> str:
     return yamltext.parse_value(data[start:end].decode("utf-8"), [], 0, 0)[0]
 
 
+_ENTRY_HEAD = re.compile(
+    r"- seq: (\d+)\n  role: (user|assistant|error)\n  at: '([^'\n]*)'\n  text: "
+)
+
+
 def _message(entry: bytes) -> Message:
-    fields, _ = yamltext.parse_mapping_lines(yamltext.split_lines(entry.decode("utf-8")), 0, 2)
+    """One entry, in the exact shape journal.message_text writes (the four fields in
+    their order: only the text needs a YAML reader), or else read generically."""
+    text = entry.decode("utf-8")
+    head = _ENTRY_HEAD.match(text)
+    if head is None:
+        return _message_of_fields(text)
+    lines = yamltext.split_lines(text[head.end() - 8 :])  # from "  text: " on
+    value, end = yamltext.parse_value(lines[0][8:], lines, 1, 2)
+    rest = lines[end:]
+    if rest not in ([], ["  interrupted: true"]):
+        return _message_of_fields(text)
+    return Message(int(head[1]), head[2], head[3], value, interrupted=bool(rest))
+
+
+def _message_of_fields(text: str) -> Message:
+    fields, _ = yamltext.parse_mapping_lines(yamltext.split_lines(text), 0, 2)
     return Message(
         seq=int(fields["seq"]),
         role=fields["role"],
@@ -540,7 +654,7 @@ def watch_archives(
         if ready is not None:
             ready()
             ready = None
-        for path in sorted(_new_archives(journal.users_dir, batch, only)):
+        for path in sorted(new_archives(journal.users_dir, batch, only)):
             if path in seen:
                 continue
             seen.add(path)
@@ -548,7 +662,11 @@ def watch_archives(
                 yield journal.archive_info(user_from_dir_name(path.parts[-4]), path)
 
 
-def _new_archives(users_dir: Path, batch: set[tuple[Any, str]], only: str | None) -> set[Path]:
+def new_archives(users_dir: Path, batch: set[tuple[Any, str]], only: str | None) -> set[Path]:
+    """The archives a watchfiles batch of ``added`` changes under ``users_dir`` brought
+    (of the user directory ``only``, if given), including those inside directories that
+    appeared: a new user's first archive can land before a watch on its directory is in
+    place."""
     found: set[Path] = set()
     for _, raw in batch:
         path = Path(raw)

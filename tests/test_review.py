@@ -537,3 +537,55 @@ def test_a_long_matching_line_is_cut_around_the_match() -> None:
 
     [line] = review.hit_lines(hit, style=mark)
     assert "<NEEDLE>" in line and "…" in line and len(line) < 250
+
+
+def test_search_keeps_the_interrupted_flag(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, fsync="no")
+    journal.append("u", "user", "tell me about refunds")
+    journal.append("u", "assistant", "Refunds take\nfive days", interrupted=True)
+    journal.archive("u", "user")
+    found = list(review.search(journal, review.Query.compile("refund")))
+    assert [(h.message.seq, h.message.interrupted) for h in found] == [(1, False), (2, True)]
+    assert found[1].message.text == "Refunds take\nfive days"
+    assert found[1].as_json()["interrupted"] is True
+
+
+def test_forked_search_finds_what_one_process_finds(
+    journal: Journal, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
+    broken.write_bytes(b"user: alice\nmessages: [refund\n")  # fails in whichever process
+    monkeypatch.setattr(review, "PARALLEL_FROM", 1)
+
+    def run(workers: int) -> tuple[list[tuple[str, str, int]], list[str]]:
+        errors: list[str] = []
+        found = review.search(
+            journal,
+            review.Query.compile("refun"),
+            current=True,
+            workers=workers,
+            on_error=lambda path, exc: errors.append(f"{path.name}: {exc}"),
+        )
+        return [(h.user, h.archive, h.message.seq) for h in found], errors
+
+    serial = run(1)
+    assert serial[0] and len(serial[1]) == 1
+    assert serial[1][0].startswith(f"{broken.name}: not a valid YAML document")
+    for workers in (2, 5, 7):  # the broken file (6th) falls to a child, or to this process
+        assert run(workers) == serial
+
+
+def test_a_failed_search_worker_is_an_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(review, "PARALLEL_FROM", 1)
+    share = review._search_share
+
+    def failing(sources: object, index: int, *args: object) -> object:
+        if index:
+            raise RuntimeError("boom")
+        return share(sources, index, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(review, "_search_share", failing)
+    with pytest.raises(OSError, match="a search worker failed"):
+        list(review.search(journal, review.Query.compile("refund"), workers=2))
