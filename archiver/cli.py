@@ -96,6 +96,10 @@ def _nothing_found() -> NoReturn:
     sys.exit(1)
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class _Output:
     """Lines for stdout, written in batches: click.echo flushes on every call, which at
     tens of thousands of lines costs more than finding them."""
@@ -126,7 +130,7 @@ class _Output:
         held: str | None = None  # each element waits for the next to know its comma
         for item in items:
             self.line("[" if held is None else held + ",")
-            held = json.dumps(item, ensure_ascii=False)
+            held = _to_json(item)
             count += 1
         self.line("[]" if held is None else held + "\n]")
         return count
@@ -498,7 +502,7 @@ def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
     with _errors(), contextlib.suppress(KeyboardInterrupt):
         archives = review.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
         for info in archives:
-            line = json.dumps(_info_json(info), ensure_ascii=False) if as_json else None
+            line = _to_json(_info_json(info)) if as_json else None
             click.echo(line or _info_line(info))
 
 
@@ -535,7 +539,7 @@ def export(
     count = 0
     with _errors(), _Output(batch=64) as out:
         for item in review.export(journal, _filter(user, since, before, reason), _warn):
-            out.line(json.dumps(item, ensure_ascii=False))
+            out.line(_to_json(item))
             count += 1
     if not count:
         _nothing_found()

@@ -1,12 +1,12 @@
-"""``python -m bench {journal,all} [--quick]``."""
+"""``python -m bench {journal,search,all} [--quick]``."""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import journal
+from bench import journal, search
 
-BENCHMARKS = {"journal": journal.run}
+BENCHMARKS = {"journal": journal.run, "search": search.run}
 
 
 def main() -> None:
