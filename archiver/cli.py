@@ -76,8 +76,8 @@ def _errors() -> Iterator[None]:
     except JournalError as exc:
         raise click.ClickException(exc.detail) from None
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        raise click.ClickException(f"cannot read{where}: {exc.strerror or exc}") from None
+        detail = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        raise click.ClickException(detail) from None
 
 
 def _stdout_gone() -> NoReturn:
@@ -387,14 +387,15 @@ def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | No
         journal = _journal(data_dir)
         with _errors():
             review.users_of(journal, user_or_path)
-            found = (
-                journal.current_path(user_or_path)
-                if name == CURRENT
-                else review.find_archive(journal, user_or_path, name)
-            )
-        if found is None or not found.is_file():
-            raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
-        path = found
+            if name == CURRENT:
+                path = journal.current_path(user_or_path)
+                if not path.is_file():
+                    raise click.ClickException(f"user {user_or_path!r} has no live dialog")
+            else:
+                found = review.find_archive(journal, user_or_path, name)
+                if found is None:
+                    raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
+                path = found
     try:
         dialog = review.read_dialog(path, live=path.name == CURRENT)
     except IsADirectoryError:

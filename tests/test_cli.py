@@ -194,6 +194,8 @@ def test_show_errors(data: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 1
     assert missing.stderr == "Error: no archive '2020-01-01-00-00-00.yaml' for user 'alice'\n"
     assert run(data, "show", "alice", "../current.yaml").exit_code == 1
+    no_live = run(data, "show", "auth0|42", "current.yaml")
+    assert no_live.stderr == "Error: user 'auth0|42' has no live dialog\n"
     unknown = run(data, "show", "bob", ALICE_NEWEST)
     assert unknown.exit_code == 1 and "no user 'bob'" in unknown.stderr
     gone = run(None, "show", str(tmp_path / "gone.yaml"))
