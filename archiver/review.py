@@ -258,9 +258,8 @@ _FOLDS_TO_ASCII = {
     "s": ("\u017f",),
 }
 _COLUMN0 = re.compile(rb"\n(?=[^ \n])")
-_VERBATIM = re.compile(
-    r"[\x20\x21\x23-\x26\x28-\x5b\x5d-\x7e]+"
-)  # ASCII printable but quotes, backslash
+# ASCII printable but ' " and backslash: what every style yamltext writes keeps as is.
+_VERBATIM = re.compile(r"[\x20\x21\x23-\x26\x28-\x5b\x5d-\x7e]+")
 
 
 def _fragment(text: str) -> str:
