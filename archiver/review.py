@@ -182,7 +182,7 @@ def list_archives(
     """
     where = where or Filter()
     found: list[ArchiveInfo] = []
-    for name_user in users_of(journal, user or where.user):
+    for name_user in users_of(journal, user if user is not None else where.user):
         directory = journal.dialogs_dir(name_user) / ARCHIVED
         for name in journal.archive_names(name_user):
             if where.too_old(name):

@@ -140,6 +140,7 @@ def test_list_exit_codes_and_errors(data: Path, tmp_path: Path) -> None:
     bad_date = run(data, "list", "--since", "last tuesday")
     assert bad_date.exit_code == 2 and "neither a date" in bad_date.stderr
     assert run(data, "list", "--reason", "bored").exit_code == 2
+    assert run(data, "list", "--user", "").exit_code == 2  # an empty id, not everyone
     assert run(data, "list", "--limit", "0").exit_code == 2
     assert run(data, "list", "--bogus").exit_code == 2
     nowhere = run(tmp_path / "nowhere", "list")
