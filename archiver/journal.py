@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import os
@@ -41,11 +42,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from . import yamltext
 from .config import FsyncPolicy
+
+if TYPE_CHECKING:
+    from .redact import Redactor
 
 CURRENT = "current.yaml"
 ARCHIVED = "archived"
@@ -252,11 +256,16 @@ def message_text(message: Message) -> str:
     return yamltext.entry_text(fields)
 
 
-def trailer_text(ended: str, reason: str) -> str:
-    return f"ended: {yamltext.quoted(ended)}\nreason: {yamltext.inline(reason)}\n"
+def trailer_text(ended: str, reason: str, redaction: dict[str, int] | None = None) -> str:
+    text = f"ended: {yamltext.quoted(ended)}\nreason: {yamltext.inline(reason)}\n"
+    if redaction is not None:
+        # Which patterns ran, and how many spans each replaced: "email=2, card=0".
+        summary = ", ".join(f"{name}={count}" for name, count in redaction.items())
+        text += f"redacted: {yamltext.inline(summary or 'none')}\n"
+    return text
 
 
-def _message_from(fields: dict[str, str]) -> Message:
+def message_from_fields(fields: dict[str, str]) -> Message:
     try:
         return Message(
             seq=int(fields["seq"]),
@@ -274,7 +283,7 @@ def parse_dialog(data: bytes) -> Dialog:
     text = data.decode("utf-8")
     try:
         top, entries = yamltext.parse_document(text)
-        messages = [_message_from(e) for e in entries]
+        messages = [message_from_fields(e) for e in entries]
     except yamltext.ParseError:
         return _parse_with_ruamel(text)
     return _dialog_from(top, messages)
@@ -348,6 +357,15 @@ def _last_seq_and_at(tail: bytes) -> tuple[int, str | None] | None:
         at_end = tail.find(b"'", at_pos + len(_AT))
         at = tail[at_pos + len(_AT) : at_end].decode() if at_end > 0 else None
     return seq, at
+
+
+def dialog_id_in(head: bytes) -> str:
+    """The ``dialog:`` value of a file that starts with ``head``."""
+    start = head.find(b"\ndialog: ")
+    end = head.find(b"\n", start + 1)
+    if start < 0 or end < 0:
+        raise yamltext.ParseError("no dialog id in the header")
+    return yamltext.parse_value(head[start + 9 : end].decode("utf-8"), [], 0, 0)[0]
 
 
 def _parse_head(head: bytes) -> dict[str, str]:
@@ -448,6 +466,7 @@ class Journal:
         self.instance = instance
         self._owner_bytes = None if instance is None else instance.encode().ljust(OWNER_BYTES)
         self.alive = alive
+        self.redactor: Redactor | None = None  # applied to the archive copy, not the journal
         self._users_str = str(self.users_dir)
         self.fsync = fsync
         self._dirty: set[str] = set()
@@ -618,12 +637,10 @@ class Journal:
     @staticmethod
     def _dialog_id(fd: int) -> str:
         # The header is a few short lines; the user id line is at most ~1 KB escaped.
-        head = os.pread(fd, 2048, 0)
-        start = head.find(b"\ndialog: ")
-        end = head.find(b"\n", start + 1)
-        if start < 0 or end < 0:
-            raise JournalError("corrupt", "the journal has no dialog id in its header")
-        return yamltext.parse_value(head[start + 9 : end].decode(), [], 0, 0)[0]
+        try:
+            return dialog_id_in(os.pread(fd, 2048, 0))
+        except yamltext.ParseError:
+            raise JournalError("corrupt", "the journal has no dialog id in its header") from None
 
     @staticmethod
     def _last_seq(fd: int, size: int, tail: bytes) -> int:
@@ -687,21 +704,20 @@ class Journal:
         return repaired
 
     def _finish_pending(self, user: str, path: Path, nlink: int) -> Archived:
-        """A crash hit between the trailer and the rename: complete the rename."""
+        """A crash hit between the trailer and the commit: complete it, exactly once."""
         head = self._read_head_of(path)
-        if nlink > 1:
-            # The link fallback got as far as the new name: only the unlink is missing.
+        done = self._archived_copy_of(path.parent / ARCHIVED, head.dialog)
+        if nlink > 1 or done is not None:
+            # The archive exists (a link, or a redacted copy): only the unlink is missing.
             path.unlink()
             fsync_dir(path.parent)
-            name = "(already linked)"
-            target = path.parent / ARCHIVED
+            target = done if done is not None else path.parent / ARCHIVED
         else:
-            target = self._rename_into_archive(path)
-            name = target.name
+            target = self._commit(path, head)
         finished = Archived(
             user=user,
             dialog=head.dialog,
-            name=name,
+            name=target.name,
             path=target,
             reason=head.reason or "recovery",
             messages=head.messages,
@@ -710,6 +726,19 @@ class Journal:
         if self.observer is not None:
             self.observer(finished)
         return finished
+
+    @staticmethod
+    def _archived_copy_of(archived: Path, dialog: str) -> Path | None:
+        """The newest archives' file holding ``dialog``, if a crash left both behind."""
+        try:
+            names = [n for n in os.listdir(archived) if ARCHIVE_NAME.match(n)]
+        except FileNotFoundError:
+            return None
+        for name in sorted(names, key=archive_sort_key, reverse=True)[:5]:
+            with open(archived / name, "rb") as fh:
+                if _parse_head(fh.read(4096)).get("dialog") == dialog:
+                    return archived / name
+        return None
 
     # -- archive ------------------------------------------------------------------------
 
@@ -738,12 +767,16 @@ class Journal:
             if owned:
                 self._check_owner(held[1])
             path = directory / CURRENT
+            try:
+                # Before any repair: setting a torn tail aside rewrites the file, and would
+                # make a long-idle dialog look freshly written.
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                return None
             settled = self._settle(user, path)
             if isinstance(settled, Archived) and (dialog is None or settled.dialog == dialog):
                 return settled
-            try:
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
+            if not path.exists():
                 return None
             if idle_for is not None and time.time() - mtime < idle_for:
                 return None
@@ -768,7 +801,7 @@ class Journal:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            target = self._rename_into_archive(path)
+            target = self._commit(path, head)
         except OSError as exc:
             raise _journal_error(exc, "archiving the dialog") from exc
         return Archived(
@@ -781,19 +814,52 @@ class Journal:
             started=head.started,
         )
 
-    def _rename_into_archive(self, path: Path) -> Path:
+    def _commit(self, path: Path, head: Head) -> Path:
+        """The commit point: current.yaml (trailer written) becomes an archive."""
+        if self.redactor is None:
+            return self._rename_into_archive(path, path)
+        # Redacted: write a redacted copy beside the archives, rename it into place (the
+        # commit point), then remove the journal. A crash in between leaves both, and
+        # _finish_pending recognizes the copy by its dialog id.
+        redacted = self._redacted(path.read_bytes())
         archived = path.parent / ARCHIVED
+        tmp = archived / f".tmp-{head.dialog}-{secrets.token_hex(3)}"
+        tmp.write_bytes(redacted)
+        if self.fsync != "no":
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        target = self._rename_into_archive(tmp, path)
+        path.unlink()
+        if self.fsync != "no":
+            fsync_dir(path.parent)
+        return target
+
+    def _redacted(self, data: bytes) -> bytes:
+        assert self.redactor is not None
+        dialog = parse_dialog(data)
+        totals: dict[str, int] = dict.fromkeys(self.redactor.names, 0)
+        parts = [header_text(dialog.user, dialog.dialog, dialog.started)]
+        for message in dialog.messages:
+            text, found = self.redactor.redact(message.text)
+            for name, count in found.items():
+                totals[name] += count
+            parts.append(message_text(dataclasses.replace(message, text=text)))
+        parts.append(trailer_text(dialog.ended or utc_stamp(), dialog.reason or "recovery", totals))
+        return "".join(parts).encode("utf-8") + MARKER
+
+    def _rename_into_archive(self, source: Path, journal: Path) -> Path:
+        archived = journal.parent / ARCHIVED
         archived.mkdir(exist_ok=True)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
         for n in range(1, 10_000):
             target = archived / (f"{stamp}.yaml" if n == 1 else f"{stamp}-{n}.yaml")
             try:
-                rename_noreplace(path, target)
+                rename_noreplace(source, target)
             except FileExistsError:
                 continue
             if self.fsync != "no":
                 fsync_dir(archived)
-                fsync_dir(path.parent)
+                fsync_dir(journal.parent)
             return target
         raise JournalError("io", "could not find a free archive name")
 
@@ -861,7 +927,7 @@ class Journal:
         chunk = tail[starts[-count] if len(starts) >= count else starts[0] :].decode("utf-8")
         try:
             _, entries = yamltext.parse_document(chunk)
-            return [_message_from(e) for e in entries]
+            return [message_from_fields(e) for e in entries]
         except yamltext.ParseError:
             dialog = self.load_current(user)
             return [] if dialog is None else dialog.messages[-count:]

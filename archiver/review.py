@@ -51,6 +51,8 @@ from .journal import (
     JournalError,
     Message,
     archive_sort_key,
+    dialog_id_in,
+    message_from_fields,
     parse_dialog,
     torn_boundary,
     user_dir_name,
@@ -565,20 +567,12 @@ def _search_entries(
             after = _COLUMN0.search(data, pos)
             end = after.start() + 1 if after else len(data)
             if dialog is None:
-                dialog = _dialog_id(data)
+                dialog = dialog_id_in(data)
             hits.extend(_hit(source, dialog, _message(data[start:end]), query, role))
             pos = lowered.find(query.fragment, end)
     except (yamltext.ParseError, UnicodeDecodeError, KeyError, ValueError):
         return None
     return hits
-
-
-def _dialog_id(data: bytes) -> str:
-    start = data.find(b"\ndialog: ") + 9
-    end = data.find(b"\n", start)
-    if start < 9 or end < 0:
-        raise yamltext.ParseError("no dialog id in the header")
-    return yamltext.parse_value(data[start:end].decode("utf-8"), [], 0, 0)[0]
 
 
 _ENTRY_HEAD = re.compile(
@@ -603,13 +597,7 @@ def _message(entry: bytes) -> Message:
 
 def _message_of_fields(text: str) -> Message:
     fields, _ = yamltext.parse_mapping_lines(yamltext.split_lines(text), 0, 2)
-    return Message(
-        seq=int(fields["seq"]),
-        role=fields["role"],
-        at=fields["at"],
-        text=fields.get("text", ""),
-        interrupted=fields.get("interrupted") == "true",
-    )
+    return message_from_fields(fields)
 
 
 # ---------------------------------------------------------------------------------------

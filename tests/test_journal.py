@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,15 @@ def test_append_records_the_owner_and_owned_archive_respects_a_live_other(tmp_pa
     live.discard("proc-b")  # b died: its dialog is anyone's to archive
     archived = a.archive("u", "shutdown", owned=True)
     assert archived is not None and archived.messages == 2
+
+
+def test_a_torn_idle_dialog_is_repaired_and_archived_by_one_sweep(journal: Journal) -> None:
+    journal.append("t", "user", "long ago")
+    journal.append("t", "user", "torn")
+    path = current(journal, "t")
+    path.write_bytes(path.read_bytes()[:-20])  # cut inside the last entry
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    archived = journal.archive("t", "timeout", idle_for=600)
+    assert archived is not None and archived.messages == 1
+    assert texts(archived.path) == ["long ago"]
