@@ -30,13 +30,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth
+from . import auth, redact
 from .auth import Anonymous, JWTBackend, User
 from .config import Settings
+from .feed import Feed
 from .hub import Event, Hub, Inbox
 from .journal import Journal, JournalError, parse_dialog
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
+from .metrics import CONTENT_TYPE, Metrics
 from .owners import Instance
 from .replies import ReplyError, make_client, make_responder
 from .sessions import Busy, Refused, Sessions, ShuttingDown
@@ -181,8 +183,12 @@ async def subscribe(request: Request) -> Response:
                     remaining=remaining,
                 )
 
+    return _event_stream(body(), settings)
+
+
+def _event_stream(body: AsyncIterator[ServerSentEvent], settings: Settings) -> Response:
     return _Stream(
-        body(),
+        body,
         ping=settings.ping_interval,
         sep="\n",
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
@@ -191,6 +197,41 @@ async def subscribe(request: Request) -> Response:
         # cancelling them abruptly before they said goodbye.
         shutdown_grace_period=settings.shutdown_timeout,
     )
+
+
+async def admin_feed(request: Request) -> Response:
+    """SSE: one ``archive`` event per archive as it lands (``?user=`` for one user)."""
+    admin = require_user(request, admin=True)
+    sessions = sessions_of(request)
+    feed = sessions.feed
+    if feed is None or sessions.draining:
+        raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
+    only = request.query_params.get("user") or None
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        inbox: Inbox | None = None
+        try:
+            inbox = feed.subscribe(only)
+            log.info("feed.connect", user=admin.id, conn=inbox.id, only=only)
+            yield ServerSentEvent(retry=3000, sep="\n")
+            watching = await feed.watching()
+            yield _sse(Event("ready", {"connection": inbox.id, "user": only, "watching": watching}))
+            while (event := await inbox.get()) is not None:
+                yield _sse(event)
+        finally:
+            if inbox is not None:
+                feed.unsubscribe(inbox)
+                log.info(
+                    "feed.disconnect", user=admin.id, conn=inbox.id, reason=inbox.closed or "client"
+                )
+
+    return _event_stream(body(), request.app.state.settings)
+
+
+async def metrics(request: Request) -> Response:
+    sessions = sessions_of(request)
+    assert sessions.metrics is not None
+    return Response(sessions.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def chat(request: Request) -> Response:
@@ -417,6 +458,8 @@ async def _watch_for_exit(sessions: Sessions) -> None:
 
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
+    # Load redaction rules now, so a bad pattern stops the start with its message.
+    redactor = redact.load(settings.redact, settings.redact_file)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -424,16 +467,20 @@ def create_app(settings: Settings) -> Starlette:
         instance = Instance(settings.data_dir)
         journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)
         client = make_client(settings) if settings.upstream != "echo" else None
+        journal.redactor = redactor
+        hub = Hub()
         sessions = Sessions(
             settings=settings,
             store=Store(journal),
-            hub=Hub(),
+            hub=hub,
             responder=make_responder(settings, client),
             instance=instance,
             rate_limit=RateLimit(settings.rate_limit) if settings.rate_limit else None,
             breaker=None
             if settings.upstream == "echo"
             else Breaker(settings.breaker_failures, settings.breaker_cooldown),
+            metrics=Metrics(lambda: hub.connections, lambda: len(hub.users())),
+            feed=Feed(journal),
         )
         app.state.sessions = sessions
         log.info(
@@ -485,7 +532,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/archives/{name}", archive),
         Route("/users", users),
         Route("/users/{rest:path}", user_archives),
+        Route("/admin/feed", admin_feed),
         Route("/health", health),
+        Route("/metrics", metrics),
     ]
     app = Starlette(
         routes=routes,

@@ -80,6 +80,11 @@ class Settings:
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
     # Chats per minute per user (a token bucket holding one minute's worth); 0 turns it off.
     rate_limit: float = DEFAULT_RATE_LIMIT
+    # Archives older than this many days are deleted by the sweeper; 0 keeps them forever.
+    retention_days: float = 0
+    # Built-in redactions applied to archives (email, phone, card), and a file of more.
+    redact: tuple[str, ...] = ()
+    redact_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -30,11 +30,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from . import review
 from .config import Settings
+from .feed import Feed
 from .hub import Event, Hub, Inbox
 from .journal import Appended, Archived, Head, JournalError, Message, NotOwner, Repaired
 from .limits import Breaker, RateLimit
 from .logs import log
+from .metrics import Metrics
 from .owners import Instance
 from .replies import ReplyError, ReplyRequest, Responder
 from .store import Store
@@ -104,6 +107,8 @@ class Sessions:
     instance: Instance | None = None
     rate_limit: RateLimit | None = None
     breaker: Breaker | None = None
+    metrics: Metrics | None = None
+    feed: Feed | None = None
     draining: bool = False
     shutdown_started: float | None = None
     archived: Counter[str] = field(default_factory=Counter)
@@ -120,6 +125,8 @@ class Sessions:
         """Start the background work in ``task_group`` (owned by the lifespan)."""
         self._tg = task_group
         self.store.journal.observer = self._observed
+        if self.feed is not None:
+            self.feed.start(task_group)
         await self.recover()
         task_group.start_soon(self._sweeper)
         if self.instance is not None:
@@ -146,6 +153,8 @@ class Sessions:
             if chat.scope is not None:
                 chat.scope.cancel()
         self.hub.close_all("shutdown", SHUTDOWN_EVENT)
+        if self.feed is not None:
+            self.feed.close_all("shutdown", SHUTDOWN_EVENT)
 
     async def drain(self) -> None:
         """Archive every dialog this process knows, with reason ``shutdown``."""
@@ -257,6 +266,9 @@ class Sessions:
         if result is None:
             return None
         self.archived[reason] += 1
+        if self.metrics is not None:
+            self.metrics.archived.labels(reason).inc()
+            self.metrics.archive_seconds.observe(time.monotonic() - started)
         log.info(
             "dialog.archived",
             user=user,
@@ -302,13 +314,34 @@ class Sessions:
         for user in stale:
             if await self.archive(user, "timeout", idle_for=limit) is not None:
                 archived += 1
+        pruned = await self._prune() if self.settings.retention_days else 0
+        if self.metrics is not None:
+            self.metrics.sweeps.inc()
         log.info(
             "sweep.run",
             dialogs=len(mtimes),
             archived=archived,
+            pruned=pruned,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return archived
+
+    async def _prune(self) -> int:
+        """Delete archives older than ARCHIVER_RETENTION_DAYS (review.prune: same as the CLI)."""
+        journal = self.store.journal
+        days = self.settings.retention_days
+        pruned = await self.store.run(lambda: list(review.prune(journal, days)))
+        for item in pruned:
+            log.info(
+                "archive.pruned",
+                user=item.info.user,
+                name=item.info.name,
+                ended=item.info.ended,
+                days=days,
+            )
+        if self.metrics is not None:
+            self.metrics.pruned.inc(len(pruned))
+        return len(pruned)
 
     async def _sweeper(self) -> None:
         while True:
@@ -367,7 +400,12 @@ class Sessions:
             raise ShuttingDown()
         if user in self._chats:
             raise Busy()
-        self._admit(user)
+        try:
+            self._admit(user)
+        except Refused as exc:
+            if self.metrics is not None:
+                self.metrics.refused.labels(exc.code).inc()
+            raise
         chat = self._chats[user] = _Chat()
         try:
             async with self.store.user_lock(user):
@@ -445,6 +483,8 @@ class Sessions:
             if error is not None:
                 return await self._reply_failed(user, asked, message_id, error, reply, timing)
         assert reply is not None
+        if self.metrics is not None:
+            self.metrics.reply_seconds.observe(time.monotonic() - started)
         self._publish_reply(user, "end", message_id, interrupted=interrupted)
         self.hub.publish(user, message_event(reply.dialog, reply.message))
         log.info(
@@ -488,6 +528,8 @@ class Sessions:
         partial: Appended | None,
         timing: dict[str, Any],
     ) -> ChatResult:
+        if self.metrics is not None:
+            self.metrics.reply_errors.labels(error.kind).inc()
         log.warning(
             "reply.error",
             user=user,
@@ -508,6 +550,8 @@ class Sessions:
     async def _append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
         appended = await self.store.append(user, role, text, interrupted)
         self._known.add(user)
+        if self.metrics is not None:
+            self.metrics.appended.labels(role).inc()
         log.info(
             "chat.append",
             user=user,
