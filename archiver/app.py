@@ -35,7 +35,7 @@ from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
 from .hub import Event, Hub, Inbox
-from .journal import Journal, JournalError, parse_dialog
+from .journal import Fault, Journal, JournalError, parse_dialog
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
 from .metrics import CONTENT_TYPE, Metrics
@@ -456,6 +456,14 @@ async def _watch_for_exit(sessions: Sessions) -> None:
     sessions.begin_shutdown()
 
 
+def _armed_fault(spec: str) -> Fault:
+    """Test-only: arm ARCHIVER_FAULT_POINT, and say so loudly."""
+    fault = Fault.parse(spec)
+    fault.announce = lambda point: log.warning("fault.crash", point=point, nth=fault.nth)
+    log.warning("fault.armed", point=fault.point, nth=fault.nth, torn_bytes=fault.torn_bytes)
+    return fault
+
+
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
@@ -468,6 +476,8 @@ def create_app(settings: Settings) -> Starlette:
         journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)
         client = make_client(settings) if settings.upstream != "echo" else None
         journal.redactor = redactor
+        if settings.fault_point:
+            journal.fault = _armed_fault(settings.fault_point)
         hub = Hub()
         sessions = Sessions(
             settings=settings,

@@ -25,6 +25,11 @@ two steps by a crash, and the next operation finishes its rename.
 **Locks.** ``fcntl.flock`` on ``dialogs/.lock`` around every operation, so threads and
 processes sharing a data directory serialize per user. This module is synchronous and
 does blocking I/O; :mod:`archiver.store` runs it off the event loop.
+
+**Fault points.** Crash tests arm a :class:`Fault` (``ARCHIVER_FAULT_POINT``, test-only)
+that SIGKILLs the process at one named step of a write (``FAULT_POINTS`` in config.py),
+so every step between "nothing written" and "committed" is crashed at on purpose rather
+than hoped for by killing at random times. Unarmed, each point costs one ``is None``.
 """
 
 from __future__ import annotations
@@ -37,16 +42,17 @@ import fcntl
 import os
 import re
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, unquote
 
 from . import yamltext
-from .config import FsyncPolicy
+from .config import FAULT_POINTS, FsyncPolicy
 
 if TYPE_CHECKING:
     from .redact import Redactor
@@ -83,6 +89,44 @@ class NotOwner(Exception):
 
 class BadUserId(ValueError):
     """A user id that cannot be stored (too long once encoded, or empty)."""
+
+
+@dataclass
+class Fault:
+    """Test-only crash injection: SIGKILL this process the ``nth`` time ``point`` is reached.
+
+    At a ``*.torn`` point only the first ``torn_bytes`` of the write reach the file (half
+    of it by default) before the kill: what a power cut in the middle of a write leaves.
+    """
+
+    point: str
+    nth: int = 1
+    torn_bytes: int | None = None
+    announce: Callable[[str], None] | None = None  # called just before the kill (a log line)
+    hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """``<point>[@<nth>][#<bytes>]``, e.g. ``append.torn@3#17``."""
+        rest, _, torn = spec.partition("#")
+        point, _, nth = rest.partition("@")
+        if point not in FAULT_POINTS:
+            raise ValueError(f"unknown fault point {point!r}")
+        return cls(point, int(nth or 1), int(torn) if torn else None)
+
+    def reached(self, point: str) -> bool:
+        if point != self.point:
+            return False
+        with self._lock:
+            self.hits += 1
+            return self.hits == self.nth
+
+    def crash(self) -> NoReturn:
+        if self.announce is not None:
+            self.announce(self.point)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise SystemExit(137)  # not reached: SIGKILL cannot be caught
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,9 +432,15 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; raise FileExistsError rather than replace ``dst``."""
-    if _renameat2 is not None:
+def rename_noreplace(
+    src: Path, dst: Path, *, link_only: bool = False, linked: Callable[[], None] | None = None
+) -> None:
+    """Rename ``src`` to ``dst``; raise FileExistsError rather than replace ``dst``.
+
+    ``link_only`` takes the link+unlink fallback, and ``linked`` runs between the two
+    (the crash tests' way to reach that step on a filesystem that has renameat2).
+    """
+    if _renameat2 is not None and not link_only:
         rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
         if rc == 0:
             return
@@ -400,6 +450,8 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     # Fallback (e.g. NFS): link is atomic and refuses to replace. A crash between link
     # and unlink leaves current.yaml with two links, which _finish_pending recognizes.
     os.link(src, dst)
+    if linked is not None:
+        linked()
     os.unlink(src)
 
 
@@ -474,6 +526,12 @@ class Journal:
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
         self.observer: Callable[[Archived | Repaired], None] | None = None
+        self.fault: Fault | None = None  # test-only crash injection
+
+    def _reach(self, point: str) -> None:
+        """A named step of a write: an armed :class:`Fault` kills the process here."""
+        if self.fault is not None and self.fault.reached(point):
+            self.fault.crash()
 
     # -- paths --------------------------------------------------------------------------
 
@@ -586,20 +644,32 @@ class Journal:
             body = message_text(message).encode("utf-8")
             if size == 0:
                 body = header_text(user, dialog, message.at).encode("utf-8") + body
-            self._write(fd, body + MARKER, offset, size)
+            self._write(fd, body + MARKER, offset, size, "append")
+            self._reach("append.written")
             self._after_write(fd, path, new_file=size == 0)
             return Appended(user=user, dialog=dialog, message=message, new_dialog=size == 0)
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    def _write(self, fd: int, data: bytes, offset: int, old_size: int) -> None:
+    def _write(self, fd: int, data: bytes, offset: int, old_size: int, step: str) -> None:
         try:
             _reserve(fd, offset, len(data))
+            if self.fault is not None:
+                self._reach(f"{step}.reserved")
+                self._maybe_tear(fd, data, offset, step)
             _write_all(fd, data, offset)
         except OSError as exc:
             self._restore(fd, old_size)
             raise _journal_error(exc, "appending to the journal") from exc
+
+    def _maybe_tear(self, fd: int, data: bytes, offset: int, step: str) -> None:
+        """At an armed ``<step>.torn`` point, write only a prefix of ``data``, then die."""
+        assert self.fault is not None
+        if self.fault.reached(f"{step}.torn"):
+            cut = self.fault.torn_bytes or len(data) // 2
+            os.pwrite(fd, data[: max(1, min(cut, len(data) - 1))], offset)
+            self.fault.crash()
 
     @staticmethod
     def _restore(fd: int, old_size: int) -> None:
@@ -689,12 +759,14 @@ class Journal:
         if torn.strip(b"\0"):
             side = _free_name(path.with_name(f"{CURRENT}.torn-{time.strftime('%Y%m%dT%H%M%SZ')}"))
             side.write_bytes(torn)
+        self._reach("repair.aside")
         if keep == 0:
             path.unlink()
         elif keep == data_end:
             os.ftruncate(fd, keep)  # only zeros were past the marker
         else:
             os.ftruncate(fd, keep)
+            self._reach("repair.cut")
             os.pwrite(fd, MARKER, keep)
             os.fsync(fd)
         fsync_dir(path.parent)
@@ -796,11 +868,12 @@ class Journal:
             try:
                 size = os.fstat(fd).st_size
                 trailer = trailer_text(utc_stamp(), reason).encode() + MARKER
-                self._write(fd, trailer, size - len(MARKER), size)
+                self._write(fd, trailer, size - len(MARKER), size, "archive")
                 if self.fsync != "no":
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            self._reach("archive.trailed")
             target = self._commit(path, head)
         except OSError as exc:
             raise _journal_error(exc, "archiving the dialog") from exc
@@ -828,7 +901,9 @@ class Journal:
         if self.fsync != "no":
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        self._reach("archive.copy_written")
         target = self._rename_into_archive(tmp, path)
+        self._reach("archive.copied")
         path.unlink()
         if self.fsync != "no":
             fsync_dir(path.parent)
@@ -851,12 +926,19 @@ class Journal:
         archived = journal.parent / ARCHIVED
         archived.mkdir(exist_ok=True)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+        link_only = self.fault is not None and self.fault.point == "archive.linked"
         for n in range(1, 10_000):
             target = archived / (f"{stamp}.yaml" if n == 1 else f"{stamp}-{n}.yaml")
             try:
-                rename_noreplace(source, target)
+                rename_noreplace(
+                    source,
+                    target,
+                    link_only=link_only,
+                    linked=(lambda: self._reach("archive.linked")) if link_only else None,
+                )
             except FileExistsError:
                 continue
+            self._reach("archive.renamed")
             if self.fsync != "no":
                 fsync_dir(archived)
                 fsync_dir(journal.parent)
