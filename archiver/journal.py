@@ -758,14 +758,20 @@ class Journal:
         side: Path | None = None
         if torn.strip(b"\0"):
             side = _free_name(path.with_name(f"{CURRENT}.torn-{time.strftime('%Y%m%dT%H%M%SZ')}"))
-            side.write_bytes(torn)
+            _write_synced(side, torn)  # kept before the journal is cut
         self._reach("repair.aside")
         if keep == 0:
             path.unlink()
         elif keep == data_end:
             os.ftruncate(fd, keep)  # only zeros were past the marker
         else:
-            os.ftruncate(fd, keep)
+            # Cut to the torn write's first four bytes, then overwrite them with the marker.
+            # A crash between the two leaves a journal that ends in the start of that write
+            # (a line at column 0), which the next repair sets aside again. Cutting to the
+            # last whole entry first would leave a journal without a marker whose last,
+            # whole, acknowledged entry the next repair would take for torn.
+            os.ftruncate(fd, keep + len(MARKER))
+            os.fsync(fd)
             self._reach("repair.cut")
             os.pwrite(fd, MARKER, keep)
             os.fsync(fd)
@@ -1108,6 +1114,15 @@ class Journal:
             if directory is None:
                 return None
             return self._settle(user, directory / CURRENT)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _free_name(path: Path) -> Path:
