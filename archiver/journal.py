@@ -39,6 +39,7 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
+import glob
 import os
 import re
 import secrets
@@ -785,6 +786,9 @@ class Journal:
         """A crash hit between the trailer and the commit: complete it, exactly once."""
         head = self._read_head_of(path)
         done = self._archived_copy_of(path.parent / ARCHIVED, head.dialog)
+        # A redacted copy that never reached its name: the commit below writes a new one.
+        for stale in (path.parent / ARCHIVED).glob(f".tmp-{glob.escape(head.dialog)}-*"):
+            stale.unlink(missing_ok=True)
         if nlink > 1 or done is not None:
             # The archive exists (a link, or a redacted copy): only the unlink is missing.
             path.unlink()

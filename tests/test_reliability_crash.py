@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import Server, SSEClient, mint, soak, wait_for
-from tests.invariants import Tally, check_exactly_once
+from tests.invariants import Tally, check_exactly_once, stray_files
 
 USERS = ["c0", "c1 ü", "c2/x|y"]
 TRICKY = [
@@ -204,6 +204,7 @@ def test_sigkill_at_every_write_point_loses_and_duplicates_nothing(tmp_path: Pat
     for user in USERS:
         check_exactly_once(users_dir, user, ledger.accepted[user], tally)
         assert not (users_dir / _dir(user) / "current.yaml").exists()
+    assert stray_files(data) == []
     # Torn bytes are kept aside: one side file per torn write, and one more when recovery
     # itself was killed after copying them aside (or midway through cutting the journal).
     sides = sorted(users_dir.rglob("current.yaml.torn-*"))
