@@ -755,9 +755,9 @@ class Journal:
         # A crash after reserving space but before writing leaves zeros past the marker.
         data_end = len(data.rstrip(b"\0"))
         keep = data_end if data[:data_end].endswith(TAIL_OK) else torn_boundary(data[:data_end])
-        torn = data[keep:]
+        torn = data[keep:data_end]  # not the zeros reserved past it
         side: Path | None = None
-        if torn.strip(b"\0"):
+        if torn:
             side = _free_name(path.with_name(f"{CURRENT}.torn-{time.strftime('%Y%m%dT%H%M%SZ')}"))
             _write_synced(side, torn)  # kept before the journal is cut
         self._reach("repair.aside")

@@ -210,8 +210,11 @@ def test_sigkill_at_every_write_point_loses_and_duplicates_nothing(tmp_path: Pat
     sides = sorted(users_dir.rglob("current.yaml.torn-*"))
     again = ledger.fired["repair.aside"] + ledger.fired["repair.cut"]
     assert len(sides) == len(ledger.torn) + again, [(p.name, p.stat().st_size) for p in sides]
+    # Exactly the bytes the torn write put there (4: a repair cut short, see repair.cut).
+    assert {p.stat().st_size for p in sides} <= set(ledger.torn) | {4}
     for side in sides:
         head = side.read_bytes()
+        assert b"\0" not in head, "the zeros reserved past a torn write are not torn bytes"
         assert any(s.startswith(head[:6]) for s in (b"- seq: ", b"ended: ", b"user: ")), head
     print(
         f"\ncrash trials={TRIALS} lives={lives} fired={dict(ledger.fired)} "
