@@ -128,8 +128,19 @@ def _sse(event: Event) -> ServerSentEvent:
     return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n")
 
 
+# What a client is told; the journal's own, technical detail goes to the log (journal.error).
+JOURNAL_DETAIL = {
+    "no_space": "The server's disk is full; nothing was written. Try again later.",
+    "read_only": "The server's storage is read-only right now; nothing was written.",
+    "permission": "The server may not write this conversation's files; nothing was written.",
+    "io": "The server's storage failed; nothing was written. Try again later.",
+    "corrupt": "This conversation's file on the server is damaged; it was logged.",
+}
+
+
 def _journal_api_error(exc: JournalError) -> ApiError:
-    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, exc.detail)
+    detail = JOURNAL_DETAIL.get(exc.kind, JOURNAL_DETAIL["io"])
+    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, detail)
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +290,10 @@ async def dialog(request: Request) -> Response:
 
 async def dialog_archive(request: Request) -> Response:
     user = require_user(request)
-    result = await sessions_of(request).archive(user.id, "user")
+    try:
+        result = await sessions_of(request).archive(user.id, "user", raise_errors=True)
+    except JournalError as exc:
+        raise _journal_api_error(exc) from None
     if result is None:
         return JSONResponse({"dialog": None, "archive": None, "messages": 0})
     return JSONResponse(

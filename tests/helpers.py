@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import jwt
@@ -33,6 +33,24 @@ SOAK = os.environ.get("ARCHIVER_SOAK") == "1"
 # conftest.py checks that no log holds any of these tokens (or the secret).
 MINTED: list[str] = []
 LOG_FILES: list[Path] = []
+
+
+# Read at import: conftest's autouse fixture clears ARCHIVER_* before each test.
+REQUIRE_E2E = os.environ.get("ARCHIVER_REQUIRE_E2E") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test this machine cannot run (say why); under ARCHIVER_REQUIRE_E2E=1, fail."""
+    import pytest
+
+    if REQUIRE_E2E:
+        pytest.fail(reason + "; ARCHIVER_REQUIRE_E2E=1 forbids skipping")
+    pytest.skip(reason)
+
+
+def run_root(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (mount, ip, chattr); the result says whether it worked."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
 
 
 def soak(default: int, long: int) -> int:
