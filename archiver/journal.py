@@ -645,7 +645,13 @@ class Journal:
             body = message_text(message).encode("utf-8")
             if size == 0:
                 body = header_text(user, dialog, message.at).encode("utf-8") + body
-            self._write(fd, body + MARKER, offset, size, "append")
+            try:
+                self._write(fd, body + MARKER, offset, size, "append")
+            except JournalError:
+                if size == 0:  # a journal that never got its first entry is not left behind
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
             self._reach("append.written")
             self._after_write(fd, path, new_file=size == 0)
             return Appended(user=user, dialog=dialog, message=message, new_dialog=size == 0)

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Server, run_root, unavailable, wait_for
-from tests.invariants import check_exactly_once
+from tests.helpers import Server, SSEClient, mint, run_root, unavailable, wait_for
+from tests.invariants import check_exactly_once, stray_files
 
 Make = Callable[..., Server]
 BIG = "x" * 5000  # more than a page: an append always needs a new block
@@ -100,6 +100,60 @@ def assert_nothing_half_written(before: dict[str, bytes], after: dict[str, bytes
         assert after.get(name) == content, f"{name} changed"
     for name in set(after) - set(before):
         assert name.endswith("/.lock") and after[name] == b"", f"{name} was written"
+
+
+def test_full_disk_answers_507_writes_nothing_logs_once_and_recovers(
+    make_server: Make, small_disk: SmallDisk
+) -> None:
+    server = make_server(
+        data=small_disk.data, disconnect_grace="60", rate_limit="0", echo_delay="0"
+    )
+    accepted: list[tuple[str, str]] = []
+
+    def chat(text: str) -> httpx.Response:
+        response = server.chat("a", text)
+        if response.status_code == 200:
+            accepted.append((text, response.json()["reply"]["text"]))
+        return response
+
+    assert chat("before " + BIG).status_code == 200
+    with SSEClient(server.url, mint("watcher")) as watcher:
+        watcher.next("ready")
+        for incident in (1, 2):
+            small_disk.fill()
+            before = snapshot(small_disk.users)
+            for i in range(4):
+                assert error_of(r := chat(f"full {incident}.{i} {BIG}")) == "no_space", r
+                assert r.status_code == 507
+                newcomer = server.chat(f"new{incident}.{i}", "hello")
+                assert newcomer.status_code == 507 and error_of(newcomer) == "no_space"
+            assert_nothing_half_written(before, snapshot(small_disk.users))
+            # Reading goes on: the dialog, the archives, health, the other user's stream.
+            dialog = httpx.get(server.url + "/dialog", headers=server.headers("a")).json()
+            assert [m["text"] for m in dialog["messages"]][:1] == ["before " + BIG]
+            assert httpx.get(server.url + "/health").json()["status"] == "ok"
+            assert not watcher.closed.is_set()
+            assert len(server.log_lines("journal.error")) == incident, "once per incident"
+            small_disk.free()
+            assert chat(f"after {incident}").status_code == 200, "recovered without a restart"
+            wait_for(lambda i=incident: len(server.log_lines("journal.recovered")) == i)
+    # Archiving on a full disk: done whole (the trailer fit in the journal's last block and
+    # a rename needs no space), or refused with nothing written.
+    small_disk.fill()
+    before = snapshot(small_disk.users)
+    archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("a"))
+    if archived.status_code == 507:
+        assert error_of(archived) == "no_space"
+        assert_nothing_half_written(before, snapshot(small_disk.users))
+    small_disk.free()
+    if archived.status_code != 200:
+        archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("a"))
+    assert archived.status_code == 200 and archived.json()["archive"], archived.text
+    [error_line] = server.log_lines("journal.error")[:1]
+    assert "kind=no_space" in error_line
+    check_exactly_once(small_disk.users, "a", accepted)
+    assert stray_files(small_disk.data) == []
+    assert "Traceback" not in server.log()
 
 
 @contextlib.contextmanager
