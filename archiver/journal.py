@@ -489,6 +489,9 @@ def _reserve(fd: int, offset: int, length: int) -> None:
         raise
 
 
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _journal_error(exc: OSError, what: str) -> JournalError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return JournalError("no_space", f"the disk is full: {what} could not be written")
@@ -571,7 +574,17 @@ class Journal:
                 return
             fd = self._create_dirs(directory)
         except OSError as exc:
-            raise _journal_error(exc, "opening the user's lock file") from exc
+            if create or exc.errno not in _READ_ONLY_ERRNOS:
+                raise _journal_error(exc, "opening the user's lock file") from exc
+            # A read-only data directory can still be read: flock works on a read-only fd,
+            # and whatever then tries to write fails with its own, clear error.
+            try:
+                fd = os.open(os.path.join(directory, LOCK), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                yield None
+                return
+            except OSError as again:
+                raise _journal_error(again, "opening the user's lock file") from again
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield directory, fd
@@ -740,7 +753,8 @@ class Journal:
         read when all is well.
         """
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            # Read-only until a repair is needed, so a read-only data directory stays readable.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -748,11 +762,18 @@ class Journal:
         try:
             st = os.fstat(fd)
             tail = _pread_tail(fd, st.st_size, 256)
-            if tail.endswith(TAIL_OK):
-                if _TRAILER.search(tail) is None:
-                    return None
-                return self._finish_pending(user, path, st.st_nlink)
-            return self._repair(fd, path, user)
+            if tail.endswith(TAIL_OK) and _TRAILER.search(tail) is None:
+                return None
+            try:
+                if tail.endswith(TAIL_OK):
+                    return self._finish_pending(user, path, st.st_nlink)
+                rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    return self._repair(rw, path, user)
+                finally:
+                    os.close(rw)
+            except OSError as exc:
+                raise _journal_error(exc, "repairing the journal") from exc
         finally:
             os.close(fd)
 

@@ -156,6 +156,39 @@ def test_full_disk_answers_507_writes_nothing_logs_once_and_recovers(
     assert "Traceback" not in server.log()
 
 
+def test_read_only_data_directory_answers_503_keeps_reading_and_recovers(
+    make_server: Make, small_disk: SmallDisk
+) -> None:
+    server = make_server(data=small_disk.data, disconnect_grace="60", echo_delay="0")
+    assert server.chat("a", "one").status_code == 200
+    assert server.chat("b", "two").status_code == 200
+    archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("b"))
+    assert archived.status_code == 200
+    before = snapshot(small_disk.users)
+    small_disk.remount("ro")
+    try:
+        for i in range(3):
+            response = server.chat("a", f"while read-only {i}")
+            assert response.status_code == 503 and error_of(response) == "read_only"
+            newcomer = server.chat(f"new{i}", "hello")
+            assert newcomer.status_code == 503 and error_of(newcomer) == "read_only"
+        # Reads still work: the live dialog, the archives, a subscription.
+        dialog = httpx.get(server.url + "/dialog", headers=server.headers("a"))
+        assert dialog.status_code == 200, dialog.text
+        assert [m["text"] for m in dialog.json()["messages"]] == ["one", "Echo: one"]
+        listing = httpx.get(server.url + "/archives", headers=server.headers("b"))
+        assert listing.status_code == 200 and len(listing.json()) == 1
+        with SSEClient(server.url, mint("a")) as sse:
+            assert sse.next("ready").data["messages"] == 2
+        assert len(server.log_lines("journal.error")) == 1
+    finally:
+        small_disk.remount("rw")
+    assert snapshot(small_disk.users) == before
+    assert server.chat("a", "writable again").status_code == 200
+    wait_for(lambda: len(server.log_lines("journal.recovered")) == 1)
+    assert "Traceback" not in server.log()
+
+
 @contextlib.contextmanager
 def immutable(*paths: Path) -> Iterator[None]:
     done = run_root("chattr", "+i", *map(str, paths))
