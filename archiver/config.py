@@ -28,6 +28,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 DEFAULT_ECHO_DELAY = 0.05
 DEFAULT_SEND_TIMEOUT = 30.0
+DEFAULT_TCP_USER_TIMEOUT = 30.0
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
 DEFAULT_HISTORY_MESSAGES = 20
 DEFAULT_BREAKER_FAILURES = 5
@@ -76,6 +77,10 @@ class Settings:
     ping_interval: float = DEFAULT_PING_INTERVAL
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     send_timeout: float = DEFAULT_SEND_TIMEOUT
+    # How long a connection may go unanswered (unacknowledged data, or keepalive probes
+    # after half of it) before the kernel drops it: bounds a peer that vanished without
+    # FIN/RST. 0 leaves the kernel's defaults (minutes).
+    tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     fsync: FsyncPolicy = "everysec"
     log_format: LogFormat = "logfmt"
@@ -126,6 +131,8 @@ class Settings:
         for name in ("session_timeout", "sweep_interval", "ping_interval", "shutdown_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than 0")
+        if self.tcp_user_timeout < 0:
+            raise ConfigError("ARCHIVER_TCP_USER_TIMEOUT must be >= 0 (0: the kernel's defaults)")
         if self.disconnect_grace < 0 or self.echo_delay < 0:
             raise ConfigError("ARCHIVER_DISCONNECT_GRACE and ARCHIVER_ECHO_DELAY must be >= 0")
         if self.upstream != "echo" and not self.upstream_url:
