@@ -5,8 +5,10 @@
   the user reconnects first, so a page reload does not split a dialog.
 * The sweeper archives, with reason ``timeout``, every dialog whose journal has not been
   written for ``ARCHIVER_SESSION_TIMEOUT``, judging by the file, so it also ends dialogs
-  left by a crashed process or by another instance. At start-up the same scan archives,
-  with reason ``recovery``, the dialogs whose owning process is gone (owners.py).
+  left by a crashed process. A dialog another live instance appended to last is left to
+  that instance's sweeper, which knows whether a reply is still streaming into it. At
+  start-up the same scan archives, with reason ``recovery``, the dialogs whose owning
+  process is gone (owners.py).
 * Chats of one user run one at a time under the user's lock: the user's message, the
   streamed reply, the assistant's message. Archiving waits for that lock, so a dialog is
   never split between a question and its answer.
@@ -330,7 +332,9 @@ class Sessions:
         stale = [user for user, mtime in mtimes if now - mtime >= limit and user not in self._chats]
         archived = 0
         for user in stale:
-            if await self.archive(user, "timeout", idle_for=limit) is not None:
+            # owned: a dialog another live process appended to last is that process's to
+            # judge; its reply may be streaming right now (the file looks idle meanwhile).
+            if await self.archive(user, "timeout", idle_for=limit, owned=True) is not None:
                 archived += 1
         pruned = await self._prune() if self.settings.retention_days else 0
         if self.metrics is not None:
