@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, review
-from .config import ConfigError, Settings
+from .config import DEFAULT_DATA_DIR, ConfigError, Settings
 from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, JournalError
 
 DEMO_USER = "demo"
@@ -310,9 +310,20 @@ def _print_demo_url(settings: Settings) -> None:
 
     if not settings.jwt_secret or not settings.jwt_algorithm.startswith("HS"):
         return
-    token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    # The token travels in the fragment, which browsers never send: it reaches no log.
+    if not sys.stderr.isatty():
+        # Under a supervisor stderr is a log (journald, docker logs): a 24-hour token
+        # printed there is a credential anyone who reads the log can use.
+        command = f"archiver token {DEMO_USER}"
+        if settings.data_dir != DEFAULT_DATA_DIR:
+            command += f" --data {settings.data_dir}"
+        click.echo(
+            f"Open the demo chat: http://{host}:{settings.port}/#token=<token from '{command}'>",
+            err=True,
+        )
+        return
+    token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
+    # The token travels in the fragment, which browsers never send: it reaches no access log.
     click.echo(f"Open the demo chat (user {DEMO_USER!r}, token valid 24 h):", err=True)
     click.echo(f"    http://{host}:{settings.port}/#token={token}", err=True)
 
