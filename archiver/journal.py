@@ -934,12 +934,19 @@ class Journal:
         redacted = self._redacted(path.read_bytes())
         archived = path.parent / ARCHIVED
         tmp = archived / f".tmp-{head.dialog}-{secrets.token_hex(3)}"
-        tmp.write_bytes(redacted)
-        if self.fsync != "no":
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        self._reach("archive.copy_written")
-        target = self._rename_into_archive(tmp, path)
+        try:
+            tmp.write_bytes(redacted)
+            if self.fsync != "no":
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            self._reach("archive.copy_written")
+            target = self._rename_into_archive(tmp, path)
+        except (OSError, JournalError):
+            # A full disk cuts the copy short: no piece of it stays (the journal, trailer
+            # written, is finished by the next operation once the disk has room).
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         self._reach("archive.copied")
         path.unlink()
         if self.fsync != "no":

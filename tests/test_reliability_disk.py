@@ -236,3 +236,26 @@ def test_permission_error_for_one_user_leaves_the_others_working(
     for user in ("a", "b"):
         check_exactly_once(server.data / "users", user, accepted[user])
     assert "Traceback" not in server.log()
+
+
+def test_full_disk_while_writing_a_redacted_archive_leaves_no_partial_copy(
+    make_server: Make, small_disk: SmallDisk
+) -> None:
+    """With redaction the archive is a new file, written before the journal goes: on a full
+    disk that copy fails halfway. No piece of it may stay behind."""
+    server = make_server(data=small_disk.data, redact="email", echo_delay="0", rate_limit="0")
+    text = "write to me at someone@example.com " + BIG
+    response = server.chat("r", text)
+    assert response.status_code == 200
+    small_disk.fill()
+    archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("r"))
+    assert archived.status_code == 507 and error_of(archived) == "no_space"
+    leftovers = [p.name for p in small_disk.users.rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == [], "a half-written archive copy stayed behind"
+    small_disk.free()
+    archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("r"))
+    assert archived.status_code == 200, archived.text
+    [archive] = server.archives("r")
+    assert "someone@example.com" not in archive.read_text()
+    assert not (server.user_dir("r") / "current.yaml").exists()
+    assert stray_files(small_disk.data) == []
