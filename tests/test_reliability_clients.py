@@ -428,9 +428,13 @@ ABRUPT = (
 )
 
 
-def test_sigterm_during_churn_and_streaming_replies_archives_everything(make_server: Make) -> None:
+@pytest.mark.parametrize("trial", range(soak(1, 10)))
+def test_sigterm_during_churn_and_streaming_replies_archives_everything(
+    make_server: Make, tmp_path: Path, trial: int
+) -> None:
     shutdown_timeout = 5.0
     server = make_server(
+        data=tmp_path / f"data-{trial}",
         disconnect_grace="2",
         echo_delay="0.05",
         rate_limit="0",
@@ -438,7 +442,7 @@ def test_sigterm_during_churn_and_streaming_replies_archives_everything(make_ser
         ping_interval="1",
     )
     talkers = [f"talk{i}" for i in range(20)]
-    churn = Churn(server, [f"churn{i}" for i in range(40)], seed=9)
+    churn = Churn(server, [f"churn{i}" for i in range(40)], seed=9 + trial)
     churn.accepted |= {u: [] for u in talkers}
     users = [*talkers, *churn.users]
     # Long replies (one word every 50 ms) for 20 users, streaming when SIGTERM lands.
@@ -464,7 +468,7 @@ def test_sigterm_during_churn_and_streaming_replies_archives_everything(make_ser
     chatters = [threading.Thread(target=chatter, args=(u,)) for u in talkers]
     for thread in chatters:
         thread.start()
-    load = threading.Thread(target=lambda: asyncio.run(churn.run(soak(600, 3000), 60)))
+    load = threading.Thread(target=lambda: asyncio.run(churn.run(2000, 60)))
     load.start()
     wait_for(lambda: churn.connections >= 300 and churn.chats >= 30, 60, "churn under way")
     wait_for(lambda: httpx.get(server.url + "/health").json()["replies"] >= 10, 20, "replies")
