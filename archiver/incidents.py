@@ -58,7 +58,3 @@ class Incidents:
                     failures=incident.failures,
                     seconds=round(time.monotonic() - incident.started, 1),
                 )
-
-    @property
-    def open(self) -> int:
-        return len(self._open)
