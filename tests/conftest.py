@@ -36,7 +36,9 @@ def no_token_in_any_log() -> Iterator[None]:
     every token it minted (tests/helpers.mint, remember) and for the secret."""
     yield
     leaks = token_leaks(LOG_FILES, MINTED, [SECRET])
-    assert not leaks, f"{len(MINTED)} tokens, {len(LOG_FILES)} logs; leaked: {leaks[:10]}"
+    summary = f"{len(MINTED)} tokens, {len(set(LOG_FILES))} server logs"
+    assert not leaks, f"{summary}; leaked: {leaks[:10]}"
+    print(f"\ntoken check: {summary}, no leak")
 
 
 @pytest.fixture(autouse=True)
