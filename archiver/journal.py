@@ -325,7 +325,10 @@ def message_from_fields(fields: dict[str, str]) -> Message:
 
 def parse_dialog(data: bytes) -> Dialog:
     """Parse a journal or archive; fall back to ruamel.yaml for a file we did not write."""
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JournalError("corrupt", f"not UTF-8 text: {exc}") from None
     try:
         top, entries = yamltext.parse_document(text)
         messages = [message_from_fields(e) for e in entries]
@@ -736,7 +739,12 @@ class Journal:
     def _last_seq(fd: int, size: int, tail: bytes) -> int:
         want = len(tail)
         while True:
-            found = _last_seq_and_at(tail)
+            try:
+                found = _last_seq_and_at(tail)
+            except ValueError as exc:
+                raise JournalError(
+                    "corrupt", f"the journal's last entry is damaged ({exc})"[:300]
+                ) from None
             if found is not None:
                 return found[0]
             if want >= size:
@@ -992,6 +1000,13 @@ class Journal:
     # -- reading ------------------------------------------------------------------------
 
     def _read_head_of(self, path: Path) -> Head:
+        try:
+            return self._head_of(path)
+        except ValueError as exc:  # a seq that is no number, a header that is no UTF-8, ...
+            raise JournalError("corrupt", f"{path.name} is damaged ({exc})"[:300]) from None
+
+    @staticmethod
+    def _head_of(path: Path) -> Head:
         with open(path, "rb") as fh:
             head = fh.read(4096)
             size = os.fstat(fh.fileno()).st_size
@@ -1121,7 +1136,8 @@ class Journal:
         directory = self.dialogs_dir(user) / ARCHIVED
         out = []
         for name in names:
-            with contextlib.suppress(FileNotFoundError):
+            # A damaged archive is left out of the listing (archiver list names it).
+            with contextlib.suppress(FileNotFoundError, JournalError):
                 out.append(self.archive_info(user, directory / name))
         return out
 

@@ -252,3 +252,44 @@ def test_unarmed_points_cost_nothing_observable(tmp_path: Path) -> None:
         assert "fault." not in server.log()
     finally:
         server.stop()
+
+
+DAMAGED = {
+    "seq not a number": b"user: d\ndialog: d-1\nstarted: 'x'\nmessages:\n- seq: x\n"
+    b"  role: user\n...\n",
+    "not yaml at all": b"garbage: [unclosed\n\x00\x01\x02 {{{\n...\n",
+    "invalid utf-8": b"user: \xff\xfe\ndialog: d-2\nstarted: 'x'\nmessages:\n...\n",
+    "no dialog id": b"user: d\nmessages:\n- seq: 1\n  role: user\n  at: 'x'\n  text: hi\n...\n",
+    "only the marker": b"...\n",
+    "a header, no message": b"user: d\ndialog: d-3\nstarted: 'x'\nmessages:\n...\n",
+    "a huge seq": b"user: d\ndialog: d-4\nstarted: 'x'\nmessages:\n- seq: 99999999999999999999999\n"
+    b"  role: user\n  at: 'x'\n  text: hi\n...\n",
+}
+
+
+def test_damaged_journals_do_not_keep_the_server_from_starting(tmp_path: Path) -> None:
+    """A journal no crash of ours can produce (edited by hand, a bad disk): the server
+    still starts, other users chat, and the damaged user gets a JSON error, logged once."""
+    from archiver.journal import user_dir_name
+
+    data = tmp_path / "data"
+    for n, content in enumerate(DAMAGED.values()):
+        dialogs = data / "users" / user_dir_name(f"damaged{n}") / "dialogs"
+        (dialogs / "archived").mkdir(parents=True)
+        (dialogs / "current.yaml").write_bytes(content)
+    server = Server(data=data, log_path=tmp_path / "damaged.log").start()
+    try:
+        assert server.chat("healthy", "hello").status_code == 200
+        for n, case in enumerate(DAMAGED):
+            user = f"damaged{n}"
+            for attempt in range(2):
+                response = server.chat(user, f"hello {attempt}")
+                assert response.headers["content-type"].startswith("application/json"), case
+                if response.status_code != 200:
+                    assert response.json()["error"] == "corrupt", (case, response.text)
+            dialog = httpx.get(server.url + "/dialog", headers=server.headers(user))
+            assert dialog.headers["content-type"].startswith("application/json"), case
+        log = server.log()
+        assert "Traceback" not in log and "request.failed" not in log
+    finally:
+        server.stop()
