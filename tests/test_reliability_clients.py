@@ -217,9 +217,12 @@ def test_a_reader_that_stops_is_dropped_without_slowing_others(make_server: Make
     slow.connect(("127.0.0.1", server.port))
     request = f"GET /subscribe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mint('slow')}\r\n\r\n"
     slow.sendall(request.encode())
+    slow.settimeout(30)
     seen = b""
     while b"event: ready" not in seen:
-        seen += slow.recv(4096)
+        piece = slow.recv(4096)
+        assert piece, "closed before ready"
+        seen += piece
     fast = SSEClient(server.url, mint("fast"))
     fast.next("ready")
     accepted: dict[str, list[tuple[str, str]]] = {"slow": [], "fast": []}
