@@ -6,9 +6,11 @@ logged once, as one ``request.rejected`` (or ``auth.rejected``) line, by one han
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,7 +37,7 @@ from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
 from .hub import Event, Hub, Inbox
-from .journal import Journal, JournalError, parse_dialog
+from .journal import Fault, Journal, JournalError, parse_dialog
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
 from .metrics import CONTENT_TYPE, Metrics
@@ -128,8 +130,19 @@ def _sse(event: Event) -> ServerSentEvent:
     return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n")
 
 
+# What a client is told; the journal's own, technical detail goes to the log (journal.error).
+JOURNAL_DETAIL = {
+    "no_space": "The server's disk is full; nothing was written. Try again later.",
+    "read_only": "The server's storage is read-only right now; nothing was written.",
+    "permission": "The server may not write this conversation's files; nothing was written.",
+    "io": "The server's storage failed; nothing was written. Try again later.",
+    "corrupt": "This conversation's file on the server is damaged; it was logged.",
+}
+
+
 def _journal_api_error(exc: JournalError) -> ApiError:
-    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, exc.detail)
+    detail = JOURNAL_DETAIL.get(exc.kind, JOURNAL_DETAIL["io"])
+    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, detail)
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +292,10 @@ async def dialog(request: Request) -> Response:
 
 async def dialog_archive(request: Request) -> Response:
     user = require_user(request)
-    result = await sessions_of(request).archive(user.id, "user")
+    try:
+        result = await sessions_of(request).archive(user.id, "user", raise_errors=True)
+    except JournalError as exc:
+        raise _journal_api_error(exc) from None
     if result is None:
         return JSONResponse({"dialog": None, "archive": None, "messages": 0})
     return JSONResponse(
@@ -348,7 +364,13 @@ async def user_archives(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse(sessions_of(request).health())
+    body = sessions_of(request).health()
+    user = request.user
+    if isinstance(user, User) and user.admin:
+        # For leak hunting (the churn tests): what this process holds right now.
+        body["tasks"] = len(asyncio.all_tasks())
+        body["threads"] = threading.active_count()
+    return JSONResponse(body)
 
 
 def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
@@ -456,6 +478,14 @@ async def _watch_for_exit(sessions: Sessions) -> None:
     sessions.begin_shutdown()
 
 
+def _armed_fault(spec: str) -> Fault:
+    """Test-only: arm ARCHIVER_FAULT_POINT, and say so loudly."""
+    fault = Fault.parse(spec)
+    fault.announce = lambda point: log.warning("fault.crash", point=point, nth=fault.nth)
+    log.warning("fault.armed", point=fault.point, nth=fault.nth, torn_bytes=fault.torn_bytes)
+    return fault
+
+
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
@@ -468,6 +498,8 @@ def create_app(settings: Settings) -> Starlette:
         journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)
         client = make_client(settings) if settings.upstream != "echo" else None
         journal.redactor = redactor
+        if settings.fault_point:
+            journal.fault = _armed_fault(settings.fault_point)
         hub = Hub()
         sessions = Sessions(
             settings=settings,

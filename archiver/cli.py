@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, review
-from .config import ConfigError, Settings
+from .config import DEFAULT_DATA_DIR, ConfigError, Settings
 from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, JournalError
 
 DEMO_USER = "demo"
@@ -267,7 +268,34 @@ def serve(
                 # uvicorn's re-raising the signal, which supervisors would read as "killed".
                 self._captured_signals.clear()
 
-    Server(uvicorn.Config(create_app(settings), **options)).run()
+    config = uvicorn.Config(create_app(settings), **options)
+    # Our own listening socket, so accepted connections inherit keepalive and a user
+    # timeout (Linux copies them from the listener): a vanished peer cannot hold a stream.
+    sock = config.bind_socket()
+    bound_dead_peers(sock, settings.tcp_user_timeout)
+    Server(config).run(sockets=[sock])
+
+
+def bound_dead_peers(sock: socket.socket, user_timeout: float) -> None:
+    """Drop a peer that stops acknowledging for ``user_timeout`` seconds.
+
+    TCP_USER_TIMEOUT aborts a connection whose sent data (a ping, an event) stays
+    unacknowledged that long; keepalive probes, from half of it on, cover a connection
+    with nothing to send. Without them a peer that vanished without FIN/RST (a laptop
+    that sleeps, a dropped route) holds its stream until TCP gives up: ~15 minutes.
+    """
+    if user_timeout <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", max(1, round(user_timeout / 2))),
+        ("TCP_KEEPINTVL", max(1, round(user_timeout / 6))),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", max(1, round(user_timeout * 1000))),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux has them all; other systems some
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _env_of(settings: Settings) -> dict[str, str]:
@@ -282,9 +310,20 @@ def _print_demo_url(settings: Settings) -> None:
 
     if not settings.jwt_secret or not settings.jwt_algorithm.startswith("HS"):
         return
-    token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    # The token travels in the fragment, which browsers never send: it reaches no log.
+    if not sys.stderr.isatty():
+        # Under a supervisor stderr is a log (journald, docker logs): a 24-hour token
+        # printed there is a credential anyone who reads the log can use.
+        command = f"archiver token {DEMO_USER}"
+        if settings.data_dir != DEFAULT_DATA_DIR:
+            command += f" --data {settings.data_dir}"
+        click.echo(
+            f"Open the demo chat: http://{host}:{settings.port}/#token=<token from '{command}'>",
+            err=True,
+        )
+        return
+    token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
+    # The token travels in the fragment, which browsers never send: it reaches no access log.
     click.echo(f"Open the demo chat (user {DEMO_USER!r}, token valid 24 h):", err=True)
     click.echo(f"    http://{host}:{settings.port}/#token={token}", err=True)
 

@@ -7,6 +7,7 @@ so `archiver serve --port 9000` and `ARCHIVER_PORT=9000 archiver serve` mean the
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 DEFAULT_ECHO_DELAY = 0.05
 DEFAULT_SEND_TIMEOUT = 30.0
+DEFAULT_TCP_USER_TIMEOUT = 30.0
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
 DEFAULT_HISTORY_MESSAGES = 20
 DEFAULT_BREAKER_FAILURES = 5
@@ -34,6 +36,23 @@ DEFAULT_BREAKER_COOLDOWN = 30.0
 DEFAULT_RATE_LIMIT = 60.0
 
 ENV_PREFIX = "ARCHIVER_"
+
+# Test-only crash points of the journal (ARCHIVER_FAULT_POINT, see journal.Fault): the
+# process SIGKILLs itself there, so crash tests hit each step of a write deterministically.
+FAULT_POINTS = (
+    "append.reserved",  # disk space reserved, nothing written yet
+    "append.torn",  # only part of the entry written
+    "append.written",  # the entry written, the chat not yet answered
+    "archive.reserved",  # space for the trailer reserved
+    "archive.torn",  # only part of the trailer written
+    "archive.trailed",  # trailer written and synced, not yet renamed
+    "archive.copy_written",  # (redaction) the redacted copy written, not yet renamed
+    "archive.copied",  # (redaction) the copy renamed into archived/, journal not yet removed
+    "archive.linked",  # (link+unlink fallback, forced) linked into archived/, not yet unlinked
+    "archive.renamed",  # renamed into archived/, directories not yet synced
+    "repair.aside",  # a torn tail copied to its side file, the journal not yet cut back
+    "repair.cut",  # between the two writes that cut a torn journal back
+)
 
 
 class ConfigError(ValueError):
@@ -58,6 +77,10 @@ class Settings:
     ping_interval: float = DEFAULT_PING_INTERVAL
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     send_timeout: float = DEFAULT_SEND_TIMEOUT
+    # How long a connection may go unanswered (unacknowledged data, or keepalive probes
+    # after half of it) before the kernel drops it: bounds a peer that vanished without
+    # FIN/RST. 0 leaves the kernel's defaults (minutes).
+    tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     fsync: FsyncPolicy = "everysec"
     log_format: LogFormat = "logfmt"
@@ -85,6 +108,9 @@ class Settings:
     # Built-in redactions applied to archives (email, phone, card), and a file of more.
     redact: tuple[str, ...] = ()
     redact_file: Path | None = None
+    # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
+    # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
+    fault_point: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -105,6 +131,8 @@ class Settings:
         for name in ("session_timeout", "sweep_interval", "ping_interval", "shutdown_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be greater than 0")
+        if self.tcp_user_timeout < 0:
+            raise ConfigError("ARCHIVER_TCP_USER_TIMEOUT must be >= 0 (0: the kernel's defaults)")
         if self.disconnect_grace < 0 or self.echo_delay < 0:
             raise ConfigError("ARCHIVER_DISCONNECT_GRACE and ARCHIVER_ECHO_DELAY must be >= 0")
         if self.upstream != "echo" and not self.upstream_url:
@@ -118,6 +146,15 @@ class Settings:
                 "ARCHIVER_HISTORY_MESSAGES and ARCHIVER_BREAKER_FAILURES must be >= 1, "
                 "ARCHIVER_RATE_LIMIT >= 0"
             )
+        if self.fault_point is not None:
+            point = self.fault_point.split("@")[0].split("#")[0]
+            if point not in FAULT_POINTS or not re.fullmatch(
+                r"[a-z._]+(@[1-9]\d*)?(#[1-9]\d*)?", self.fault_point
+            ):
+                raise ConfigError(
+                    "ARCHIVER_FAULT_POINT must be <point>[@<nth>][#<bytes>] with a point of "
+                    + ", ".join(FAULT_POINTS)
+                )
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:

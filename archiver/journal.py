@@ -25,6 +25,11 @@ two steps by a crash, and the next operation finishes its rename.
 **Locks.** ``fcntl.flock`` on ``dialogs/.lock`` around every operation, so threads and
 processes sharing a data directory serialize per user. This module is synchronous and
 does blocking I/O; :mod:`archiver.store` runs it off the event loop.
+
+**Fault points.** Crash tests arm a :class:`Fault` (``ARCHIVER_FAULT_POINT``, test-only)
+that SIGKILLs the process at one named step of a write (``FAULT_POINTS`` in config.py),
+so every step between "nothing written" and "committed" is crashed at on purpose rather
+than hoped for by killing at random times. Unarmed, each point costs one ``is None``.
 """
 
 from __future__ import annotations
@@ -34,19 +39,21 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
+import glob
 import os
 import re
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, unquote
 
 from . import yamltext
-from .config import FsyncPolicy
+from .config import FAULT_POINTS, FsyncPolicy
 
 if TYPE_CHECKING:
     from .redact import Redactor
@@ -83,6 +90,44 @@ class NotOwner(Exception):
 
 class BadUserId(ValueError):
     """A user id that cannot be stored (too long once encoded, or empty)."""
+
+
+@dataclass
+class Fault:
+    """Test-only crash injection: SIGKILL this process the ``nth`` time ``point`` is reached.
+
+    At a ``*.torn`` point only the first ``torn_bytes`` of the write reach the file (half
+    of it by default) before the kill: what a power cut in the middle of a write leaves.
+    """
+
+    point: str
+    nth: int = 1
+    torn_bytes: int | None = None
+    announce: Callable[[str], None] | None = None  # called just before the kill (a log line)
+    hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """``<point>[@<nth>][#<bytes>]``, e.g. ``append.torn@3#17``."""
+        rest, _, torn = spec.partition("#")
+        point, _, nth = rest.partition("@")
+        if point not in FAULT_POINTS:
+            raise ValueError(f"unknown fault point {point!r}")
+        return cls(point, int(nth or 1), int(torn) if torn else None)
+
+    def reached(self, point: str) -> bool:
+        if point != self.point:
+            return False
+        with self._lock:
+            self.hits += 1
+            return self.hits == self.nth
+
+    def crash(self) -> NoReturn:
+        if self.announce is not None:
+            self.announce(self.point)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise SystemExit(137)  # not reached: SIGKILL cannot be caught
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,7 +325,10 @@ def message_from_fields(fields: dict[str, str]) -> Message:
 
 def parse_dialog(data: bytes) -> Dialog:
     """Parse a journal or archive; fall back to ruamel.yaml for a file we did not write."""
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JournalError("corrupt", f"not UTF-8 text: {exc}") from None
     try:
         top, entries = yamltext.parse_document(text)
         messages = [message_from_fields(e) for e in entries]
@@ -388,9 +436,15 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; raise FileExistsError rather than replace ``dst``."""
-    if _renameat2 is not None:
+def rename_noreplace(
+    src: Path, dst: Path, *, link_only: bool = False, linked: Callable[[], None] | None = None
+) -> None:
+    """Rename ``src`` to ``dst``; raise FileExistsError rather than replace ``dst``.
+
+    ``link_only`` takes the link+unlink fallback, and ``linked`` runs between the two
+    (the crash tests' way to reach that step on a filesystem that has renameat2).
+    """
+    if _renameat2 is not None and not link_only:
         rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
         if rc == 0:
             return
@@ -400,6 +454,8 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     # Fallback (e.g. NFS): link is atomic and refuses to replace. A crash between link
     # and unlink leaves current.yaml with two links, which _finish_pending recognizes.
     os.link(src, dst)
+    if linked is not None:
+        linked()
     os.unlink(src)
 
 
@@ -434,6 +490,9 @@ def _reserve(fd: int, offset: int, length: int) -> None:
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             return  # the filesystem cannot reserve; the write itself will tell
         raise
+
+
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _journal_error(exc: OSError, what: str) -> JournalError:
@@ -474,6 +533,12 @@ class Journal:
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
         self.observer: Callable[[Archived | Repaired], None] | None = None
+        self.fault: Fault | None = None  # test-only crash injection
+
+    def _reach(self, point: str) -> None:
+        """A named step of a write: an armed :class:`Fault` kills the process here."""
+        if self.fault is not None and self.fault.reached(point):
+            self.fault.crash()
 
     # -- paths --------------------------------------------------------------------------
 
@@ -512,7 +577,17 @@ class Journal:
                 return
             fd = self._create_dirs(directory)
         except OSError as exc:
-            raise _journal_error(exc, "opening the user's lock file") from exc
+            if create or exc.errno not in _READ_ONLY_ERRNOS:
+                raise _journal_error(exc, "opening the user's lock file") from exc
+            # A read-only data directory can still be read: flock works on a read-only fd,
+            # and whatever then tries to write fails with its own, clear error.
+            try:
+                fd = os.open(os.path.join(directory, LOCK), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                yield None
+                return
+            except OSError as again:
+                raise _journal_error(again, "opening the user's lock file") from again
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield directory, fd
@@ -586,20 +661,38 @@ class Journal:
             body = message_text(message).encode("utf-8")
             if size == 0:
                 body = header_text(user, dialog, message.at).encode("utf-8") + body
-            self._write(fd, body + MARKER, offset, size)
+            try:
+                self._write(fd, body + MARKER, offset, size, "append")
+            except JournalError:
+                if size == 0:  # a journal that never got its first entry is not left behind
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
+            self._reach("append.written")
             self._after_write(fd, path, new_file=size == 0)
             return Appended(user=user, dialog=dialog, message=message, new_dialog=size == 0)
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    def _write(self, fd: int, data: bytes, offset: int, old_size: int) -> None:
+    def _write(self, fd: int, data: bytes, offset: int, old_size: int, step: str) -> None:
         try:
             _reserve(fd, offset, len(data))
+            if self.fault is not None:
+                self._reach(f"{step}.reserved")
+                self._maybe_tear(fd, data, offset, step)
             _write_all(fd, data, offset)
         except OSError as exc:
             self._restore(fd, old_size)
             raise _journal_error(exc, "appending to the journal") from exc
+
+    def _maybe_tear(self, fd: int, data: bytes, offset: int, step: str) -> None:
+        """At an armed ``<step>.torn`` point, write only a prefix of ``data``, then die."""
+        assert self.fault is not None
+        if self.fault.reached(f"{step}.torn"):
+            cut = self.fault.torn_bytes or len(data) // 2
+            os.pwrite(fd, data[: max(1, min(cut, len(data) - 1))], offset)
+            self.fault.crash()
 
     @staticmethod
     def _restore(fd: int, old_size: int) -> None:
@@ -646,7 +739,12 @@ class Journal:
     def _last_seq(fd: int, size: int, tail: bytes) -> int:
         want = len(tail)
         while True:
-            found = _last_seq_and_at(tail)
+            try:
+                found = _last_seq_and_at(tail)
+            except ValueError as exc:
+                raise JournalError(
+                    "corrupt", f"the journal's last entry is damaged ({exc})"[:300]
+                ) from None
             if found is not None:
                 return found[0]
             if want >= size:
@@ -663,7 +761,8 @@ class Journal:
         read when all is well.
         """
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            # Read-only until a repair is needed, so a read-only data directory stays readable.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -671,11 +770,18 @@ class Journal:
         try:
             st = os.fstat(fd)
             tail = _pread_tail(fd, st.st_size, 256)
-            if tail.endswith(TAIL_OK):
-                if _TRAILER.search(tail) is None:
-                    return None
-                return self._finish_pending(user, path, st.st_nlink)
-            return self._repair(fd, path, user)
+            if tail.endswith(TAIL_OK) and _TRAILER.search(tail) is None:
+                return None
+            try:
+                if tail.endswith(TAIL_OK):
+                    return self._finish_pending(user, path, st.st_nlink)
+                rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    return self._repair(rw, path, user)
+                finally:
+                    os.close(rw)
+            except OSError as exc:
+                raise _journal_error(exc, "repairing the journal") from exc
         finally:
             os.close(fd)
 
@@ -684,17 +790,25 @@ class Journal:
         # A crash after reserving space but before writing leaves zeros past the marker.
         data_end = len(data.rstrip(b"\0"))
         keep = data_end if data[:data_end].endswith(TAIL_OK) else torn_boundary(data[:data_end])
-        torn = data[keep:]
+        torn = data[keep:data_end]  # not the zeros reserved past it
         side: Path | None = None
-        if torn.strip(b"\0"):
+        if torn:
             side = _free_name(path.with_name(f"{CURRENT}.torn-{time.strftime('%Y%m%dT%H%M%SZ')}"))
-            side.write_bytes(torn)
+            _write_synced(side, torn)  # kept before the journal is cut
+        self._reach("repair.aside")
         if keep == 0:
             path.unlink()
         elif keep == data_end:
             os.ftruncate(fd, keep)  # only zeros were past the marker
         else:
-            os.ftruncate(fd, keep)
+            # Cut to the torn write's first four bytes, then overwrite them with the marker.
+            # A crash between the two leaves a journal that ends in the start of that write
+            # (a line at column 0), which the next repair sets aside again. Cutting to the
+            # last whole entry first would leave a journal without a marker whose last,
+            # whole, acknowledged entry the next repair would take for torn.
+            os.ftruncate(fd, keep + len(MARKER))
+            os.fsync(fd)
+            self._reach("repair.cut")
             os.pwrite(fd, MARKER, keep)
             os.fsync(fd)
         fsync_dir(path.parent)
@@ -707,6 +821,9 @@ class Journal:
         """A crash hit between the trailer and the commit: complete it, exactly once."""
         head = self._read_head_of(path)
         done = self._archived_copy_of(path.parent / ARCHIVED, head.dialog)
+        # A redacted copy that never reached its name: the commit below writes a new one.
+        for stale in (path.parent / ARCHIVED).glob(f".tmp-{glob.escape(head.dialog)}-*"):
+            stale.unlink(missing_ok=True)
         if nlink > 1 or done is not None:
             # The archive exists (a link, or a redacted copy): only the unlink is missing.
             path.unlink()
@@ -796,11 +913,12 @@ class Journal:
             try:
                 size = os.fstat(fd).st_size
                 trailer = trailer_text(utc_stamp(), reason).encode() + MARKER
-                self._write(fd, trailer, size - len(MARKER), size)
+                self._write(fd, trailer, size - len(MARKER), size, "archive")
                 if self.fsync != "no":
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            self._reach("archive.trailed")
             target = self._commit(path, head)
         except OSError as exc:
             raise _journal_error(exc, "archiving the dialog") from exc
@@ -824,11 +942,20 @@ class Journal:
         redacted = self._redacted(path.read_bytes())
         archived = path.parent / ARCHIVED
         tmp = archived / f".tmp-{head.dialog}-{secrets.token_hex(3)}"
-        tmp.write_bytes(redacted)
-        if self.fsync != "no":
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        target = self._rename_into_archive(tmp, path)
+        try:
+            tmp.write_bytes(redacted)
+            if self.fsync != "no":
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            self._reach("archive.copy_written")
+            target = self._rename_into_archive(tmp, path)
+        except (OSError, JournalError):
+            # A full disk cuts the copy short: no piece of it stays (the journal, trailer
+            # written, is finished by the next operation once the disk has room).
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self._reach("archive.copied")
         path.unlink()
         if self.fsync != "no":
             fsync_dir(path.parent)
@@ -851,12 +978,19 @@ class Journal:
         archived = journal.parent / ARCHIVED
         archived.mkdir(exist_ok=True)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+        link_only = self.fault is not None and self.fault.point == "archive.linked"
         for n in range(1, 10_000):
             target = archived / (f"{stamp}.yaml" if n == 1 else f"{stamp}-{n}.yaml")
             try:
-                rename_noreplace(source, target)
+                rename_noreplace(
+                    source,
+                    target,
+                    link_only=link_only,
+                    linked=(lambda: self._reach("archive.linked")) if link_only else None,
+                )
             except FileExistsError:
                 continue
+            self._reach("archive.renamed")
             if self.fsync != "no":
                 fsync_dir(archived)
                 fsync_dir(journal.parent)
@@ -866,6 +1000,13 @@ class Journal:
     # -- reading ------------------------------------------------------------------------
 
     def _read_head_of(self, path: Path) -> Head:
+        try:
+            return self._head_of(path)
+        except ValueError as exc:  # a seq that is no number, a header that is no UTF-8, ...
+            raise JournalError("corrupt", f"{path.name} is damaged ({exc})"[:300]) from None
+
+    @staticmethod
+    def _head_of(path: Path) -> Head:
         with open(path, "rb") as fh:
             head = fh.read(4096)
             size = os.fstat(fh.fileno()).st_size
@@ -995,7 +1136,8 @@ class Journal:
         directory = self.dialogs_dir(user) / ARCHIVED
         out = []
         for name in names:
-            with contextlib.suppress(FileNotFoundError):
+            # A damaged archive is left out of the listing (archiver list names it).
+            with contextlib.suppress(FileNotFoundError, JournalError):
                 out.append(self.archive_info(user, directory / name))
         return out
 
@@ -1026,6 +1168,15 @@ class Journal:
             if directory is None:
                 return None
             return self._settle(user, directory / CURRENT)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _free_name(path: Path) -> Path:

@@ -32,6 +32,15 @@ _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
 
 
+# Characters that end a line for some readers (Python's splitlines, JavaScript, some log
+# viewers) but that JSON leaves as they are: written escaped, one event stays one line.
+_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
+
+
 def scrub(text: str) -> str:
     """Remove anything that looks like a credential from ``text``."""
     text = _JWT.sub("[token]", text)
@@ -107,7 +116,7 @@ class LogfmtFormatter(logging.Formatter):
         event, fields = _event_and_fields(record)
         parts = [_timestamp(record.created), record.levelname, event]
         parts += [f"{key}={_value(val)}" for key, val in fields.items() if val is not None]
-        return " ".join(parts)
+        return one_line(" ".join(parts))
 
 
 class JsonFormatter(logging.Formatter):
@@ -123,7 +132,7 @@ class JsonFormatter(logging.Formatter):
             elif not isinstance(val, int | float | bool):
                 val = scrub(str(val))
             body[key] = val
-        return json.dumps(body, ensure_ascii=False)
+        return one_line(json.dumps(body, ensure_ascii=False))
 
 
 def setup(settings: Settings) -> None:

@@ -5,8 +5,10 @@
   the user reconnects first, so a page reload does not split a dialog.
 * The sweeper archives, with reason ``timeout``, every dialog whose journal has not been
   written for ``ARCHIVER_SESSION_TIMEOUT``, judging by the file, so it also ends dialogs
-  left by a crashed process or by another instance. At start-up the same scan archives,
-  with reason ``recovery``, the dialogs whose owning process is gone (owners.py).
+  left by a crashed process. A dialog another live instance appended to last is left to
+  that instance's sweeper, which knows whether a reply is still streaming into it. At
+  start-up the same scan archives, with reason ``recovery``, the dialogs whose owning
+  process is gone (owners.py).
 * Chats of one user run one at a time under the user's lock: the user's message, the
   streamed reply, the assistant's message. Archiving waits for that lock, so a dialog is
   never split between a question and its answer.
@@ -34,6 +36,7 @@ from . import review
 from .config import Settings
 from .feed import Feed
 from .hub import Event, Hub, Inbox
+from .incidents import Incidents
 from .journal import Appended, Archived, Head, JournalError, Message, NotOwner, Repaired
 from .limits import Breaker, RateLimit
 from .logs import log
@@ -112,6 +115,7 @@ class Sessions:
     draining: bool = False
     shutdown_started: float | None = None
     archived: Counter[str] = field(default_factory=Counter)
+    incidents: Incidents = field(default_factory=Incidents)
     started_at: float = field(default_factory=time.time)
     _tg: TaskGroup | None = None
     _grace: dict[str, anyio.CancelScope] = field(default_factory=dict)
@@ -246,12 +250,19 @@ class Sessions:
     # -- archiving ----------------------------------------------------------------------
 
     async def archive(
-        self, user: str, reason: str, idle_for: float | None = None, owned: bool = False
+        self,
+        user: str,
+        reason: str,
+        idle_for: float | None = None,
+        owned: bool = False,
+        raise_errors: bool = False,
     ) -> Archived | None:
         """Archive the user's current dialog (waits for a chat in flight to finish).
 
         ``owned``: only if no other live instance has taken the dialog over (a user whose
         browser moved to another instance goes on there; that one archives it).
+        A :class:`JournalError` is logged (once per incident) and, with ``raise_errors``,
+        raised; otherwise the journal stays for a later try.
         """
         started = time.monotonic()
         try:
@@ -261,10 +272,14 @@ class Sessions:
             log.info("archive.skipped", user=user, reason=reason, owner=exc.owner)
             return None
         except JournalError as exc:
-            log.error("archive.failed", user=user, reason=reason, error=exc.kind, detail=exc.detail)
+            self.incidents.failed(user, "archive", exc)
+            log.debug("archive.failed", user=user, reason=reason, error=exc.kind, detail=exc.detail)
+            if raise_errors:
+                raise
             return None
         if result is None:
             return None
+        self.incidents.succeeded(user)
         self.archived[reason] += 1
         if self.metrics is not None:
             self.metrics.archived.labels(reason).inc()
@@ -289,7 +304,12 @@ class Sessions:
         ]
         archived = 0
         for user in users:
-            await self.store.settle(user)
+            try:
+                await self.store.settle(user)
+            except JournalError as exc:
+                # One user's unwritable journal must not keep the others from recovery.
+                self.incidents.failed(user, "repair", exc)
+                continue
             if self.instance is not None:
                 owner = await self.store.run(self.store.journal.owner, user)
                 if await self.store.run(self.instance.other_live_owner, owner):
@@ -312,7 +332,9 @@ class Sessions:
         stale = [user for user, mtime in mtimes if now - mtime >= limit and user not in self._chats]
         archived = 0
         for user in stale:
-            if await self.archive(user, "timeout", idle_for=limit) is not None:
+            # owned: a dialog another live process appended to last is that process's to
+            # judge; its reply may be streaming right now (the file looks idle meanwhile).
+            if await self.archive(user, "timeout", idle_for=limit, owned=True) is not None:
                 archived += 1
         pruned = await self._prune() if self.settings.retention_days else 0
         if self.metrics is not None:
@@ -376,9 +398,13 @@ class Sessions:
         while True:
             await anyio.sleep(1.0)
             try:
-                await self.store.sync_dirty()
+                synced = await self.store.sync_dirty()
             except OSError as exc:
-                log.error("fsync.failed", error=type(exc).__name__, detail=str(exc))
+                log.debug("fsync.failed", error=type(exc).__name__, detail=str(exc))
+                self.incidents.failed(None, "fsync", JournalError("io", f"fsync failed: {exc}"))
+            else:
+                if synced:
+                    self.incidents.succeeded(None)
 
     # -- chat ---------------------------------------------------------------------------
 
@@ -548,7 +574,12 @@ class Sessions:
         raise error
 
     async def _append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
-        appended = await self.store.append(user, role, text, interrupted)
+        try:
+            appended = await self.store.append(user, role, text, interrupted)
+        except JournalError as exc:
+            self.incidents.failed(user, "append", exc)
+            raise
+        self.incidents.succeeded(user)
         self._known.add(user)
         if self.metrics is not None:
             self.metrics.appended.labels(role).inc()

@@ -21,12 +21,47 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import jwt
 
 SECRET = "test-secret-" + "x" * 32
+# ARCHIVER_SOAK=1 runs the long versions of the reliability tests (README, Reliability).
+SOAK = os.environ.get("ARCHIVER_SOAK") == "1"
+# Every token the suite minted and every server log it wrote: at the end of the session,
+# conftest.py checks that no log holds any of these tokens (or the secret).
+MINTED: list[str] = []
+LOG_FILES: list[Path] = []
+
+
+# Read at import: conftest's autouse fixture clears ARCHIVER_* before each test.
+REQUIRE_E2E = os.environ.get("ARCHIVER_REQUIRE_E2E") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test this machine cannot run (say why); under ARCHIVER_REQUIRE_E2E=1, fail."""
+    import pytest
+
+    if REQUIRE_E2E:
+        pytest.fail(reason + "; ARCHIVER_REQUIRE_E2E=1 forbids skipping")
+    pytest.skip(reason)
+
+
+def run_root(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (mount, ip, chattr); the result says whether it worked."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
+
+
+def soak(default: int, long: int) -> int:
+    """``long`` under ARCHIVER_SOAK=1, else ``default`` (trial counts, sizes)."""
+    return long if SOAK else default
+
+
+def remember(token: str) -> str:
+    """Record a token made outside :func:`mint`, for the session's log check."""
+    MINTED.append(token)
+    return token
 
 
 def free_port() -> int:
@@ -39,7 +74,7 @@ def mint(user: str, *, admin: bool = False, ttl: int = 3600, secret: str = SECRE
     claims: dict[str, Any] = {"sub": user, "exp": int(time.time()) + ttl}
     if admin:
         claims["role"] = "admin"
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return remember(jwt.encode(claims, secret, algorithm="HS256"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -69,20 +104,27 @@ class Server:
     settings: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Server:
+        self.spawn()
+        wait_for(self._healthy, 20, f"server on {self.port} to answer /health")
+        return self
+
+    def spawn(self) -> Server:
+        """Start the process without waiting for it to answer."""
         defaults = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
         env = base_env(self.data.parent, **{**defaults, **self.settings})
         args = [sys.executable, "-m", "archiver", "serve", "--port", str(self.port)]
-        args += ["--data", str(self.data)]
+        args += ["--data", str(self.data), "--host", self.host]
+        LOG_FILES.append(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.data.parent)
         log.close()
-        wait_for(self._healthy, 20, f"server on {self.port} to answer /health")
         return self
 
     def _healthy(self) -> bool:

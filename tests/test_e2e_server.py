@@ -300,6 +300,9 @@ def test_race_many_users_chats_disconnects_sweeps_exactly_once(make_server: Make
 
     with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
         list(pool.map(worker, users))
+    # Read the files once the server has stopped: its sweeper may archive a current.yaml
+    # between listing the files and reading them.
+    server.stop()
     for user in users:
         on_disk = all_messages(server, user)
         asked = [text for _, _, role, text in on_disk if role == "user"]
