@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -571,8 +571,11 @@ class Sessions:
 
     # -- streams ------------------------------------------------------------------------
 
-    async def stream(self, inbox: Inbox, last_event_id: str | None) -> AsyncIterator[Event]:
-        """The events of one subscription: ready, replay, then live events."""
+    async def stream(
+        self, inbox: Inbox, last_event_id: str | None, ping: float | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of one subscription: ready, replay, then live events (and, with
+        ``ping``, :data:`~archiver.hub.PING` every ``ping`` seconds of quiet)."""
         user = inbox.user
         head = await self.store.current_head(user)
         sent: dict[str, int] = {}
@@ -589,7 +592,7 @@ class Sessions:
             _note_sent(sent, event)
             yield event
         while True:
-            live = await inbox.get()
+            live = await inbox.get(ping)
             if live is None:
                 return
             if live.name == "message" and _already_sent(sent, live):
