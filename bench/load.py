@@ -232,7 +232,8 @@ async def subs(cfg: dict[str, Any]) -> None:
     """Hold subscriptions on command, so several clients can share the work.
 
     The benchmark sends one JSON command per line and reads one JSON line back:
-    ``open`` (hold ``total`` subscriptions), ``probe``, ``pings``, ``quit``.
+    ``open`` (hold ``total`` subscriptions), ``probe`` (``count`` new subscribers at
+    ``rate`` per second, timed; they ``stay`` or leave), ``pings``, ``quit``.
     """
     load = Load(cfg["port"])
     prefix = cfg["prefix"]
@@ -246,7 +247,12 @@ async def subs(cfg: dict[str, Any]) -> None:
             held += await load.subscribe_many(users)
             emit(held=len(held), open_s=now() - started)
         elif command["cmd"] == "probe":
-            emit(**await _probe(load, command["count"], command["rate"]))
+            stay = command["stay"]
+            result, stayed = await _probe(
+                load, command["count"], command["rate"], f"{prefix}{len(held)}-", stay
+            )
+            held += stayed
+            emit(held=len(held), **result)
         elif command["cmd"] == "pings":
             emit(**await _watch_pings(held, command["interval"], command["seconds"]))
         else:
@@ -256,21 +262,28 @@ async def subs(cfg: dict[str, Any]) -> None:
             return
 
 
-async def _probe(load: Load, count: int, rate: float) -> dict[str, Any]:
-    """New subscribers arriving at ``rate`` per second: time each to its ``ready``."""
+async def _probe(
+    load: Load, count: int, rate: float, prefix: str, stay: bool
+) -> tuple[dict[str, Any], list[Sub]]:
+    """New subscribers arriving at ``rate`` per second: time each to its ``ready``; they
+    stay subscribed (``stay``) or leave once ready."""
     latencies: list[float] = []
+    stayed: list[Sub] = []
     errors = 0
 
     async def one(i: int) -> None:
         nonlocal errors
         started = now()
         try:
-            sub = await load.subscribe(f"probe-{i}")
+            sub = await load.subscribe(f"{prefix}{i}")
         except (OSError, RuntimeError, TimeoutError):
             errors += 1
             return
         latencies.append(sub.ready_at - started)
-        sub.close()
+        if stay:
+            stayed.append(sub)
+        else:
+            sub.close()
 
     tasks = []
     started = now()
@@ -280,7 +293,8 @@ async def _probe(load: Load, count: int, rate: float) -> dict[str, Any]:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    return {"ms": [x * 1000 for x in latencies], "errors": errors, "window": [started, now()]}
+    ms = [x * 1000 for x in latencies]
+    return {"ms": ms, "errors": errors, "window": [started, now()]}, stayed
 
 
 async def _watch_pings(held: list[Sub], interval: float, seconds: float) -> dict[str, Any]:

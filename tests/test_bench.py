@@ -27,9 +27,10 @@ TABLES = {
         r"^sse-starlette\s+\d",
         r"^bare ASGI\s+\d",
         r"^/ bare ASGI\s+\d",
-        r"^connect latency while holding 300",
-        r"^\s+p50\s+p99\s+max\s+errors\s+full GCs",
-        r"^archiver\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\s+0\s",
+        r"^connect latency, new subscriber to `ready`, ms: growing 100 -> 300",
+        r"^\s+growing p50\s+p99\s+max\s+full GCs\s+longest\s+holding p50\s+p99",
+        r"^archiver(\s+\d+\.\d){2}\s+\d+\s+\d+\s+\d+ms(\s+\d+\.\d){2}\s+\d+\s+\d+\s+\d+ms\s+0$",
+        r"^/ sse-starlette\s+\d+\.\d+x\s+\d+\.\d+x$",
     ],
     "archive": [
         r"^disconnect -> archive file",
