@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, redact
+from . import auth, collector, redact
 from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
@@ -450,7 +450,7 @@ def create_app(settings: Settings) -> Starlette:
             breaker=None
             if settings.upstream == "echo"
             else Breaker(settings.breaker_failures, settings.breaker_cooldown),
-            metrics=Metrics(lambda: hub.connections, lambda: len(hub.users())),
+            metrics=Metrics(lambda: hub.connections, lambda: len(hub.users()), collector.frozen),
             feed=Feed(journal),
         )
         app.state.sessions = sessions
@@ -466,10 +466,13 @@ def create_app(settings: Settings) -> Starlette:
             async with anyio.create_task_group() as tg:
                 await sessions.run(tg)
                 tg.start_soon(_watch_for_exit, sessions)
+                collector.start()
+                tg.start_soon(collector.pace)
                 yield
                 await sessions.drain()
                 tg.cancel_scope.cancel()
         finally:
+            collector.stop()
             if client is not None:
                 await client.aclose()
             instance.close()
