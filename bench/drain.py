@@ -17,6 +17,7 @@ Run: ``python -m bench drain`` (``--quick``: 300 users).
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import time
@@ -38,6 +39,9 @@ def write_dialogs(data: Path, users: int, messages: int) -> None:
         for i in range(messages):
             role = "user" if i % 2 == 0 else "assistant"
             journal.append(user, role, f"message {i} of {user}: how is my order doing?")
+    # Written with fsync=no, for speed; the server's everysec policy would have synced
+    # them within a second, so the drain must not pay for flushing them.
+    os.sync()
 
 
 def sigterm_while_held(server: Proc, held: int) -> dict[str, Any]:
