@@ -42,7 +42,9 @@ class Store:
         """Hold the user's in-process lock (not reentrant)."""
         entry = self._locks.get(user)
         if entry is None:
-            entry = self._locks[user] = _UserLock(anyio.Lock())
+            # fast_acquire: a free lock is taken without a trip through the event loop
+            # (a shutdown takes 20,000 of them in a row).
+            entry = self._locks[user] = _UserLock(anyio.Lock(fast_acquire=True))
         entry.users += 1
         try:
             async with entry.lock:
