@@ -473,6 +473,7 @@ def create_app(settings: Settings) -> Starlette:
                 tg.cancel_scope.cancel()
         finally:
             collector.stop()
+            sessions.store.close()
             if client is not None:
                 await client.aclose()
             instance.close()

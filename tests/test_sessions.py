@@ -32,6 +32,7 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
         await s.run(tg)
         yield s
         tg.cancel_scope.cancel()
+    s.store.close()
 
 
 def archives(s: Sessions, user: str) -> list[str]:
