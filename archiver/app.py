@@ -154,7 +154,7 @@ async def subscribe(request: Request) -> Response | EventStream:
         )
         return inbox
 
-    def events(inbox: Inbox) -> AsyncGenerator[Event, None]:
+    def events(inbox: Inbox) -> AsyncGenerator[list[Event], None]:
         return sessions.stream(inbox, last_event_id, ping=settings.ping_interval)
 
     def close_inbox(inbox: Inbox) -> None:
@@ -186,11 +186,11 @@ async def admin_feed(request: Request) -> Response | EventStream:
         log.info("feed.connect", user=admin.id, conn=inbox.id, only=only)
         return inbox
 
-    async def events(inbox: Inbox) -> AsyncGenerator[Event, None]:
+    async def events(inbox: Inbox) -> AsyncGenerator[list[Event], None]:
         watching = await feed.watching()
-        yield Event("ready", {"connection": inbox.id, "user": only, "watching": watching})
-        while (event := await inbox.get(ping=settings.ping_interval)) is not None:
-            yield event
+        yield [Event("ready", {"connection": inbox.id, "user": only, "watching": watching})]
+        while (events := await inbox.take(ping=settings.ping_interval)) is not None:
+            yield events
 
     def close_inbox(inbox: Inbox) -> None:
         feed.unsubscribe(inbox)

@@ -8,8 +8,9 @@ would keep a deque of waiters each, ~760 bytes for nothing). A reader that falls
 publisher or growing without bound. Closing an inbox makes its reader stop after the
 final event (``shutdown``, say) it was closed with.
 
-The reader's keep-alive lives here too: ``get(ping=...)`` returns :data:`PING` when that
-many seconds passed since the last one, a timer on the same wait rather than a task.
+The reader's keep-alive lives here too: ``get(ping=...)`` (and ``take``) return
+:data:`PING` when that many seconds passed since the last one, a timer on the same wait
+rather than a task.
 """
 
 from __future__ import annotations
@@ -80,10 +81,27 @@ class Inbox:
     async def get(self, ping: float | None = None) -> Event | None:
         """The next event; None once closed and drained; with ``ping``, :data:`PING` when
         ``ping`` seconds went by since the last PING (or the first call) without one."""
+        if await self._wait(ping):
+            return PING
+        return self.pending.popleft() if self.pending else None
+
+    async def take(self, ping: float | None = None) -> list[Event] | None:
+        """Like :meth:`get`, but every event pending at once: a reply published word by
+        word in one go leaves as one write, not one per word."""
+        if await self._wait(ping):
+            return [PING]
+        if not self.pending:
+            return None
+        events = list(self.pending)
+        self.pending.clear()
+        return events
+
+    async def _wait(self, ping: float | None) -> bool:
+        """Until an event is pending or the inbox is closed; True if a PING is due first."""
         loop = asyncio.get_running_loop()
         while not self.pending:
             if self.closed is not None:
-                return None
+                return False
             timer = None
             if ping:
                 now = loop.time()
@@ -91,7 +109,7 @@ class Inbox:
                     self._ping_at = now + ping
                 elif now >= self._ping_at:
                     self._ping_at = now + ping
-                    return PING
+                    return True
             waiter = self._waiter = loop.create_future()
             if ping:
                 timer = loop.call_at(self._ping_at, _wake, waiter)
@@ -101,7 +119,7 @@ class Inbox:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        return self.pending.popleft()
+        return False
 
 
 class Hub:

@@ -628,32 +628,36 @@ class Sessions:
 
     async def stream(
         self, inbox: Inbox, last_event_id: str | None, ping: float | None = None
-    ) -> AsyncGenerator[Event, None]:
-        """The events of one subscription: ready, replay, then live events (and, with
-        ``ping``, :data:`~archiver.hub.PING` every ``ping`` seconds of quiet)."""
+    ) -> AsyncGenerator[list[Event], None]:
+        """The events of one subscription, in bursts that each leave as one write: ready,
+        the replay, then live events (and, with ``ping``, :data:`~archiver.hub.PING`
+        every ``ping`` seconds of quiet)."""
         user = inbox.user
         head = await self.store.current_head(user)
         sent: dict[str, int] = {}
-        yield Event(
-            "ready",
-            {
-                "user": user,
-                "connection": inbox.id,
-                "dialog": head.dialog if head else None,
-                "messages": head.messages if head else 0,
-            },
-        )
-        async for event in self._replay(user, last_event_id, head):
+        yield [
+            Event(
+                "ready",
+                {
+                    "user": user,
+                    "connection": inbox.id,
+                    "dialog": head.dialog if head else None,
+                    "messages": head.messages if head else 0,
+                },
+            )
+        ]
+        replay = [event async for event in self._replay(user, last_event_id, head)]
+        for event in replay:
             _note_sent(sent, event)
-            yield event
-        while True:
-            live = await inbox.get(ping)
-            if live is None:
-                return
-            if live.name == "message" and _already_sent(sent, live):
-                continue
-            _note_sent(sent, live)
-            yield live
+        if replay:
+            yield replay
+        while (live := await inbox.take(ping)) is not None:
+            # Messages the replay already sent may also be queued: skip those copies.
+            fresh = [e for e in live if e.name != "message" or not _already_sent(sent, e)]
+            for event in fresh:
+                _note_sent(sent, event)
+            if fresh:
+                yield fresh
 
     async def _replay(
         self, user: str, last_event_id: str | None, head: Head | None

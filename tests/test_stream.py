@@ -56,10 +56,10 @@ class Recorder:
         self.inbox = Inbox(user="u1")
         return self.inbox
 
-    async def events(self, inbox: Inbox) -> AsyncGenerator[Event, None]:
-        yield Event("ready", {"connection": inbox.id})
-        while (event := await inbox.get(self.ping)) is not None:
-            yield event
+    async def events(self, inbox: Inbox) -> AsyncGenerator[list[Event], None]:
+        yield [Event("ready", {"connection": inbox.id})]
+        while (events := await inbox.take(self.ping)) is not None:
+            yield events
 
     def close(self, inbox: Inbox) -> None:
         self.closed.append(inbox)
