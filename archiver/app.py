@@ -90,17 +90,18 @@ async def read_message(request: Request, limit: int) -> str:
     if content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     body_limit = limit + BODY_ENVELOPE
-    too_large = ApiError(
-        413, "too_large", f"The message is larger than the limit of {limit} bytes."
-    )
+
+    def too_large() -> ApiError:
+        return ApiError(413, "too_large", f"The message is larger than the limit of {limit} bytes.")
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise too_large
+        raise too_large()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > body_limit:
-            raise too_large
+            raise too_large()
     try:
         data = json.loads(bytes(body).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -119,7 +120,7 @@ async def read_message(request: Request, limit: int) -> str:
             400, "bad_text", "The message contains invalid Unicode (a lone surrogate)."
         ) from None
     if size > limit:
-        raise too_large
+        raise too_large()
     return message
 
 
