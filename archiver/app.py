@@ -6,6 +6,7 @@ logged once, as one ``request.rejected`` (or ``auth.rejected``) line, by one han
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -462,6 +463,7 @@ def create_app(settings: Settings) -> Starlette:
             data=settings.data_dir,
             fsync=settings.fsync,
             responder=sessions.responder.name,
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         try:
             async with anyio.create_task_group() as tg:
