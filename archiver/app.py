@@ -12,15 +12,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import AppStatus, SendTimeoutError
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, redact
+from . import auth, collector, redact
 from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
@@ -45,6 +44,7 @@ from .owners import Instance
 from .replies import ReplyError, make_client, make_responder
 from .sessions import Busy, Refused, Sessions, ShuttingDown
 from .store import Store
+from .stream import EventStream
 
 BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
 JOURNAL_STATUS = {"no_space": 507, "read_only": 503, "permission": 503, "io": 503, "corrupt": 500}
@@ -92,17 +92,18 @@ async def read_message(request: Request, limit: int) -> str:
     if content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     body_limit = limit + BODY_ENVELOPE
-    too_large = ApiError(
-        413, "too_large", f"The message is larger than the limit of {limit} bytes."
-    )
+
+    def too_large() -> ApiError:
+        return ApiError(413, "too_large", f"The message is larger than the limit of {limit} bytes.")
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise too_large
+        raise too_large()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > body_limit:
-            raise too_large
+            raise too_large()
     try:
         data = json.loads(bytes(body).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -121,13 +122,8 @@ async def read_message(request: Request, limit: int) -> str:
             400, "bad_text", "The message contains invalid Unicode (a lone surrogate)."
         ) from None
     if size > limit:
-        raise too_large
+        raise too_large()
     return message
-
-
-def _sse(event: Event) -> ServerSentEvent:
-    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
-    return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n")
 
 
 # What a client is told; the journal's own, technical detail goes to the log (journal.error).
@@ -149,17 +145,7 @@ def _journal_api_error(exc: JournalError) -> ApiError:
 # Endpoints
 
 
-class _Stream(EventSourceResponse):
-    """An EventSourceResponse that ends a stuck send quietly instead of with a traceback."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info("sse.send_timeout", path=scope.get("path"))
-
-
-async def subscribe(request: Request) -> Response:
+async def subscribe(request: Request) -> Response | EventStream:
     user = require_user(request)
     sessions = sessions_of(request)
     if sessions.draining:
@@ -168,51 +154,38 @@ async def subscribe(request: Request) -> Response:
         "last_event_id"
     )
     settings: Settings = request.app.state.settings
+    client = request.client.host if request.client else None
+    started = time.monotonic()
 
-    async def body() -> AsyncIterator[ServerSentEvent]:
-        inbox: Inbox | None = None
-        started = time.monotonic()
-        try:
-            inbox = sessions.connect(user.id)
-            log.info(
-                "sse.connect",
-                user=user.id,
-                conn=inbox.id,
-                last_event_id=last_event_id,
-                client=request.client.host if request.client else None,
-            )
-            yield ServerSentEvent(retry=3000, sep="\n")
-            async for event in sessions.stream(inbox, last_event_id):
-                yield _sse(event)
-        finally:
-            if inbox is not None:
-                remaining = sessions.disconnect(inbox)
-                log.info(
-                    "sse.disconnect",
-                    user=user.id,
-                    conn=inbox.id,
-                    reason=inbox.closed or "client",
-                    seconds=round(time.monotonic() - started, 1),
-                    remaining=remaining,
-                )
+    def open_inbox() -> Inbox:
+        inbox = sessions.connect(user.id)
+        log.info(
+            "sse.connect",
+            user=user.id,
+            conn=inbox.id,
+            last_event_id=last_event_id,
+            client=client,
+        )
+        return inbox
 
-    return _event_stream(body(), settings)
+    def events(inbox: Inbox) -> AsyncGenerator[list[Event], None]:
+        return sessions.stream(inbox, last_event_id, ping=settings.ping_interval)
 
+    def close_inbox(inbox: Inbox) -> None:
+        remaining = sessions.disconnect(inbox)
+        log.info(
+            "sse.disconnect",
+            user=user.id,
+            conn=inbox.id,
+            reason=inbox.closed or "client",
+            seconds=round(time.monotonic() - started, 1),
+            remaining=remaining,
+        )
 
-def _event_stream(body: AsyncIterator[ServerSentEvent], settings: Settings) -> Response:
-    return _Stream(
-        body,
-        ping=settings.ping_interval,
-        sep="\n",
-        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
-        send_timeout=settings.send_timeout,
-        # Our own watcher ends streams on shutdown; this only keeps sse-starlette from
-        # cancelling them abruptly before they said goodbye.
-        shutdown_grace_period=settings.shutdown_timeout,
-    )
+    return EventStream(open_inbox, events, close_inbox, send_timeout=settings.send_timeout)
 
 
-async def admin_feed(request: Request) -> Response:
+async def admin_feed(request: Request) -> Response | EventStream:
     """SSE: one ``archive`` event per archive as it lands (``?user=`` for one user)."""
     admin = require_user(request, admin=True)
     sessions = sessions_of(request)
@@ -220,25 +193,24 @@ async def admin_feed(request: Request) -> Response:
     if feed is None or sessions.draining:
         raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
     only = request.query_params.get("user") or None
+    settings: Settings = request.app.state.settings
 
-    async def body() -> AsyncIterator[ServerSentEvent]:
-        inbox: Inbox | None = None
-        try:
-            inbox = feed.subscribe(only)
-            log.info("feed.connect", user=admin.id, conn=inbox.id, only=only)
-            yield ServerSentEvent(retry=3000, sep="\n")
-            watching = await feed.watching()
-            yield _sse(Event("ready", {"connection": inbox.id, "user": only, "watching": watching}))
-            while (event := await inbox.get()) is not None:
-                yield _sse(event)
-        finally:
-            if inbox is not None:
-                feed.unsubscribe(inbox)
-                log.info(
-                    "feed.disconnect", user=admin.id, conn=inbox.id, reason=inbox.closed or "client"
-                )
+    def open_inbox() -> Inbox:
+        inbox = feed.subscribe(only)
+        log.info("feed.connect", user=admin.id, conn=inbox.id, only=only)
+        return inbox
 
-    return _event_stream(body(), request.app.state.settings)
+    async def events(inbox: Inbox) -> AsyncGenerator[list[Event], None]:
+        watching = await feed.watching()
+        yield [Event("ready", {"connection": inbox.id, "user": only, "watching": watching})]
+        while (events := await inbox.take(ping=settings.ping_interval)) is not None:
+            yield events
+
+    def close_inbox(inbox: Inbox) -> None:
+        feed.unsubscribe(inbox)
+        log.info("feed.disconnect", user=admin.id, conn=inbox.id, reason=inbox.closed or "client")
+
+    return EventStream(open_inbox, events, close_inbox, send_timeout=settings.send_timeout)
 
 
 async def metrics(request: Request) -> Response:
@@ -511,7 +483,7 @@ def create_app(settings: Settings) -> Starlette:
             breaker=None
             if settings.upstream == "echo"
             else Breaker(settings.breaker_failures, settings.breaker_cooldown),
-            metrics=Metrics(lambda: hub.connections, lambda: len(hub.users())),
+            metrics=Metrics(lambda: hub.connections, lambda: len(hub.users()), collector.frozen),
             feed=Feed(journal),
         )
         app.state.sessions = sessions
@@ -522,15 +494,20 @@ def create_app(settings: Settings) -> Starlette:
             data=settings.data_dir,
             fsync=settings.fsync,
             responder=sessions.responder.name,
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         try:
             async with anyio.create_task_group() as tg:
                 await sessions.run(tg)
                 tg.start_soon(_watch_for_exit, sessions)
+                collector.start()
+                tg.start_soon(collector.pace)
                 yield
                 await sessions.drain()
                 tg.cancel_scope.cancel()
         finally:
+            collector.stop()
+            sessions.store.close()
             if client is not None:
                 await client.aclose()
             instance.close()

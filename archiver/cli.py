@@ -248,6 +248,10 @@ def serve(
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
         "lifespan": "on",
+        # uvloop and httptools come with uvicorn[standard] (a dependency); name them so a
+        # missing one shows up as an error here, not as a server that is quietly slower.
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
     }
     if reload:
         # The reloader imports the app in a child process, so pass settings by env.

@@ -1,10 +1,16 @@
 """In-process fan-out: one inbox per connection, ``publish(user, event)`` to all of a user's.
 
-Like broadcaster's memory backend, but publishing never waits: an inbox is a deque plus
-an ``asyncio.Event`` (lighter than an ``asyncio.Queue`` per connection), and a reader
-that falls ``MAX_PENDING`` events behind is closed with reason ``overflow`` instead of
-slowing the publisher or growing without bound. Closing an inbox makes its reader stop
-after the final event (``shutdown``, say) it was closed with.
+Like broadcaster's memory backend, but publishing never waits, and an idle inbox costs
+little: tens of thousands are held at once. An inbox is a deque, made on the first
+event, and one future while its reader waits (an ``asyncio.Queue`` or ``asyncio.Event``
+would keep a deque of waiters each, ~760 bytes for nothing). A reader that falls
+``MAX_PENDING`` events behind is closed with reason ``overflow`` instead of slowing the
+publisher or growing without bound. Closing an inbox makes its reader stop after the
+final event (``shutdown``, say) it was closed with.
+
+The reader's keep-alive lives here too: ``get(ping=...)`` (and ``take``) return
+:data:`PING` when that many seconds passed since the last one, a timer on the same wait
+rather than a task.
 """
 
 from __future__ import annotations
@@ -26,41 +32,94 @@ class Event:
     id: str | None = None
 
 
+PING = Event("ping", {})  # not an event for the client: the stream's keep-alive comment
+
+
+def _new_id() -> str:
+    return "c-" + secrets.token_hex(4)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass(eq=False, slots=True)
 class Inbox:
     """One connection's pending events."""
 
     user: str
-    id: str = field(default_factory=lambda: "c-" + secrets.token_hex(4))
-    pending: deque[Event] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    id: str = field(default_factory=_new_id)
+    pending: deque[Event] | None = None
     closed: str | None = None  # why the hub closed it: "shutdown", "overflow", ...
+    _waiter: asyncio.Future[None] | None = None
+    _ping_at: float = 0.0
 
     def put(self, event: Event) -> bool:
         if self.closed is not None:
             return False
-        if len(self.pending) >= MAX_PENDING:
+        if self.pending is None:
+            self.pending = deque()
+        elif len(self.pending) >= MAX_PENDING:
             self.close("overflow")
             return False
         self.pending.append(event)
-        self.wakeup.set()
+        if self._waiter is not None:
+            _wake(self._waiter)
         return True
 
     def close(self, reason: str, final: Event | None = None) -> None:
         if self.closed is None:
             if final is not None:
+                if self.pending is None:
+                    self.pending = deque()
                 self.pending.append(final)
             self.closed = reason
-            self.wakeup.set()
+            if self._waiter is not None:
+                _wake(self._waiter)
 
-    async def get(self) -> Event | None:
-        """The next event; None once closed and drained."""
+    async def get(self, ping: float | None = None) -> Event | None:
+        """The next event; None once closed and drained; with ``ping``, :data:`PING` when
+        ``ping`` seconds went by since the last PING (or the first call) without one."""
+        if await self._wait(ping):
+            return PING
+        return self.pending.popleft() if self.pending else None
+
+    async def take(self, ping: float | None = None) -> list[Event] | None:
+        """Like :meth:`get`, but every event pending at once: a reply published word by
+        word in one go leaves as one write, not one per word."""
+        if await self._wait(ping):
+            return [PING]
+        if not self.pending:
+            return None
+        events = list(self.pending)
+        self.pending.clear()
+        return events
+
+    async def _wait(self, ping: float | None) -> bool:
+        """Until an event is pending or the inbox is closed; True if a PING is due first."""
+        loop = asyncio.get_running_loop()
         while not self.pending:
             if self.closed is not None:
-                return None
-            self.wakeup.clear()
-            await self.wakeup.wait()
-        return self.pending.popleft()
+                return False
+            timer = None
+            if ping:
+                now = loop.time()
+                if not self._ping_at:
+                    self._ping_at = now + ping
+                elif now >= self._ping_at:
+                    self._ping_at = now + ping
+                    return True
+            waiter = self._waiter = loop.create_future()
+            if ping:
+                timer = loop.call_at(self._ping_at, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        return False
 
 
 class Hub:

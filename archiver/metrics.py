@@ -12,7 +12,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    def __init__(self, connections: Callable[[], int], users: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        users: Callable[[], int],
+        frozen: Callable[[], int] = lambda: 0,
+    ) -> None:
         r = self.registry = CollectorRegistry()
         Gauge("archiver_connections", "Open SSE subscriptions.", registry=r).set_function(
             connections
@@ -20,6 +25,12 @@ class Metrics:
         Gauge("archiver_active_users", "Users with an open subscription.", registry=r).set_function(
             users
         )
+        Gauge(
+            "archiver_gc_frozen_objects",
+            "Objects the garbage collector no longer walks (see collector.py); should follow "
+            "archiver_connections, not grow without it.",
+            registry=r,
+        ).set_function(frozen)
         self.archived = Counter(
             "archiver_dialogs_archived", "Dialogs archived, by reason.", ["reason"], registry=r
         )

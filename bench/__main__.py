@@ -1,12 +1,24 @@
-"""``python -m bench {journal,search,all} [--quick]``."""
+"""``python -m bench {journal,search,subscriptions,archive,chat,drain,all} [--quick]``.
+
+The live benchmarks (subscriptions, archive, chat, drain) start their servers on
+loopback and drive them from a separate client process; each prints a table with
+archiver and its floor measured in the same run.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import journal, search
+from bench import archive, chat, drain, journal, search, subscriptions
 
-BENCHMARKS = {"journal": journal.run, "search": search.run}
+BENCHMARKS = {
+    "journal": journal.run,
+    "search": search.run,
+    "subscriptions": subscriptions.run,
+    "archive": archive.run,
+    "chat": chat.run,
+    "drain": drain.run,
+}
 
 
 def main() -> None:
@@ -16,9 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     for name in names:
-        print(f"== {name}")
+        print(f"== {name}", flush=True)
         BENCHMARKS[name](quick=args.quick)
-        print()
+        print(flush=True)
 
 
 if __name__ == "__main__":

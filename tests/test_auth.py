@@ -146,3 +146,33 @@ def test_generated_secret_is_private_and_kept(tmp_path: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_verified_token_is_remembered_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = JWTBackend(SETTINGS)
+    good = token({"sub": "a", "exp": int(time.time()) + 30})
+    request = _request({"Authorization": f"Bearer {good}"})
+    assert (await backend.authenticate(request))[1] == User("a")
+    calls: list[str] = []
+    real = auth._verify
+    monkeypatch.setattr(auth, "_verify", lambda s, t: calls.append(t) or real(s, t))
+    assert (await backend.authenticate(request))[1] == User("a")
+    assert calls == []  # the signature was not checked again
+    # Once its exp (plus the leeway) has passed, the token goes back through pyjwt.
+    user, _ = backend._verified[good]
+    backend._verified[good] = (user, time.time() - auth.LEEWAY_SECONDS - 1)
+    assert (await backend.authenticate(request))[1] == User("a")
+    assert calls == [good]
+
+
+@pytest.mark.anyio
+async def test_the_verified_token_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS", 3)
+    backend = JWTBackend(SETTINGS)
+    for user in "abcde":
+        good = token({"sub": user, "exp": soon()})
+        assert (await backend.authenticate(_request({"Authorization": f"Bearer {good}"})))[1]
+    assert [u.id for u, _ in backend._verified.values()] == ["c", "d", "e"]

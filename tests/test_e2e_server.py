@@ -464,3 +464,9 @@ def test_access_log_never_shows_a_token(shared: Server) -> None:
     wait_for(lambda: "path=/dialog" in shared.log(), what="the access log line")
     assert token not in shared.log()
     assert "access_token=[redacted]" in shared.log()
+
+
+def test_serve_runs_on_uvloop(make_server: Make) -> None:
+    server = make_server()
+    [start] = server.log_lines("server.start")
+    assert " loop=uvloop" in start

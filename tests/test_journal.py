@@ -178,6 +178,72 @@ def test_archive_with_stale_dialog_id_or_recent_activity_does_nothing(journal: J
     assert journal.archive("a1", "timeout", idle_for=0) is not None
 
 
+def test_two_pass_archive_of_many_dialogs(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "data", fsync="always")
+    for user in ("a1", "a2"):
+        journal.append(user, "user", f"hi from {user}")
+        journal.append(user, "assistant", "hello")
+    closed = {user: journal.close(user, "shutdown") for user in ("a1", "a2", "nobody")}
+    assert closed["nobody"] is None
+    for user in ("a1", "a2"):  # pass 1 wrote the trailer and left the journal in place
+        assert current(journal, user).read_bytes().endswith(b"reason: shutdown\n...\n")
+    journal.sync_filesystem()
+    done = [journal.commit(user, head) for user, head in closed.items() if head is not None]
+    journal.sync_filesystem()
+    for archived, user in zip(done, ("a1", "a2"), strict=True):
+        assert archived is not None and archived.user == user and archived.messages == 2
+        assert archived.reason == "shutdown" and not current(journal, user).exists()
+        doc = yaml.safe_load(archived.path.read_text())
+        assert doc["reason"] == "shutdown" and texts(archived.path) == [f"hi from {user}", "hello"]
+
+
+def test_two_pass_archive_when_another_process_finished_it_in_between(journal: Journal) -> None:
+    journal.append("a1", "user", "hi")
+    head = journal.close("a1", "shutdown")
+    assert head is not None
+    # Another process appends before our second pass: it finds the trailer, finishes the
+    # archive (as after a crash), and starts a new dialog, which commit() must not touch.
+    assert journal.append("a1", "user", "on another instance").new_dialog
+    assert journal.commit("a1", head) is None
+    [archive] = (journal.dialogs_dir("a1") / "archived").glob("*.yaml")
+    assert texts(archive) == ["hi"] and yaml.safe_load(archive.read_text())["reason"] == "shutdown"
+    assert texts(current(journal, "a1")) == ["on another instance"]
+
+
+def test_two_pass_archive_interrupted_after_the_first_pass_is_finished_later(
+    journal: Journal,
+) -> None:
+    journal.append("a1", "user", "hi")
+    assert journal.close("a1", "shutdown") is not None
+    # The process dies here; the next start's recovery settles the journal.
+    finished = journal.archive("a1", "recovery")
+    assert finished is not None and finished.reason == "shutdown"
+    assert texts(finished.path) == ["hi"] and not current(journal, "a1").exists()
+
+
+def test_two_pass_archive_of_a_torn_journal_keeps_every_complete_entry(journal: Journal) -> None:
+    journal.append("t", "user", "whole")
+    journal.append("t", "user", "torn")
+    path = current(journal, "t")
+    path.write_bytes(path.read_bytes()[:-20])
+    head = journal.close("t", "shutdown")
+    assert head is not None and head.messages == 1
+    journal.sync_filesystem()
+    archived = journal.commit("t", head)
+    assert archived is not None and texts(archived.path) == ["whole"]
+
+
+def test_two_pass_archive_respects_a_live_owner(tmp_path: Path) -> None:
+    from archiver.journal import NotOwner
+
+    a = Journal(tmp_path, fsync="no", instance="proc-a", alive={"proc-b"}.__contains__)
+    b = Journal(tmp_path, fsync="no", instance="proc-b")
+    b.append("u", "user", "on b")
+    with pytest.raises(NotOwner):
+        a.close("u", "shutdown", owned=True)
+    assert not b.current_path("u").read_bytes().endswith(b"reason: shutdown\n...\n")
+
+
 def test_crash_between_trailer_and_rename_is_finished_once(journal: Journal) -> None:
     journal.append("a1", "user", "hi")
     path = current(journal, "a1")

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
+
+import pytest
 
 from archiver.logs import JsonFormatter, LogfmtFormatter, scrub
 
@@ -78,3 +81,48 @@ def test_setup_writes_the_same_lines_to_the_log_file(tmp_path: Path) -> None:
             for handler in logging.getLogger(name).handlers:
                 handler.close()
             logging.getLogger(name).handlers = []
+
+
+class _Writes:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _handler(tmp_path: Path) -> tuple[logging.Handler, _Writes]:
+    from archiver import logs
+
+    handler = logs._FileHandler(tmp_path / "archiver.log")
+    handler.setFormatter(LogfmtFormatter())
+    handler.stream.close()
+    stream = handler.stream = _Writes()  # type: ignore[assignment]
+    return handler, stream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_lines_of_one_event_loop_turn_leave_in_one_write(tmp_path: Path) -> None:
+    handler, stream = _handler(tmp_path)
+    for n in range(3):
+        handler.handle(record("chat.append", seq=n))
+    assert stream.writes == []  # until the loop's turn ends
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 1 and stream.writes[0].count(" chat.append seq=") == 3
+    handler.handle(record("chat.append", seq=3))
+    handler.flush()  # also what logging.shutdown() does at exit
+    assert len(stream.writes) == 2
+
+
+def test_lines_outside_an_event_loop_are_written_at_once(tmp_path: Path) -> None:
+    handler, stream = _handler(tmp_path)
+    handler.handle(record("chat.append", seq=1))
+    assert len(stream.writes) == 1

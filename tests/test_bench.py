@@ -1,0 +1,83 @@
+"""The benchmarks still run: ``python -m bench all --quick`` prints every table.
+
+Only that each table is there, with its header and its rows; never a timing (figures
+belong to the README, taken on a known machine).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+# benchmark -> lines (regexes) its table must contain
+TABLES = {
+    "journal": [r"^\s+msg 10\s+msg 100", r"^archiver\s+\d", r"^os\.write \(floor\)\s+\d"],
+    "search": [r"^command\s+seconds", r"^archiver list --json\s+\d", r"^grep -rl \w+\s+\d"],
+    "subscriptions": [
+        r"^idle subscriptions",
+        r"^\s+100\s+300\s+RSS at max\s+pings late",
+        r"^archiver\s+\d+\.\d\s+\d+\.\d\s+\d+ MB\s+\d+/300",
+        r"^sse-starlette\s+\d",
+        r"^bare ASGI\s+\d",
+        r"^/ bare ASGI\s+\d",
+        r"^connect latency, new subscriber to `ready`, ms: growing 100 -> 300",
+        r"^\s+growing p50\s+p99\s+max\s+full GCs\s+longest\s+holding p50\s+p99",
+        r"^archiver(\s+\d+\.\d){2}\s+\d+\s+\d+\s+\d+ms(\s+\d+\.\d){2}\s+\d+\s+\d+\s+\d+ms\s+0$",
+        r"^/ sse-starlette\s+\d+\.\d+x\s+\d+\.\d+x$",
+    ],
+    "archive": [
+        r"^disconnect -> archive file",
+        r"^\s+paced p50\s+p99\s+max\s+burst p50",
+        r"^archiver\s+\d+\.\d.*\s0$",
+        r"^bare ASGI \+ rename\s+\d+\.\d.*\s0$",
+    ],
+    "chat": [
+        r"^chat throughput",
+        r"^\s+chats/s\s+p50 ms\s+p99 ms\s+errors",
+        r"^Starlette JSON\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0$",
+        r"^archiver\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0$",
+        r"^archiver / floor\s+\d",
+    ],
+    "drain": [
+        r"^drain: SIGTERM with 300 streams",
+        r"^\s+exit s\s+streams s\s+archived\s+shutdown ev\s+clean ends\s+abrupt",
+        r"^sse-starlette\s+\d+\.\d+\s+\d+\.\d+\s+-\s",
+        # every dialog archived, every stream told and ended cleanly, nothing cut
+        r"^archiver\s+\d+\.\d+\s+\d+\.\d+\s+300\s+300\s+300\s+0$",
+    ],
+}
+
+
+def _sections(output: str) -> dict[str, str]:
+    parts = re.split(r"^== (\w+)$", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.timeout(300)
+def test_every_benchmark_prints_its_table(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sections = _sections(result.stdout)
+    assert list(sections) == list(TABLES)
+    for name, patterns in TABLES.items():
+        for pattern in patterns:
+            assert re.search(pattern, sections[name], re.M), (
+                f"{name}: no line matching {pattern!r} in:\n{sections[name]}"
+            )
