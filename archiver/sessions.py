@@ -340,6 +340,10 @@ class Sessions:
 
     def _note_archived(self, result: Archived, ms: float) -> None:
         """Count, log and announce an archive."""
+        if not self.hub.count(result.user) and result.user not in self._chats:
+            # Nothing of theirs is left here for a shutdown to archive: forget them, so
+            # the set does not grow with every user a long-running process ever served.
+            self._known.discard(result.user)
         self.archived[result.reason] += 1
         if self.metrics is not None:
             self.metrics.archived.labels(result.reason).inc()

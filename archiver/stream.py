@@ -91,6 +91,7 @@ class EventStream:
         try:
             await self._stream(inbox, send)
         except SendTimeout:
+            inbox.close("send_timeout")  # so sse.disconnect says why, not "client"
             log.info("sse.send_timeout", path=scope.get("path"), user=inbox.user, conn=inbox.id)
         finally:
             listener.cancel()

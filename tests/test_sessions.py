@@ -49,6 +49,7 @@ async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> N
     await anyio.sleep(0.3)
     assert len(archives(sessions, "a")) == 1
     assert sessions.archived == {"disconnect": 1}
+    assert "a" not in sessions._known, "an archived, disconnected user is forgotten"
 
 
 @pytest.mark.anyio
