@@ -277,6 +277,9 @@ def serve(
     # timeout (Linux copies them from the listener): a vanished peer cannot hold a stream.
     sock = config.bind_socket()
     bound_dead_peers(sock, settings.tcp_user_timeout)
+    # bind_socket() already printed "Uvicorn running on ...": listen now, so a connection
+    # made on reading it waits in the backlog for start-up instead of being refused.
+    sock.listen(config.backlog)
     Server(config).run(sockets=[sock])
 
 
