@@ -470,9 +470,6 @@ class Sessions:
 
     # -- chat ---------------------------------------------------------------------------
 
-    def busy(self, user: str) -> bool:
-        return user in self._chats
-
     def stop(self, user: str) -> bool:
         """Stop the user's reply in flight; the partial reply is journaled as interrupted."""
         chat = self._chats.get(user)
