@@ -97,7 +97,7 @@ def test_two_connections_archive_only_when_both_close(make_server: Make) -> None
     assert server.archives("carol") == []
     second.close()
     wait_for(lambda: server.archives("carol"), what="the archive")
-    time.sleep(0.4)
+    time.sleep(0.4)  # two graces: a duplicate timer would have archived again by now
     assert len(server.archives("carol")) == 1
     assert len(server.log_lines("dialog.archived")) == 1
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -39,14 +39,24 @@ def archives(s: Sessions, user: str) -> list[str]:
     return s.store.journal.archive_names(user)
 
 
+async def until(condition: Callable[[], object], what: str) -> None:
+    """Poll ``condition`` (files on disk: nothing to wait on) for up to 5 s."""
+    try:
+        with anyio.fail_after(5.0):
+            while not condition():  # noqa: ASYNC110 (the condition is the file system)
+                await anyio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 @pytest.mark.anyio
 async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> None:
     inbox = sessions.connect("a")
     await sessions.chat("a", "hello")
     sessions.disconnect(inbox)
-    await anyio.sleep(0.1)
+    await anyio.sleep(0.1)  # half the grace: nothing may be archived yet
     assert archives(sessions, "a") == []
-    await anyio.sleep(0.3)
+    await until(lambda: archives(sessions, "a"), "the archive after the grace")
     assert len(archives(sessions, "a")) == 1
     assert sessions.archived == {"disconnect": 1}
     assert "a" not in sessions._known, "an archived, disconnected user is forgotten"
@@ -59,10 +69,10 @@ async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions
     sessions.disconnect(inbox)
     await anyio.sleep(0.1)
     again = sessions.connect("a")
-    await anyio.sleep(0.4)
+    await anyio.sleep(0.4)  # twice the grace: the cancelled timer must not archive
     assert archives(sessions, "a") == []
     sessions.disconnect(again)
-    await anyio.sleep(0.4)
+    await until(lambda: archives(sessions, "a"), "the archive after the second disconnect")
     assert len(archives(sessions, "a")) == 1
 
 
@@ -75,7 +85,8 @@ async def test_archive_waits_for_the_reply_so_a_dialog_is_never_split(sessions: 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(chat)
-        await anyio.sleep(0.03)  # the user message is journaled, the reply is streaming
+        # Once the question is journaled, the reply streams (4 words, 20 ms apart).
+        await until(lambda: sessions.store.journal.current_head("a"), "the question")
         with pytest.raises(Busy):
             await sessions.chat("a", "again")
         archived = await sessions.archive("a", "user")
