@@ -40,6 +40,8 @@ import jwt
 import pytest
 import yaml
 
+from tests.helpers import unavailable
+
 try:
     from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - reported by the browser fixture
@@ -62,8 +64,6 @@ GRACE = 0.2
 STARTUP_TIMEOUT = 20.0
 WAIT_MS = 15_000
 DESKTOP = {"width": 900, "height": 640}
-# Read at import: conftest's autouse clean_environ removes every ARCHIVER_* before each test.
-REQUIRE_E2E = os.environ.get("ARCHIVER_REQUIRE_E2E") == "1"
 UPDATE_SCREENSHOTS = os.environ.get("ARCHIVER_UPDATE_SCREENSHOTS") == "1"
 
 pytestmark = pytest.mark.timeout(180)
@@ -80,12 +80,6 @@ def _browser_missing() -> str | None:
             "no browser at /usr/bin/chromium: install Debian's chromium (apt-get install chromium)"
         )
     return None
-
-
-def _skip_or_fail(reason: str) -> None:
-    if REQUIRE_E2E:
-        pytest.fail(f"ARCHIVER_REQUIRE_E2E=1 but {reason}")
-    pytest.skip(reason)
 
 
 # ---- the live server ------------------------------------------------------------------------
@@ -230,13 +224,13 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def browser() -> Iterator[Browser]:
     missing = _browser_missing()
     if missing:
-        _skip_or_fail(missing)
+        unavailable(missing)
     assert sync_playwright is not None
     with sync_playwright() as playwright:
         try:
             launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         except Exception as exc:  # a broken install is as good as a missing one
-            _skip_or_fail(f"could not launch /usr/bin/chromium: {exc}")
+            unavailable(f"could not launch /usr/bin/chromium: {exc}")
         expect.set_options(timeout=WAIT_MS)
         yield launched
         launched.close()
