@@ -33,21 +33,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import auth, collector, redact
 from .auth import Anonymous, JWTBackend, User
+from .chats import Busy, Refused, ShuttingDown
 from .config import Settings
+from .dialogfile import parse_dialog
+from .errors import JournalError
+from .faults import Fault
 from .feed import Feed
 from .hub import Event, Hub, Inbox
-from .journal import Fault, Journal, JournalError, parse_dialog
+from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
 from .metrics import CONTENT_TYPE, Metrics
 from .owners import Instance
 from .replies import ReplyError, make_client, make_responder
-from .sessions import Busy, Refused, Sessions, ShuttingDown
-from .store import Store
+from .sessions import Sessions
 from .stream import EventStream
+from .threads import JournalThreads
 
 BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
-JOURNAL_STATUS = {"no_space": 507, "read_only": 503, "permission": 503, "io": 503, "corrupt": 500}
+# The HTTP status of each error a chat or a read can meet, by its code: decided here only
+# (JournalError.kind, Refused.code, and ReplyError.kind as upstream_<kind>).
+ERROR_STATUS = {
+    "no_space": 507,
+    "read_only": 503,
+    "permission": 503,
+    "io": 503,
+    "corrupt": 500,
+    "rate_limited": 429,
+    "upstream_unavailable": 503,
+    "upstream_timeout": 504,
+}
+UPSTREAM_STATUS = 502  # every other upstream failure: a bad gateway
 
 
 class ApiError(Exception):
@@ -138,7 +154,7 @@ JOURNAL_DETAIL = {
 
 def _journal_api_error(exc: JournalError) -> ApiError:
     detail = JOURNAL_DETAIL.get(exc.kind, JOURNAL_DETAIL["io"])
-    return ApiError(JOURNAL_STATUS.get(exc.kind, 503), exc.kind, detail)
+    return ApiError(ERROR_STATUS.get(exc.kind, 503), exc.kind, detail)
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,9 +253,10 @@ async def chat(request: Request) -> Response:
         raise _journal_api_error(exc) from None
     except Refused as exc:
         retry = {"Retry-After": str(ceil_seconds(exc.retry_after))}
-        raise ApiError(exc.status, exc.code, exc.detail, retry) from None
+        raise ApiError(ERROR_STATUS[exc.code], exc.code, exc.detail, retry) from None
     except ReplyError as exc:
-        raise ApiError(exc.status, f"upstream_{exc.kind}", exc.detail) from None
+        code = f"upstream_{exc.kind}"
+        raise ApiError(ERROR_STATUS.get(code, UPSTREAM_STATUS), code, exc.detail) from None
     return JSONResponse(result.as_json())
 
 
@@ -254,7 +271,7 @@ async def chat_stop(request: Request) -> Response:
 async def dialog(request: Request) -> Response:
     user = require_user(request)
     try:
-        current = await sessions_of(request).store.load_current(user.id)
+        current = await sessions_of(request).threads.load_current(user.id)
     except JournalError as exc:
         raise _journal_api_error(exc) from None
     if current is None:
@@ -276,16 +293,16 @@ async def dialog_archive(request: Request) -> Response:
 
 
 async def _archives_of(request: Request, user: str) -> Response:
-    infos = await sessions_of(request).store.list_archives(user)
+    infos = await sessions_of(request).threads.list_archives(user)
     return JSONResponse([info.as_json() for info in infos])
 
 
 async def _archive_of(request: Request, user: str, name: str) -> Response:
-    data = await sessions_of(request).store.read_archive(user, name)
+    data = await sessions_of(request).threads.read_archive(user, name)
     if data is None:
         raise ApiError(404, "not_found", f"There is no archive named {name!r}.")
     if "application/json" in request.headers.get("accept", ""):
-        parsed = await sessions_of(request).store.run(parse_dialog, data)
+        parsed = await sessions_of(request).threads.run(parse_dialog, data)
         return JSONResponse(parsed.as_json())
     return Response(data, media_type="application/yaml; charset=utf-8")
 
@@ -301,25 +318,25 @@ async def archive(request: Request) -> Response:
 
 async def users(request: Request) -> Response:
     require_user(request, admin=True)
-    journal = sessions_of(request).store.journal
+    layout = sessions_of(request).threads.journal.layout
 
     def summary() -> list[dict[str, Any]]:
         out = []
-        for user in journal.users():
+        for user in layout.users():
             try:
-                directory = journal.dialogs_dir(user)
+                current = layout.current_path(user)
             except ValueError:
                 continue
             out.append(
                 {
                     "user": user,
-                    "archives": len(journal.archive_names(user)),
-                    "current": (directory / "current.yaml").exists(),
+                    "archives": len(layout.archive_names(user)),
+                    "current": current.exists(),
                 }
             )
         return out
 
-    return JSONResponse(await sessions_of(request).store.run(summary))
+    return JSONResponse(await sessions_of(request).threads.run(summary))
 
 
 async def user_archives(request: Request) -> Response:
@@ -475,7 +492,7 @@ def create_app(settings: Settings) -> Starlette:
         hub = Hub()
         sessions = Sessions(
             settings=settings,
-            store=Store(journal),
+            threads=JournalThreads(journal),
             hub=hub,
             responder=make_responder(settings, client),
             instance=instance,
@@ -507,7 +524,7 @@ def create_app(settings: Settings) -> Starlette:
                 tg.cancel_scope.cancel()
         finally:
             collector.stop()
-            sessions.store.close()
+            sessions.threads.close()
             if client is not None:
                 await client.aclose()
             instance.close()

@@ -22,9 +22,8 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Bas
 from starlette.requests import HTTPConnection
 
 from .config import Settings
-from .journal import BadUserId, user_dir_name
+from .layout import BadUserId, secret_path, user_dir_name
 
-SECRET_FILE = ".jwt-secret"
 COOKIE = "archiver_token"
 QUERY = "access_token"
 MAX_TOKEN_BYTES = 8192
@@ -72,7 +71,7 @@ class Anonymous(BaseUser):
 
 def load_or_create_secret(data_dir: Path) -> str:
     """The HS256 secret kept in ``<data>/.jwt-secret`` (0600), created on first use."""
-    path = Path(data_dir) / SECRET_FILE
+    path = secret_path(data_dir)
     try:
         return path.read_text().strip()
     except FileNotFoundError:

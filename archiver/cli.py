@@ -1,4 +1,4 @@
-"""The ``archiver`` command: a thin layer over settings, the app, the journal and review.
+"""The ``archiver`` command: a thin layer over settings, the app, the journal and archives.
 
 Exit codes: 0 ok, 1 nothing found (or an error, printed as one ``Error:`` line on
 stderr), 2 usage error (click's own). The review commands read the data directory
@@ -20,9 +20,14 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, review
+from . import __version__, archives, render
+from . import search as searching
+from .archives import ArchiveInfo
 from .config import DEFAULT_DATA_DIR, ConfigError, Settings
-from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, JournalError
+from .dialogfile import REASONS, ROLES
+from .errors import JournalError
+from .journal import Journal
+from .layout import ARCHIVED, CURRENT, BadUserId
 
 DEMO_USER = "demo"
 DEMO_TTL = 24 * 3600
@@ -70,7 +75,7 @@ def _errors() -> Iterator[None]:
         yield
     except BrokenPipeError:
         _stdout_gone()
-    except review.UnknownUser as exc:
+    except archives.UnknownUser as exc:
         raise click.ClickException(str(exc)) from None
     except BadUserId as exc:
         raise click.UsageError(str(exc)) from None
@@ -142,7 +147,7 @@ def _when(end: bool) -> Callable[[click.Context, click.Parameter, str | None], s
 
     def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         try:
-            return None if value is None else review.parse_time(value, end=end)
+            return None if value is None else archives.parse_time(value, end=end)
         except ValueError as exc:
             raise click.BadParameter(str(exc), ctx, param) from None
 
@@ -177,8 +182,8 @@ reason_option = click.option(
 
 def _filter(
     user: str | None, since: str | None, before: str | None, reason: str | None
-) -> review.Filter:
-    return review.Filter(user=user, since=since, before=before, reason=reason)
+) -> archives.Filter:
+    return archives.Filter(user=user, since=since, before=before, reason=reason)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -363,7 +368,7 @@ def _info_json(info: ArchiveInfo) -> dict[str, Any]:
 
 
 def _info_line(info: ArchiveInfo) -> str:
-    fields = [review.printable(info.user), info.name, info.started, info.ended, info.reason]
+    fields = [render.printable(info.user), info.name, info.started, info.ended, info.reason]
     return "\t".join(str(f) for f in [*fields, info.messages])
 
 
@@ -398,7 +403,7 @@ def list_(
     """
     journal = _journal(data_dir)
     with _errors():
-        infos = review.list_archives(
+        infos = archives.list_archives(
             journal, where=_filter(user, since, before, reason), limit=limit, on_error=_warn
         )
         with _Output() as out:
@@ -432,18 +437,18 @@ def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | No
     else:
         journal = _journal(data_dir)
         with _errors():
-            review.users_of(journal, user_or_path)
+            archives.users_of(journal, user_or_path)
             if name == CURRENT:
-                path = journal.current_path(user_or_path)
+                path = journal.layout.current_path(user_or_path)
                 if not path.is_file():
                     raise click.ClickException(f"user {user_or_path!r} has no live dialog")
             else:
-                found = review.find_archive(journal, user_or_path, name)
+                found = archives.find_archive(journal, user_or_path, name)
                 if found is None:
                     raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
                 path = found
     try:
-        dialog = review.read_dialog(path, live=path.name == CURRENT)
+        dialog = archives.read_dialog(path, live=path.name == CURRENT)
     except IsADirectoryError:
         raise click.ClickException(f"{path} is a directory, not a dialog file") from None
     except OSError as exc:
@@ -454,7 +459,7 @@ def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | No
         if as_json:
             click.echo(json.dumps(dialog.as_json(), ensure_ascii=False, indent=2))
         else:
-            click.echo(review.render(dialog, style=click.style), nl=False)
+            click.echo(render.render(dialog, style=click.style), nl=False)
 
 
 @main.command()
@@ -501,12 +506,12 @@ def search(
     if not text:
         raise click.UsageError("TEXT is empty")
     try:
-        query = review.Query.compile(text, regex=regex)
+        query = searching.Query.compile(text, regex=regex)
     except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
         raise click.UsageError(f"bad regular expression: {exc}") from None
     journal = _journal(data_dir)
     with _errors():
-        hits: Iterator[review.Hit] = review.search(
+        hits: Iterator[searching.Hit] = searching.search(
             journal,
             query,
             _filter(user, since, before, reason),
@@ -523,7 +528,7 @@ def search(
             else:
                 count = 0
                 for hit in hits:
-                    for line in review.hit_lines(hit, style=click.style):
+                    for line in render.hit_lines(hit, style=click.style):
                         out.line(line)
                     count += 1
     if not count:
@@ -547,15 +552,17 @@ def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
     journal = _journal(data_dir)
     stop = threading.Event()
     with _errors(), contextlib.suppress(KeyboardInterrupt):
-        archives = review.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
-        for info in archives:
+        landed = archives.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
+        for info in landed:
             line = _to_json(_info_json(info)) if as_json else None
             click.echo(line or _info_line(info))
 
 
 def _watching(journal: Journal) -> Callable[[], None]:
     def ready() -> None:
-        click.echo(f"watching {journal.users_dir} for new archives (Ctrl+C to stop)", err=True)
+        click.echo(
+            f"watching {journal.layout.users_dir} for new archives (Ctrl+C to stop)", err=True
+        )
 
     return ready
 
@@ -585,7 +592,7 @@ def export(
     journal = _journal(data_dir)
     count = 0
     with _errors(), _Output(batch=64) as out:
-        for item in review.export(journal, _filter(user, since, before, reason), _warn):
+        for item in archives.export(journal, _filter(user, since, before, reason), _warn):
             out.line(_to_json(item))
             count += 1
     if not count:
@@ -617,9 +624,9 @@ def sweep(older_than: float | None, data_dir: Path | None) -> None:
     idle = settings.session_timeout if older_than is None else older_than
     count = 0
     with _errors():
-        for archived in review.sweep(journal, idle, on_error=_warn):
-            user = review.printable(archived.user)
-            messages = review.plural(archived.messages, "message")
+        for archived in archives.sweep(journal, idle, on_error=_warn):
+            user = render.printable(archived.user)
+            messages = archives.plural(archived.messages, "message")
             click.echo(f"archived {user} {archived.name} ({messages})")
             count += 1
     if not count:
@@ -651,13 +658,13 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
     verb = "would remove" if dry_run else "removed"
     count = 0
     with _errors():
-        for pruned in review.prune(journal, older_than, dry_run=dry_run):
+        for pruned in archives.prune(journal, older_than, dry_run=dry_run):
             info = pruned.info
-            user = review.printable(info.user)
-            click.echo(f"{verb} {user} {info.name} (ended {review.archive_time(info)})")
+            user = render.printable(info.user)
+            click.echo(f"{verb} {user} {info.name} (ended {archives.archive_time(info)})")
             count += 1
-    archives = review.plural(count, "archive")
-    click.echo(f"{verb} {archives} older than {review.plural(older_than, 'day')}", err=True)
+    counted = archives.plural(count, "archive")
+    click.echo(f"{verb} {counted} older than {archives.plural(older_than, 'day')}", err=True)
     if not count:
         _nothing_found()
 
@@ -683,20 +690,20 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
     """
     journal = _journal(data_dir)
     with _errors():
-        files = review.user_contents(journal, user)
+        files = archives.user_contents(journal, user)
         if not yes:
             if not _interactive():
                 raise click.UsageError("forget needs --yes when not run from a terminal")
-            archives = sum(1 for f in files if f.parent.name == "archived")
+            in_archive = sum(1 for f in files if f.parent.name == ARCHIVED)
             click.confirm(
-                f"Erase all {len(files)} files of user {user!r} ({archives} archives)?"
+                f"Erase all {len(files)} files of user {user!r} ({in_archive} archives)?"
                 " This cannot be undone",
                 abort=True,
             )
-        done = review.forget(journal, user)
+        done = archives.forget(journal, user)
         for path in done.files:
-            click.echo(f"removed {review.printable(str(path))}")
-    click.echo(f"forgot user {review.printable(user)!r}: {done.summary()}", err=True)
+            click.echo(f"removed {render.printable(str(path))}")
+    click.echo(f"forgot user {render.printable(user)!r}: {done.summary()}", err=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -167,10 +167,6 @@ class Settings:
                 f"ARCHIVER_JWT_ALGORITHM={self.jwt_algorithm} needs ARCHIVER_JWT_PUBLIC_KEY"
             )
 
-    @property
-    def users_dir(self) -> Path:
-        return self.data_dir / "users"
-
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

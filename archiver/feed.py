@@ -14,9 +14,9 @@ import anyio.to_thread
 import watchfiles
 from anyio.abc import TaskGroup
 
-from . import review
+from . import archives
 from .hub import Event, Inbox
-from .journal import Journal, user_from_dir_name
+from .journal import Journal
 from .logs import log
 
 FEED = "(admin feed)"
@@ -59,7 +59,8 @@ class Feed:
             inbox.close(reason, final)
 
     async def _watch(self, stop: anyio.Event, watching: anyio.Event) -> None:
-        users_dir = self.journal.users_dir
+        layout = self.journal.layout
+        users_dir = layout.users_dir
         await anyio.to_thread.run_sync(lambda: users_dir.mkdir(parents=True, exist_ok=True))
         log.info("feed.start", path=users_dir)
 
@@ -77,15 +78,15 @@ class Feed:
             yield_on_timeout=True,
         ):
             watching.set()
-            paths = review.new_archives(users_dir, batch, None)
+            paths = archives.new_archives(layout, batch, None)
             for path in sorted(paths):
                 self._publish(await anyio.to_thread.run_sync(self._event, path))
         log.info("feed.stop")
 
     def _event(self, path: Path) -> Event | None:
-        user = user_from_dir_name(path.parts[-4])
+        user = self.journal.layout.archive_of(path) or ""
         try:
-            info = self.journal.archive_info(user, path)
+            info = archives.archive_info(user, path)
         except OSError:
             return None  # pruned or forgotten before we read it
         return Event("archive", {"user": user, **info.as_json()})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .journal import JournalError
+from .errors import JournalError
 from .logs import log
 
 SHARED_KINDS = frozenset({"no_space", "read_only", "io"})

@@ -63,5 +63,14 @@ class Metrics:
             "archiver_archives_pruned", "Archives deleted by retention.", registry=r
         )
 
+    def archived_by_reason(self) -> dict[str, int]:
+        """``archiver_dialogs_archived`` as ``{reason: count}`` (the health route's view)."""
+        return {
+            sample.labels["reason"]: int(sample.value)
+            for metric in self.archived.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.value
+        }
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,15 +18,15 @@ import secrets
 import socket
 from pathlib import Path
 
-INSTANCES = ".instances"
+from .layout import instance_lock, instances_dir
 
 
 class Instance:
     def __init__(self, data_dir: Path) -> None:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.dir = Path(data_dir) / INSTANCES
+        self.dir = instances_dir(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / f"{self.id}.lock"
+        self.path = instance_lock(self.dir, self.id)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -42,7 +42,7 @@ class Instance:
             return True
         if not owner or "/" in owner or owner.startswith("."):
             return False
-        path = self.dir / f"{owner}.lock"
+        path = instance_lock(self.dir, owner)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -29,7 +29,7 @@ import httpx
 import jwt
 
 from .config import Settings
-from .journal import Message
+from .dialogfile import Message
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 UPSTREAM_TOKEN_TTL = 60

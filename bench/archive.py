@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from archiver.journal import Journal, user_dir_name
+from archiver.journal import Journal
+from archiver.layout import user_dir_name
 from bench.live import percentile, run_client, running, start_archiver, start_floor
 
 FULL = {"held": 10000, "closed": 200, "pace": 0.02, "chats": 5}
@@ -38,7 +39,7 @@ def _floor_dialogs(data: Path, users: list[str], messages: int) -> dict[str, str
             journal.append(user, "user" if i % 2 == 0 else "assistant", f"message {i}")
         directory = data / user
         (directory / "archived").mkdir(parents=True)
-        journal.current_path(user).rename(directory / "current.yaml")
+        journal.layout.current_path(user).rename(directory / "current.yaml")
         dirs[user] = str(directory / "archived")
     return dirs
 

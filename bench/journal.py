@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from archiver.journal import Journal, Message, message_text, utc_stamp
+from archiver.dialogfile import Message, message_text, utc_stamp
+from archiver.journal import Journal
 
 POINTS = (10, 100, 1000)
 WINDOW = 10  # appends around each point that count as "at" that point
@@ -71,7 +72,7 @@ def measure_naive(root: Path, reps: dict[int, int]) -> dict[int, list[float]]:
         journal = Journal(root / f"naive-{point}", fsync="no")
         for i in range(1, point):
             journal.append("bench", "user", text_of(i))
-        path = journal.current_path("bench")
+        path = journal.layout.current_path("bench")
         original = path.read_bytes()
         samples[point] = []
         for _ in range(count):

@@ -34,14 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from archiver.journal import (
-    Message,
-    header_text,
-    message_text,
-    trailer_text,
-    user_dir_name,
-    utc_stamp,
-)
+from archiver.dialogfile import Message, header_text, message_text, trailer_text, utc_stamp
+from archiver.layout import user_dir_name
 
 ARCHIVES = 10_000
 QUICK_ARCHIVES = 300

@@ -172,13 +172,13 @@ class Server:
         )
 
     def user_dir(self, user: str) -> Path:
-        from archiver.journal import user_dir_name
+        from archiver.layout import user_dir_name
 
         return self.data / "users" / user_dir_name(user) / "dialogs"
 
     def archives(self, user: str) -> list[Path]:
         """The user's archives, oldest first (``-2`` comes after its plain name)."""
-        from archiver.journal import archive_sort_key
+        from archiver.layout import archive_sort_key
 
         directory = self.user_dir(user) / "archived"
         if not directory.is_dir():

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
-from archiver.journal import ARCHIVE_NAME, archive_sort_key, user_dir_name, user_from_dir_name
+from archiver.layout import ARCHIVE_NAME, archive_sort_key, user_dir_name, user_from_dir_name
 
 # What may exist under a data directory, and nothing else.
 _USER_FILE = re.compile(

@@ -16,9 +16,10 @@ import jwt
 import pytest
 from click.testing import CliRunner, Result
 
-from archiver import cli
+from archiver import archives, cli
 from archiver.cli import main
-from archiver.journal import Journal, user_dir_name
+from archiver.journal import Journal
+from archiver.layout import user_dir_name
 from tests.test_review import build_fixture, write_archive, write_from_another_process
 
 ROOT = Path(__file__).parent.parent
@@ -314,14 +315,14 @@ def test_sweep_archives_stale_live_dialogs_under_the_lock(data: Path) -> None:
     journal = Journal(data, fsync="no")
     journal.append("fresh", "user", "just now")
     old = time.time() - 3600
-    os.utime(journal.current_path("alice"), (old, old))
+    os.utime(journal.layout.current_path("alice"), (old, old))
     result = run(data, "sweep", "--older-than", "600")
     assert result.exit_code == 0, result.output
     [line] = result.stdout.splitlines()
     assert line.startswith("archived alice ") and line.endswith(" (1 message)")
     name = line.split()[2]
-    assert (journal.dialogs_dir("alice") / "archived" / name).is_file()
-    assert journal.current_path("fresh").is_file()
+    assert (journal.layout.dialogs_dir("alice") / "archived" / name).is_file()
+    assert journal.layout.current_path("fresh").is_file()
     again = run(data, "sweep", "--older-than", "600")
     assert again.exit_code == 1 and "no live dialog idle for 600 s" in again.stderr
 
@@ -331,9 +332,9 @@ def test_sweep_repairs_and_archives_a_torn_journal(data: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(line.split()[1] for line in result.stdout.splitlines()) == ["a/b", "alice"]
     journal = Journal(data)
-    [archive] = journal.list_archives("a/b")
+    [archive] = archives.user_archives(journal, "a/b")
     assert archive.messages == 2 and archive.reason == "timeout"
-    side = list(journal.dialogs_dir("a/b").glob("current.yaml.torn-*"))
+    side = list(journal.layout.dialogs_dir("a/b").glob("current.yaml.torn-*"))
     assert len(side) == 1 and side[0].read_bytes().startswith(b"- seq: 3\n")
 
 
@@ -342,7 +343,7 @@ def test_sweep_takes_its_default_from_the_session_timeout(
 ) -> None:
     journal = Journal(data)
     old = time.time() - 3600
-    os.utime(journal.current_path("alice"), (old, old))
+    os.utime(journal.layout.current_path("alice"), (old, old))
     monkeypatch.setenv("ARCHIVER_SESSION_TIMEOUT", "7200")
     assert run(data, "sweep").exit_code == 1
     monkeypatch.setenv("ARCHIVER_SESSION_TIMEOUT", "1800")
@@ -402,7 +403,7 @@ def everything(data: Path) -> set[Path]:
 
 
 def test_forget_erases_one_user_and_says_what_it_removed(data: Path) -> None:
-    Journal(data, fsync="no").settle("a/b")  # the torn tail becomes a side file
+    Journal(data, fsync="no").finish_crashed("a/b")  # the torn tail becomes a side file
     user_dir = data / "users" / user_dir_name("a/b")
     files = {p for p in user_dir.rglob("*") if p.is_file()}
     assert any(p.name.startswith("current.yaml.torn-") for p in files)

@@ -11,7 +11,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from archiver.journal import ARCHIVED, Journal
+from archiver.journal import Journal
+from archiver.layout import ARCHIVED
 from tests.helpers import Server, SSEClient, mint, wait_for
 
 Make = Callable[..., Server]
@@ -90,7 +91,7 @@ def test_retention_prunes_old_archives_in_the_sweeper(make_server: Make, tmp_pat
     assert recent is not None
     server = make_server(data=data, retention_days="1", sweep_interval="0.2")
     wait_for(lambda: server.log_lines("archive.pruned"), what="the prune")
-    assert not (journal.dialogs_dir("old") / ARCHIVED / old_name).exists()
+    assert not (journal.layout.dialogs_dir("old") / ARCHIVED / old_name).exists()
     assert recent.path.exists()
     line = server.log_lines("archive.pruned")[0]
     assert "user=old" in line and f"name={old_name}" in line

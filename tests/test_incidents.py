@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from archiver.errors import JournalError
 from archiver.incidents import Incidents
-from archiver.journal import JournalError
 
 
 def events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:

@@ -11,17 +11,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archiver import archives, fsops
+from archiver import dialogfile as format_mod
 from archiver import journal as journal_mod
-from archiver.journal import (
-    MARKER,
-    BadUserId,
-    Journal,
-    JournalError,
-    archive_sort_key,
-    parse_dialog,
-    user_dir_name,
-    user_from_dir_name,
-)
+from archiver.dialogfile import MARKER, parse_dialog
+from archiver.errors import JournalError
+from archiver.journal import Journal
+from archiver.layout import BadUserId, archive_sort_key, user_dir_name, user_from_dir_name
 
 
 @pytest.fixture
@@ -30,7 +26,7 @@ def journal(tmp_path: Path) -> Journal:
 
 
 def current(journal: Journal, user: str) -> Path:
-    return journal.current_path(user)
+    return journal.layout.current_path(user)
 
 
 def texts(path: Path) -> list[str]:
@@ -113,9 +109,9 @@ def test_append_reads_and_writes_only_the_tail(
 
 
 def test_no_journal_until_the_first_message(journal: Journal) -> None:
-    assert journal.current_head("nobody") is None
+    assert journal.current_summary("nobody") is None
     assert journal.load_current("nobody") is None
-    assert not journal.users_dir.exists()
+    assert not journal.layout.users_dir.exists()
 
 
 # -- archive ---------------------------------------------------------------------------
@@ -156,7 +152,7 @@ def test_same_second_archives_get_suffixes(
         "2026-11-21-10-30-00-2.yaml",
         "2026-11-21-10-30-00-3.yaml",
     ]
-    assert journal.archive_names("a1") == list(reversed(names))
+    assert journal.layout.archive_names("a1") == list(reversed(names))
     assert sorted(names, key=archive_sort_key) == names
 
 
@@ -166,7 +162,7 @@ def test_archive_never_overwrites(journal: Journal, tmp_path: Path) -> None:
     src.write_text("new")
     dst.write_text("old")
     with pytest.raises(FileExistsError):
-        journal_mod.rename_noreplace(src, dst)
+        fsops.rename_noreplace(src, dst)
     assert dst.read_text() == "old" and src.exists()
 
 
@@ -183,12 +179,14 @@ def test_two_pass_archive_of_many_dialogs(tmp_path: Path) -> None:
     for user in ("a1", "a2"):
         journal.append(user, "user", f"hi from {user}")
         journal.append(user, "assistant", "hello")
-    closed = {user: journal.close(user, "shutdown") for user in ("a1", "a2", "nobody")}
+    closed = {user: journal.write_trailer(user, "shutdown") for user in ("a1", "a2", "nobody")}
     assert closed["nobody"] is None
     for user in ("a1", "a2"):  # pass 1 wrote the trailer and left the journal in place
         assert current(journal, user).read_bytes().endswith(b"reason: shutdown\n...\n")
     journal.sync_filesystem()
-    done = [journal.commit(user, head) for user, head in closed.items() if head is not None]
+    done = [
+        journal.move_to_archive(user, head) for user, head in closed.items() if head is not None
+    ]
     journal.sync_filesystem()
     for archived, user in zip(done, ("a1", "a2"), strict=True):
         assert archived is not None and archived.user == user and archived.messages == 2
@@ -199,13 +197,13 @@ def test_two_pass_archive_of_many_dialogs(tmp_path: Path) -> None:
 
 def test_two_pass_archive_when_another_process_finished_it_in_between(journal: Journal) -> None:
     journal.append("a1", "user", "hi")
-    head = journal.close("a1", "shutdown")
+    head = journal.write_trailer("a1", "shutdown")
     assert head is not None
     # Another process appends before our second pass: it finds the trailer, finishes the
     # archive (as after a crash), and starts a new dialog, which commit() must not touch.
     assert journal.append("a1", "user", "on another instance").new_dialog
-    assert journal.commit("a1", head) is None
-    [archive] = (journal.dialogs_dir("a1") / "archived").glob("*.yaml")
+    assert journal.move_to_archive("a1", head) is None
+    [archive] = (journal.layout.dialogs_dir("a1") / "archived").glob("*.yaml")
     assert texts(archive) == ["hi"] and yaml.safe_load(archive.read_text())["reason"] == "shutdown"
     assert texts(current(journal, "a1")) == ["on another instance"]
 
@@ -214,7 +212,7 @@ def test_two_pass_archive_interrupted_after_the_first_pass_is_finished_later(
     journal: Journal,
 ) -> None:
     journal.append("a1", "user", "hi")
-    assert journal.close("a1", "shutdown") is not None
+    assert journal.write_trailer("a1", "shutdown") is not None
     # The process dies here; the next start's recovery settles the journal.
     finished = journal.archive("a1", "recovery")
     assert finished is not None and finished.reason == "shutdown"
@@ -226,10 +224,10 @@ def test_two_pass_archive_of_a_torn_journal_keeps_every_complete_entry(journal: 
     journal.append("t", "user", "torn")
     path = current(journal, "t")
     path.write_bytes(path.read_bytes()[:-20])
-    head = journal.close("t", "shutdown")
+    head = journal.write_trailer("t", "shutdown")
     assert head is not None and head.messages == 1
     journal.sync_filesystem()
-    archived = journal.commit("t", head)
+    archived = journal.move_to_archive("t", head)
     assert archived is not None and texts(archived.path) == ["whole"]
 
 
@@ -240,8 +238,8 @@ def test_two_pass_archive_respects_a_live_owner(tmp_path: Path) -> None:
     b = Journal(tmp_path, fsync="no", instance="proc-b")
     b.append("u", "user", "on b")
     with pytest.raises(NotOwner):
-        a.close("u", "shutdown", owned=True)
-    assert not b.current_path("u").read_bytes().endswith(b"reason: shutdown\n...\n")
+        a.write_trailer("u", "shutdown", owned=True)
+    assert not b.layout.current_path("u").read_bytes().endswith(b"reason: shutdown\n...\n")
 
 
 def test_crash_between_trailer_and_rename_is_finished_once(journal: Journal) -> None:
@@ -250,12 +248,12 @@ def test_crash_between_trailer_and_rename_is_finished_once(journal: Journal) -> 
     size = path.stat().st_size
     with open(path, "r+b") as fh:  # what _archive_locked writes before its rename
         fh.seek(size - len(MARKER))
-        fh.write(journal_mod.trailer_text("2026-11-21T10:35:00.000Z", "timeout").encode() + MARKER)
+        fh.write(format_mod.trailer_text("2026-11-21T10:35:00.000Z", "timeout").encode() + MARKER)
     seen = []
     journal.observer = seen.append
     appended = journal.append("a1", "user", "after the crash")
     assert appended.new_dialog and appended.message.seq == 1
-    [archive] = (journal.dialogs_dir("a1") / "archived").glob("*.yaml")
+    [archive] = (journal.layout.dialogs_dir("a1") / "archived").glob("*.yaml")
     doc = yaml.safe_load(archive.read_text())
     assert doc["reason"] == "timeout" and texts(archive) == ["hi"]
     assert len(seen) == 1
@@ -267,9 +265,9 @@ def test_link_fallback_crash_after_link_is_not_duplicated(journal: Journal) -> N
     with open(path, "r+b") as fh:
         fh.seek(path.stat().st_size - len(MARKER))
         fh.write(
-            journal_mod.trailer_text("2026-11-21T10:35:00.000Z", "disconnect").encode() + MARKER
+            format_mod.trailer_text("2026-11-21T10:35:00.000Z", "disconnect").encode() + MARKER
         )
-    archived_dir = journal.dialogs_dir("a1") / "archived"
+    archived_dir = journal.layout.dialogs_dir("a1") / "archived"
     os.link(path, archived_dir / "2026-11-21-10-35-00.yaml")  # the unlink never ran
     assert journal.archive("a1", "timeout") is not None
     assert not path.exists()
@@ -284,8 +282,8 @@ def _journal_with_torn_last_write(journal: Journal, cut: int, text: str) -> tupl
     journal.append("t", "assistant", "complete two\nwith two lines")
     path = current(journal, "t")
     whole = path.read_bytes()
-    message = journal_mod.Message(seq=3, role="user", at="2026-11-21T10:30:00.000Z", text=text)
-    write = journal_mod.message_text(message).encode() + MARKER
+    message = format_mod.Message(seq=3, role="user", at="2026-11-21T10:30:00.000Z", text=text)
+    write = format_mod.message_text(message).encode() + MARKER
     base = len(whole) - len(MARKER)
     torn = whole[:base] + write[:cut] + whole[base + cut :]  # leftovers of the old marker
     path.write_bytes(torn)
@@ -294,8 +292,8 @@ def _journal_with_torn_last_write(journal: Journal, cut: int, text: str) -> tupl
 
 @pytest.mark.parametrize("text", ["short", "a multi-line\nmessage\nthat is cut\n  mid-way"])
 def test_a_journal_torn_at_any_byte_keeps_every_complete_entry(tmp_path: Path, text: str) -> None:
-    message = journal_mod.Message(seq=3, role="user", at="2026-11-21T10:30:00.000Z", text=text)
-    entry = len(journal_mod.message_text(message).encode())
+    message = format_mod.Message(seq=3, role="user", at="2026-11-21T10:30:00.000Z", text=text)
+    entry = len(format_mod.message_text(message).encode())
     whole = ["complete one", "complete two\nwith two lines"]
     for cut in range(1, entry + len(MARKER)):
         journal = Journal(tmp_path / f"cut{cut}", fsync="no")
@@ -409,22 +407,22 @@ def test_fsync_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_head_and_listing_read_only_the_ends(journal: Journal) -> None:
     for i in range(3):
         journal.append("a1", "user", f"m{i}")
-    head = journal.current_head("a1")
+    head = journal.current_summary("a1")
     assert head is not None and head.messages == 3 and head.last_at
     journal.archive("a1", "user")
-    [info] = journal.list_archives("a1")
+    [info] = archives.user_archives(journal, "a1")
     assert (info.messages, info.reason) == (3, "user") and info.ended
 
 
 def test_messages_after_from_current_and_from_archive(journal: Journal) -> None:
     first = journal.append("a1", "user", "one")
     journal.append("a1", "assistant", "two")
-    missed, archive = journal.messages_after("a1", first.dialog, 1)
+    missed, archive = archives.messages_after(journal, "a1", first.dialog, 1)
     assert archive is None and missed is not None
     assert [m.text for m in missed.messages] == ["two"]
     archived = journal.archive("a1", "disconnect")
     assert archived is not None
-    missed, archive = journal.messages_after("a1", first.dialog, 0)
+    missed, archive = archives.messages_after(journal, "a1", first.dialog, 0)
     assert archive == archived.name and missed is not None and len(missed.messages) == 2
 
 
@@ -447,7 +445,7 @@ def test_what_is_appended_is_what_is_read(
         journal.append("p", "user", text)
     dialog = journal.load_current("p")
     assert dialog is not None and [m.text for m in dialog.messages] == messages
-    assert texts(journal.current_path("p")) == messages
+    assert texts(journal.layout.current_path("p")) == messages
 
 
 # -- two processes ---------------------------------------------------------------------
@@ -473,10 +471,11 @@ def test_two_processes_neither_lose_nor_duplicate(tmp_path: Path) -> None:
     journal = Journal(data, fsync="no")
     seen: list[str] = []
     files = [
-        journal.dialogs_dir("shared") / "archived" / n for n in journal.archive_names("shared")
+        journal.layout.dialogs_dir("shared") / "archived" / n
+        for n in journal.layout.archive_names("shared")
     ]
-    if journal.current_path("shared").exists():
-        files.append(journal.current_path("shared"))
+    if journal.layout.current_path("shared").exists():
+        files.append(journal.layout.current_path("shared"))
     for path in files:
         doc = yaml.safe_load(path.read_text())
         assert [m["seq"] for m in doc["messages"]] == list(range(1, len(doc["messages"]) + 1))
@@ -503,7 +502,7 @@ def test_append_records_the_owner_and_owned_archive_respects_a_live_other(tmp_pa
     with pytest.raises(NotOwner) as info:
         a.archive("u", "shutdown", owned=True)
     assert info.value.owner == "proc-b"
-    assert a.current_path("u").exists()
+    assert a.layout.current_path("u").exists()
     live.discard("proc-b")  # b died: its dialog is anyone's to archive
     archived = a.archive("u", "shutdown", owned=True)
     assert archived is not None and archived.messages == 2

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from archiver import redact
-from archiver.journal import ARCHIVED, Journal
+from archiver.journal import Journal
+from archiver.layout import ARCHIVED
 from archiver.redact import RedactConfigError, luhn_ok
 
 TEXT = (
@@ -56,28 +57,28 @@ def test_the_archive_is_redacted_and_the_journal_was_not(tmp_path: Path) -> None
     journal = Journal(tmp_path, fsync="no")
     journal.redactor = redact.load(("email", "card"), None)
     journal.append("u", "user", "my mail is a@b.example\nand card 4111-1111-1111-1111")
-    before = journal.current_path("u").read_text()
+    before = journal.layout.current_path("u").read_text()
     assert "a@b.example" in before
     archived = journal.archive("u", "user")
     assert archived is not None
     doc = yaml.safe_load(archived.path.read_text())
     assert doc["messages"][0]["text"] == "my mail is [redacted:email]\nand card [redacted:card]"
     assert doc["redacted"] == "email=1, card=1" and doc["reason"] == "user"
-    assert not journal.current_path("u").exists()
-    assert not list((journal.dialogs_dir("u") / ARCHIVED).glob(".tmp-*"))
+    assert not journal.layout.current_path("u").exists()
+    assert not list((journal.layout.dialogs_dir("u") / ARCHIVED).glob(".tmp-*"))
 
 
 def test_a_crash_after_the_redacted_copy_landed_does_not_duplicate(tmp_path: Path) -> None:
     journal = Journal(tmp_path, fsync="no")
     journal.redactor = redact.load(("email",), None)
     journal.append("u", "user", "x@y.example")
-    path = journal.current_path("u")
+    path = journal.layout.current_path("u")
     saved = path.read_bytes()
     archived = journal.archive("u", "user")
     assert archived is not None
     # Put the journal back as the crash would have left it: trailer written, not unlinked.
     with_trailer = saved[:-4] + b"ended: '2026-11-21T10:00:00.000Z'\nreason: user\n...\n"
     path.write_bytes(with_trailer)
-    assert journal.settle("u") is not None
+    assert journal.finish_crashed("u") is not None
     assert not path.exists()
-    assert len(list((journal.dialogs_dir("u") / ARCHIVED).glob("*.yaml"))) == 1
+    assert len(list((journal.layout.dialogs_dir("u") / ARCHIVED).glob("*.yaml"))) == 1

@@ -226,7 +226,7 @@ def test_sigkill_at_every_write_point_loses_and_duplicates_nothing(tmp_path: Pat
 
 
 def _dir(user: str) -> str:
-    from archiver.journal import user_dir_name
+    from archiver.layout import user_dir_name
 
     return user_dir_name(user)
 
@@ -270,7 +270,7 @@ DAMAGED = {
 def test_damaged_journals_do_not_keep_the_server_from_starting(tmp_path: Path) -> None:
     """A journal no crash of ours can produce (edited by hand, a bad disk): the server
     still starts, other users chat, and the damaged user gets a JSON error, logged once."""
-    from archiver.journal import user_dir_name
+    from archiver.layout import user_dir_name
 
     data = tmp_path / "data"
     for n, content in enumerate(DAMAGED.values()):

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from archiver.config import Settings
-from archiver.journal import Message
+from archiver.dialogfile import Message
 from archiver.replies import Echo, ReplyError, ReplyRequest, make_client, make_responder, words
 from tests.upstreams import Upstream
 

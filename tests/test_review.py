@@ -15,18 +15,18 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from archiver import review
-from archiver.journal import (
-    ArchiveInfo,
+from archiver import archives, render, search
+from archiver.archives import ArchiveInfo
+from archiver.dialogfile import (
     Dialog,
-    Journal,
     Message,
     header_text,
     message_text,
     parse_dialog,
     trailer_text,
-    user_dir_name,
 )
+from archiver.journal import Journal
+from archiver.layout import user_dir_name
 
 # ---------------------------------------------------------------------------------------
 # A fixture data directory, shared with test_cli.py
@@ -108,7 +108,7 @@ def build_fixture(data: Path) -> None:
     journal.append("alice", "user", "live refund talk")
     journal.append("a/b", "user", "first refund line")
     journal.append("a/b", "assistant", "second")
-    torn = journal.current_path("a/b")
+    torn = journal.layout.current_path("a/b")
     torn.write_bytes(torn.read_bytes()[:-4] + TORN_TAIL)  # a crash cut the third write
 
 
@@ -133,29 +133,29 @@ def names(infos: list[ArchiveInfo]) -> list[tuple[str, str]]:
 
 
 def test_dates_and_times_become_utc_bounds() -> None:
-    assert review.parse_time("2026-11-21") == "2026-11-21T00:00:00.000Z"
-    assert review.parse_time("2026-11-21", end=True) == "2026-11-22T00:00:00.000Z"
-    assert review.parse_time("2026-11-21T10:30") == "2026-11-21T10:30:00.000Z"
-    assert review.parse_time("2026-11-21T10:30:00Z", end=True) == "2026-11-21T10:30:00.001Z"
-    assert review.parse_time("2026-11-21T12:30:00+02:00") == "2026-11-21T10:30:00.000Z"
-    assert review.parse_time("2026-12-31", end=True) == "2027-01-01T00:00:00.000Z"
+    assert archives.parse_time("2026-11-21") == "2026-11-21T00:00:00.000Z"
+    assert archives.parse_time("2026-11-21", end=True) == "2026-11-22T00:00:00.000Z"
+    assert archives.parse_time("2026-11-21T10:30") == "2026-11-21T10:30:00.000Z"
+    assert archives.parse_time("2026-11-21T10:30:00Z", end=True) == "2026-11-21T10:30:00.001Z"
+    assert archives.parse_time("2026-11-21T12:30:00+02:00") == "2026-11-21T10:30:00.000Z"
+    assert archives.parse_time("2026-12-31", end=True) == "2027-01-01T00:00:00.000Z"
     for bad in ("yesterday", "2026-13-01", "21/11/2026", ""):
         with pytest.raises(ValueError, match="neither a date"):
-            review.parse_time(bad)
+            archives.parse_time(bad)
 
 
 def test_a_name_only_rules_out_archives_that_surely_ended_earlier() -> None:
     # Archived at 10:30:00.999 and renamed within that second: the name says 10-30-00.
-    where = review.Filter(since="2026-11-21T10:30:00.999Z")
+    where = archives.Filter(since="2026-11-21T10:30:00.999Z")
     assert not where.too_old("2026-11-21-10-30-00.yaml")
     assert not where.too_old("2026-11-21-10-30-00-2.yaml")
     assert where.too_old("2026-11-21-10-29-59.yaml")
     info = ArchiveInfo("u", "2026-11-21-10-30-00.yaml", "d", "s", None, None, 1)
-    assert review.archive_time(info) == "2026-11-21T10:30:00.000Z"  # no trailer: the name
+    assert archives.archive_time(info) == "2026-11-21T10:30:00.000Z"  # no trailer: the name
 
 
 def test_list_is_newest_first_with_same_second_names_in_order(journal: Journal) -> None:
-    assert names(review.list_archives(journal)) == [
+    assert names(archives.list_archives(journal)) == [
         ("auth0|42", "2026-11-21-08-00-00.yaml"),
         ("alice", "2026-11-20-10-00-00-2.yaml"),
         ("alice", "2026-11-20-10-00-00.yaml"),
@@ -165,7 +165,7 @@ def test_list_is_newest_first_with_same_second_names_in_order(journal: Journal) 
 
 def test_list_filters(journal: Journal) -> None:
     def listed(**kw: str) -> list[str]:
-        return [i.name for i in review.list_archives(journal, where=review.Filter(**kw))]
+        return [i.name for i in archives.list_archives(journal, where=archives.Filter(**kw))]
 
     assert listed(user="auth0|42") == ["2026-11-21-08-00-00.yaml"]
     assert listed(reason="timeout") == ["2026-10-01-09-00-00.yaml"]
@@ -177,9 +177,11 @@ def test_list_filters(journal: Journal) -> None:
         "2026-11-20-10-00-00-2.yaml",
         "2026-11-20-10-00-00.yaml",
     ]
-    assert [i.name for i in review.list_archives(journal, limit=1)] == ["2026-11-21-08-00-00.yaml"]
-    with pytest.raises(review.UnknownUser):
-        review.list_archives(journal, "bob")
+    assert [i.name for i in archives.list_archives(journal, limit=1)] == [
+        "2026-11-21-08-00-00.yaml"
+    ]
+    with pytest.raises(archives.UnknownUser):
+        archives.list_archives(journal, "bob")
 
 
 def test_listing_reads_only_the_ends_of_each_file(data: Path, journal: Journal) -> None:
@@ -191,7 +193,7 @@ def test_listing_reads_only_the_ends_of_each_file(data: Path, journal: Journal) 
     raw = path.read_bytes()
     middle = len(raw) // 2
     path.write_bytes(raw[:middle] + b"\xff\xfe not yaml \x00" + raw[middle + 14 :])
-    [info] = review.list_archives(journal, "big")
+    [info] = archives.list_archives(journal, "big")
     assert (info.messages, info.reason, info.ended) == (
         60,
         "disconnect",
@@ -212,8 +214,8 @@ def hits(
     current: bool = False,
     **where: str,
 ) -> list[tuple[str, str, int]]:
-    query = review.Query.compile(text, regex=regex)
-    found = review.search(journal, query, review.Filter(**where), role=role, current=current)
+    query = search.Query.compile(text, regex=regex)
+    found = search.search(journal, query, archives.Filter(**where), role=role, current=current)
     return [(h.user, h.archive, h.message.seq) for h in found]
 
 
@@ -251,7 +253,7 @@ def test_search_filters(journal: Journal) -> None:
 def test_search_live_journals_leaves_out_a_torn_tail_without_fixing_it(
     journal: Journal,
 ) -> None:
-    torn = journal.current_path("a/b").read_bytes()
+    torn = journal.layout.current_path("a/b").read_bytes()
     found = hits(journal, "refun", current=True)
     # Live dialogs first (users in order), then archives; the torn third message is out.
     assert found[:3] == [
@@ -260,7 +262,7 @@ def test_search_live_journals_leaves_out_a_torn_tail_without_fixing_it(
         ("auth0|42", "2026-11-21-08-00-00.yaml", 1),
     ]
     assert ("a/b", "current.yaml", 3) not in found
-    assert journal.current_path("a/b").read_bytes() == torn  # read-only
+    assert journal.layout.current_path("a/b").read_bytes() == torn  # read-only
     assert all(archive != "current.yaml" for _, archive, _ in hits(journal, "refun"))
 
 
@@ -273,7 +275,7 @@ def test_search_by_regular_expression(journal: Journal) -> None:
 
 
 def test_hits_carry_spans_and_json(journal: Journal) -> None:
-    [hit] = review.search(journal, review.Query.compile("zx-99"))
+    [hit] = search.search(journal, search.Query.compile("zx-99"))
     assert hit.message.text[slice(*hit.spans[0])] == "ZX-99"
     doc = hit.as_json()
     assert doc["user"] == "alice" and doc["archive"] == "2026-11-20-10-00-00.yaml"
@@ -368,7 +370,7 @@ def test_fast_search_finds_exactly_what_parsing_everything_finds(
             ended="2026-11-21T00:00:00.000Z",
         )
         expected = brute_force(parse_dialog(path.read_bytes()), needle)
-        found = review.search(Journal(data), review.Query.compile(needle))
+        found = search.search(Journal(data), search.Query.compile(needle))
         assert [(h.message.seq, h.spans) for h in found] == expected
 
 
@@ -403,7 +405,7 @@ def watching(journal: Journal, user: str | None = None) -> Iterator[queue.Queue[
     seen: queue.Queue[ArchiveInfo] = queue.Queue()
 
     def run() -> None:
-        for info in review.watch_archives(journal, user, stop_event=stop, ready=ready.set):
+        for info in archives.watch_archives(journal, user, stop_event=stop, ready=ready.set):
             seen.put(info)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -447,7 +449,7 @@ def test_watch_a_data_directory_with_no_users_yet(tmp_path: Path) -> None:
 
 def test_watch_refuses_a_missing_data_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        next(review.watch_archives(Journal(tmp_path / "nowhere")))
+        next(archives.watch_archives(Journal(tmp_path / "nowhere")))
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,10 +462,13 @@ def test_sweep_archives_only_stale_dialogs(journal: Journal) -> None:
 
     journal.append("fresh", "user", "just now")
     old = time.time() - 3600
-    os.utime(journal.current_path("alice"), (old, old))
-    swept = list(review.sweep(journal, 600))
+    os.utime(journal.layout.current_path("alice"), (old, old))
+    swept = list(archives.sweep(journal, 600))
     assert [(a.user, a.reason) for a in swept] == [("alice", "timeout")]
-    assert journal.current_path("fresh").exists() and not journal.current_path("alice").exists()
+    assert (
+        journal.layout.current_path("fresh").exists()
+        and not journal.layout.current_path("alice").exists()
+    )
 
 
 def test_prune_deletes_exactly_the_archives_that_ended_before_the_cutoff(
@@ -473,9 +478,9 @@ def test_prune_deletes_exactly_the_archives_that_ended_before_the_cutoff(
 
     now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()  # cutoff: 11-20 12:00
     before = set(data.rglob("*.yaml"))
-    dry = [p.path for p in review.prune(journal, 1, dry_run=True, now=now)]
+    dry = [p.path for p in archives.prune(journal, 1, dry_run=True, now=now)]
     assert set(data.rglob("*.yaml")) == before
-    pruned = [p.path for p in review.prune(journal, 1, now=now)]
+    pruned = [p.path for p in archives.prune(journal, 1, now=now)]
     assert pruned == dry
     assert {p.name for p in pruned} == {
         "2026-11-20-10-00-00.yaml",
@@ -483,14 +488,14 @@ def test_prune_deletes_exactly_the_archives_that_ended_before_the_cutoff(
         "2026-10-01-09-00-00.yaml",
     }
     assert set(data.rglob("*.yaml")) == before - set(pruned)
-    assert list(review.prune(journal, 1, now=now)) == []
+    assert list(archives.prune(journal, 1, now=now)) == []
 
 
 def test_forget_removes_everything_of_one_user_and_nothing_else(
     journal: Journal, data: Path
 ) -> None:
-    journal.settle("a/b")  # the torn tail goes to a side file
-    side_files = list(journal.dialogs_dir("a/b").glob("current.yaml.torn-*"))
+    journal.finish_crashed("a/b")  # the torn tail goes to a side file
+    side_files = list(journal.layout.dialogs_dir("a/b").glob("current.yaml.torn-*"))
     assert side_files
     others = {p for p in data.rglob("*") if user_dir_name("a/b") not in p.parts}
     expected = {
@@ -498,14 +503,14 @@ def test_forget_removes_everything_of_one_user_and_nothing_else(
         for p in (data / "users" / user_dir_name("a/b")).rglob("*")
         if p.is_file()
     }
-    done = review.forget(journal, "a/b")
+    done = archives.forget(journal, "a/b")
     assert set(done.files) == expected
     assert {p.name for p in done.files} >= {"current.yaml", ".lock", side_files[0].name}
     assert not (data / "users" / user_dir_name("a/b")).exists()
     assert {p for p in data.rglob("*")} == others
     assert "1 journal" in done.summary() and "1 torn side file" in done.summary()
-    with pytest.raises(review.UnknownUser):
-        review.forget(journal, "a/b")
+    with pytest.raises(archives.UnknownUser):
+        archives.forget(journal, "a/b")
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,7 +527,7 @@ def test_render_escapes_control_characters() -> None:
             Message(2, "assistant", "2026-11-22T10:00:01.000Z", "next day", interrupted=True),
         ],
     )
-    text = review.render(dialog, width=60)
+    text = render.render(dialog, width=60)
     assert "\x1b" not in text and "\\x1b[31malert" in text and "user u\\x1b[2J" in text
     assert "10:00:01  #1 user\n    red \\x1b[31malert\n    second line" in text
     assert "2026-11-22 10:00:01  #2 assistant  [interrupted]" in text
@@ -530,12 +535,12 @@ def test_render_escapes_control_characters() -> None:
 
 def test_a_long_matching_line_is_cut_around_the_match() -> None:
     text = "a" * 500 + "NEEDLE" + "b" * 500
-    hit = review.Hit("u", "x.yaml", "d", Message(1, "user", "t", text), [(500, 506)])
+    hit = search.Hit("u", "x.yaml", "d", Message(1, "user", "t", text), [(500, 506)])
 
     def mark(s: str, **kw: object) -> str:
         return f"<{s}>" if kw.get("bold") else s
 
-    [line] = review.hit_lines(hit, style=mark)
+    [line] = render.hit_lines(hit, style=mark)
     assert "<NEEDLE>" in line and "…" in line and len(line) < 250
 
 
@@ -544,7 +549,7 @@ def test_search_keeps_the_interrupted_flag(tmp_path: Path) -> None:
     journal.append("u", "user", "tell me about refunds")
     journal.append("u", "assistant", "Refunds take\nfive days", interrupted=True)
     journal.archive("u", "user")
-    found = list(review.search(journal, review.Query.compile("refund")))
+    found = list(search.search(journal, search.Query.compile("refund")))
     assert [(h.message.seq, h.message.interrupted) for h in found] == [(1, False), (2, True)]
     assert found[1].message.text == "Refunds take\nfive days"
     assert found[1].as_json()["interrupted"] is True
@@ -555,13 +560,13 @@ def test_forked_search_finds_what_one_process_finds(
 ) -> None:
     broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
     broken.write_bytes(b"user: alice\nmessages: [refund\n")  # fails in whichever process
-    monkeypatch.setattr(review, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(search, "PARALLEL_FROM", 1)
 
     def run(workers: int) -> tuple[list[tuple[str, str, int]], list[str]]:
         errors: list[str] = []
-        found = review.search(
+        found = search.search(
             journal,
-            review.Query.compile("refun"),
+            search.Query.compile("refun"),
             current=True,
             workers=workers,
             on_error=lambda path, exc: errors.append(f"{path.name}: {exc}"),
@@ -578,14 +583,14 @@ def test_forked_search_finds_what_one_process_finds(
 def test_a_failed_search_worker_is_an_error(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(review, "PARALLEL_FROM", 1)
-    share = review._search_share
+    monkeypatch.setattr(search, "PARALLEL_FROM", 1)
+    share = search._search_share
 
     def failing(sources: object, index: int, *args: object) -> object:
         if index:
             raise RuntimeError("boom")
         return share(sources, index, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(review, "_search_share", failing)
+    monkeypatch.setattr(search, "_search_share", failing)
     with pytest.raises(OSError, match="a search worker failed"):
-        list(review.search(journal, review.Query.compile("refund"), workers=2))
+        list(search.search(journal, search.Query.compile("refund"), workers=2))

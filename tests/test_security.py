@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from archiver.journal import user_dir_name
+from archiver.layout import user_dir_name
 from tests.helpers import SECRET, Server, SSEClient, mint, remember, wait_for
 from tests.invariants import stray_files
 

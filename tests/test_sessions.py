@@ -13,7 +13,7 @@ from archiver.hub import Hub
 from archiver.journal import Journal
 from archiver.replies import Echo
 from archiver.sessions import Busy, Sessions, parse_event_id
-from archiver.store import Store
+from archiver.threads import JournalThreads
 
 
 @pytest.fixture
@@ -27,16 +27,18 @@ async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
         data_dir=tmp_path, disconnect_grace=0.2, fsync="no", echo_delay=0.02, jwt_secret="x" * 32
     )
     journal = Journal(tmp_path, fsync="no")
-    s = Sessions(settings=settings, store=Store(journal), hub=Hub(), responder=Echo(0.02))
+    s = Sessions(
+        settings=settings, threads=JournalThreads(journal), hub=Hub(), responder=Echo(0.02)
+    )
     async with anyio.create_task_group() as tg:
         await s.run(tg)
         yield s
         tg.cancel_scope.cancel()
-    s.store.close()
+    s.threads.close()
 
 
 def archives(s: Sessions, user: str) -> list[str]:
-    return s.store.journal.archive_names(user)
+    return s.threads.journal.layout.archive_names(user)
 
 
 async def until(condition: Callable[[], object], what: str) -> None:
@@ -59,7 +61,7 @@ async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> N
     await until(lambda: archives(sessions, "a"), "the archive after the grace")
     assert len(archives(sessions, "a")) == 1
     assert sessions.archived == {"disconnect": 1}
-    assert "a" not in sessions._known, "an archived, disconnected user is forgotten"
+    assert "a" not in sessions.archiver.served, "an archived, disconnected user is forgotten"
 
 
 @pytest.mark.anyio
@@ -86,12 +88,12 @@ async def test_archive_waits_for_the_reply_so_a_dialog_is_never_split(sessions: 
     async with anyio.create_task_group() as tg:
         tg.start_soon(chat)
         # Once the question is journaled, the reply streams (4 words, 20 ms apart).
-        await until(lambda: sessions.store.journal.current_head("a"), "the question")
+        await until(lambda: sessions.threads.journal.current_summary("a"), "the question")
         with pytest.raises(Busy):
             await sessions.chat("a", "again")
         archived = await sessions.archive("a", "user")
     assert archived is not None and archived.messages == 2
-    assert sessions.store.journal.load_current("a") is None
+    assert sessions.threads.journal.load_current("a") is None
 
 
 @pytest.mark.anyio
@@ -106,7 +108,7 @@ async def test_drain_ends_streams_and_archives_with_reason_shutdown(sessions: Se
     assert names[-1] == "shutdown" and inbox.closed == "shutdown"
     assert sessions.archived == {"shutdown": 2}
     sessions.disconnect(inbox)  # a shutdown end is not a disconnect: no grace timer
-    assert sessions._grace == {}
+    assert sessions.presence.timers == {}
 
 
 @pytest.mark.anyio

@@ -6,7 +6,7 @@ operations in arrival order inside this process and keeps them from occupying se
 worker threads that would only queue on the same ``flock``; the ``flock`` taken inside
 the journal orders them against other processes.
 
-The threads are a ``ThreadPoolExecutor`` of the store's own rather than
+The threads are a ``ThreadPoolExecutor`` of this module's own rather than
 ``anyio.to_thread``: a chat makes two calls, and anyio's hop (capacity limiter, cancel
 scope, a ``queue.Queue`` per worker) cost 55 us of wall time against 19 us here, which
 at full load was 773 against 937 chats/s. A cancelled caller still waits for its call
@@ -25,7 +25,12 @@ from typing import ParamSpec, TypeVar
 
 import anyio
 
-from .journal import Appended, Archived, ArchiveInfo, Dialog, Head, Journal, Message, Repaired
+from . import archives
+from .archives import ArchiveInfo
+from .commit import Archived
+from .dialogfile import Dialog, Message, Summary
+from .journal import Appended, Journal
+from .repair import Repaired
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,11 +42,14 @@ class _UserLock:
     users: int = 0
 
 
-class Store:
+class JournalThreads:
+    """The journal for async callers: each call in a worker thread, per-user locks."""
+
     def __init__(self, journal: Journal, threads: int = 16) -> None:
         self.journal = journal
         self._locks: dict[str, _UserLock] = {}
         # Bounded so a slow disk cannot take every worker thread from other work.
+        # Divergence #3: a pool of our own, not anyio.to_thread (see the module docstring).
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="archiver-journal")
 
     @asynccontextmanager
@@ -73,8 +81,12 @@ class Store:
 
     # Callers hold user_lock() around these when order matters.
 
-    async def append(self, user: str, role: str, text: str, interrupted: bool = False) -> Appended:
-        return await self.run(self.journal.append, user, role, text, interrupted=interrupted)
+    async def append(
+        self, user: str, role: str, text: str, interrupted: bool = False, history: int = 0
+    ) -> Appended:
+        return await self.run(
+            self.journal.append, user, role, text, interrupted=interrupted, history=history
+        )
 
     async def archive(
         self,
@@ -88,8 +100,8 @@ class Store:
             self.journal.archive, user, reason, dialog=dialog, idle_for=idle_for, owned=owned
         )
 
-    async def current_head(self, user: str) -> Head | None:
-        return await self.run(self.journal.current_head, user)
+    async def current_summary(self, user: str) -> Summary | None:
+        return await self.run(self.journal.current_summary, user)
 
     async def tail_messages(self, user: str, count: int) -> list[Message]:
         return await self.run(self.journal.tail_messages, user, count)
@@ -100,16 +112,16 @@ class Store:
     async def messages_after(
         self, user: str, dialog: str, seq: int
     ) -> tuple[Dialog | None, str | None]:
-        return await self.run(self.journal.messages_after, user, dialog, seq)
+        return await self.run(archives.messages_after, self.journal, user, dialog, seq)
 
     async def list_archives(self, user: str) -> list[ArchiveInfo]:
-        return await self.run(self.journal.list_archives, user)
+        return await self.run(archives.user_archives, self.journal, user)
 
     async def read_archive(self, user: str, name: str) -> bytes | None:
-        return await self.run(self.journal.read_archive, user, name)
+        return await self.run(archives.read_archive, self.journal, user, name)
 
-    async def settle(self, user: str) -> Archived | Repaired | None:
-        return await self.run(self.journal.settle, user)
+    async def finish_crashed(self, user: str) -> Archived | Repaired | None:
+        return await self.run(self.journal.finish_crashed, user)
 
     async def sync_dirty(self) -> int:
         return await self.run(self.journal.sync_dirty)
