@@ -77,15 +77,28 @@ def mint(user: str, *, admin: bool = False, ttl: int = 3600, secret: str = SECRE
     return remember(jwt.encode(claims, secret, algorithm="HS256"))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str = "condition",
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
+
+    The failure says what was reached: ``show()`` when given (the state the predicate
+    judged), else the predicate's last value. A deadline, never a fixed sleep, is what
+    keeps a test green on a busy machine.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            reached = show() if show is not None else value
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}; reached {reached!r}"
+            )
         time.sleep(0.02)
 
 
@@ -139,8 +152,30 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def log_lines(self, event: str) -> list[str]:
-        return [line for line in self.log().splitlines() if f" {event} " in line + " "]
+    def log_lines(self, event: str, since: int = 0) -> list[str]:
+        """The lines of ``event``, from line ``since`` of the log on (see :meth:`log_mark`)."""
+        lines = self.log().splitlines()[since:]
+        return [line for line in lines if f" {event} " in line + " "]
+
+    def log_mark(self) -> int:
+        """How many lines the log has now: pass it as ``since`` to read only what follows."""
+        return len(self.log().splitlines())
+
+    def wait_log(
+        self, event: str, count: int = 1, *, since: int = 0, timeout: float = 10
+    ) -> list[str]:
+        """Wait until the log holds at least ``count`` lines of ``event`` (after ``since``).
+
+        The server writes its log once per event-loop turn, so a line can land after the
+        response that caused it: any test that reads what the server logged waits here.
+        """
+        wait_for(
+            lambda: len(self.log_lines(event, since)) >= count,
+            timeout,
+            f"{count} {event} line(s) in {self.log_path.name}",
+            show=lambda: self.log().splitlines()[since:][-8:],
+        )
+        return self.log_lines(event, since)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

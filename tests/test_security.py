@@ -667,10 +667,14 @@ def test_the_log_check_finds_a_leaked_token(tmp_path: Path) -> None:
 
 def test_a_user_id_cannot_forge_log_lines(hs_server: Server) -> None:
     forged = "2020-01-01T00:00:00.000Z ERROR journal.error kind=forged"
+    mark = hs_server.log_mark()
     for sub in (f"evil\n{forged}", f"evil\r{forged}", f"evil\u2028{forged}"):
         assert hs_server.chat(sub, f"hi\n{forged}").status_code == 200
         target = f"/archives/x%0A{forged.replace(' ', '%20')}"
         assert raw(hs_server, "GET", target, hs_server.headers(sub))[0] == 404
+    # Every line these requests caused is written before the log is judged.
+    hs_server.wait_log("request.rejected", 3, since=mark)
+    hs_server.wait_log("chat.append", 3, since=mark)
     lines = hs_server.log().splitlines()
     assert not any(line.startswith("2020-01-01") for line in lines)
     assert not any(line.lstrip().startswith(forged[:10]) for line in lines)
