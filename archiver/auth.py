@@ -70,9 +70,14 @@ class Anonymous(BaseUser):
         return ""
 
 
+def secret_path(data_dir: Path) -> Path:
+    """Where the generated HS256 secret of a data directory is kept."""
+    return Path(data_dir) / SECRET_FILE
+
+
 def load_or_create_secret(data_dir: Path) -> str:
     """The HS256 secret kept in ``<data>/.jwt-secret`` (0600), created on first use."""
-    path = Path(data_dir) / SECRET_FILE
+    path = secret_path(data_dir)
     try:
         return path.read_text().strip()
     except FileNotFoundError:

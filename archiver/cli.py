@@ -1,9 +1,10 @@
 """The ``archiver`` command: a thin layer over settings, the app, the journal and review.
 
-Exit codes: 0 ok, 1 nothing found (or an error, printed as one ``Error:`` line on
-stderr), 2 usage error (click's own). The review commands read the data directory
-directly, so they work with the server stopped. ``serve`` and ``token`` import uvicorn
-and the JWT library only when they run: the review commands start faster without them.
+Exit codes follow grep: 0 found (or done), 1 nothing found (with a one-line note on
+stderr), 2 an error (one ``Error:`` line on stderr) or a usage error (click's own).
+The review commands read the data directory directly, so they work with the server
+stopped. ``serve`` and ``token`` import uvicorn and the JWT library only when they run:
+the review commands start faster without them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, review
-from .config import DEFAULT_DATA_DIR, ConfigError, Settings
+from .config import ConfigError, Settings
 from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, JournalError
 
 DEMO_USER = "demo"
@@ -59,7 +61,7 @@ def _journal(data_dir: Path | None) -> Journal:
     """The journal of an existing data directory (review commands never create one)."""
     path = _settings(data_dir=data_dir).data_dir
     if not path.is_dir():
-        raise click.ClickException(f"no data directory {path} (set --data or ARCHIVER_DATA_DIR)")
+        raise Failure(f"no data directory {path} (set --data or ARCHIVER_DATA_DIR)")
     return Journal(path)
 
 
@@ -71,14 +73,14 @@ def _errors() -> Iterator[None]:
     except BrokenPipeError:
         _stdout_gone()
     except review.UnknownUser as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Failure(str(exc)) from None
     except BadUserId as exc:
         raise click.UsageError(str(exc)) from None
     except JournalError as exc:
-        raise click.ClickException(exc.detail) from None
+        raise Failure(exc.detail) from None
     except OSError as exc:
         detail = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else str(exc)
-        raise click.ClickException(detail) from None
+        raise Failure(detail) from None
 
 
 def _stdout_gone() -> NoReturn:
@@ -93,7 +95,15 @@ def _warn(path: Path, exc: Exception) -> None:
     click.echo(f"warning: skipped {path}: {detail}", err=True)
 
 
-def _nothing_found() -> NoReturn:
+class Failure(click.ClickException):
+    """An error (unreadable data, no such user): exit 2, as grep does, so that 1 means
+    only "nothing found"."""
+
+    exit_code = 2
+
+
+def _nothing_found(note: str) -> NoReturn:
+    click.echo(note, err=True)
     sys.exit(1)
 
 
@@ -195,7 +205,7 @@ def main() -> None:
     archiver watch                      print archives as they land
 
     The review commands read the data directory directly, with the server running or
-    not. Exit codes: 0 ok, 1 nothing found or an error, 2 usage error.
+    not. Exit codes, as grep's: 0 found, 1 nothing found (a note on stderr), 2 an error.
     """
 
 
@@ -314,20 +324,19 @@ def _env_of(settings: Settings) -> dict[str, str]:
 
 def _print_demo_url(settings: Settings) -> None:
     from . import auth
+    from .logs import log
 
     if not settings.jwt_secret or not settings.jwt_algorithm.startswith("HS"):
         return
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if not sys.stderr.isatty():
         # Under a supervisor stderr is a log (journald, docker logs): a 24-hour token
-        # printed there is a credential anyone who reads the log can use.
-        command = f"archiver token {DEMO_USER}"
-        if settings.data_dir != DEFAULT_DATA_DIR:
-            command += f" --data {settings.data_dir}"
-        click.echo(
-            f"Open the demo chat: http://{host}:{settings.port}/#token=<token from '{command}'>",
-            err=True,
-        )
+        # printed there is a credential anyone who reads the log can use. So the line is
+        # an event like every other (logfmt), and names the command that makes a token,
+        # with the data directory whose secret the server uses.
+        command = f"archiver token {DEMO_USER} --data {shlex.quote(str(settings.data_dir))}"
+        url = f"http://{host}:{settings.port}/"
+        log.info("server.demo", url=url, fragment="#token=<token>", token_command=command)
         return
     token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
     # The token travels in the fragment, which browsers never send: it reaches no access log.
@@ -338,10 +347,20 @@ def _print_demo_url(settings: Settings) -> None:
 @main.command()
 @click.argument("user")
 @click.option("--admin", is_flag=True, help="Grant the admin role (review any user).")
-@click.option("--ttl", type=float, default=3600, show_default=True, help="Seconds of validity.")
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600,
+    show_default=True,
+    help="Seconds of validity (more than 0).",
+)
 @data_option
 def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
-    """Print a token for USER, signed with the configured or generated secret.
+    """Print a token for USER, signed with the server's secret.
+
+    The secret is ARCHIVER_JWT_SECRET, or the one generated into the data directory. Says
+    on stderr which secret signed it: a token only works on a server that uses the
+    same secret, that is the same ARCHIVER_JWT_SECRET or the same data directory.
 
     \b
     archiver token alice
@@ -350,12 +369,25 @@ def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
     """
     from . import auth
 
-    settings = auth.resolve_settings(_settings(data_dir=data_dir))
-    if not settings.jwt_secret:
-        raise click.ClickException(
-            "tokens for RS256/ES256 are minted by whoever holds the private key"
-        )
+    settings = _settings(data_dir=data_dir)
+    if not settings.jwt_secret and not settings.jwt_algorithm.startswith("HS"):
+        raise Failure("tokens for RS256/ES256 are minted by whoever holds the private key")
+    secret_file = auth.secret_path(settings.data_dir)
+    generated = not settings.jwt_secret
+    existed = secret_file.exists()
+    settings = auth.resolve_settings(settings)
     click.echo(auth.mint(settings, user, admin=admin, ttl=ttl))
+    if not generated:
+        click.echo("signed with ARCHIVER_JWT_SECRET", err=True)
+    elif existed:
+        click.echo(f"signed with the secret in {secret_file}", err=True)
+    else:
+        click.echo(
+            f"WARNING: created a new secret in {secret_file}: no server has used this data "
+            "directory yet, so a server started with another data directory refuses this "
+            "token. Pass the server's directory with --data (or ARCHIVER_DATA_DIR).",
+            err=True,
+        )
 
 
 def _info_json(info: ArchiveInfo) -> dict[str, Any]:
@@ -408,7 +440,7 @@ def list_(
                 for info in infos:
                     out.line(_info_line(info))
     if not infos:
-        _nothing_found()
+        _nothing_found("no archive matches")
 
 
 @main.command()
@@ -419,16 +451,17 @@ def list_(
 def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | None) -> None:
     """Show one dialog as a conversation, or as JSON.
 
-    The archive NAME of user USER, the user's live dialog with NAME current.yaml, or any
-    dialog file by its PATH.
+    The archive NAME of user USER, the user's live dialog with NAME current.yaml, USER
+    alone for their newest archive, or any dialog file by its PATH.
 
     \b
     archiver show alice 2026-11-21-10-30-00.yaml
+    archiver show alice                  alice's newest archive
     archiver show alice current.yaml --json
     archiver show data/users/alice/dialogs/archived/2026-11-21-10-30-00.yaml
     """
     if name is None:
-        path = Path(user_or_path)
+        path = _file_or_newest(user_or_path, data_dir)
     else:
         journal = _journal(data_dir)
         with _errors():
@@ -436,25 +469,52 @@ def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | No
             if name == CURRENT:
                 path = journal.current_path(user_or_path)
                 if not path.is_file():
-                    raise click.ClickException(f"user {user_or_path!r} has no live dialog")
+                    raise Failure(f"user {user_or_path!r} has no live dialog")
             else:
                 found = review.find_archive(journal, user_or_path, name)
                 if found is None:
-                    raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
+                    raise Failure(f"no archive {name!r} for user {user_or_path!r}")
                 path = found
     try:
         dialog = review.read_dialog(path, live=path.name == CURRENT)
     except IsADirectoryError:
-        raise click.ClickException(f"{path} is a directory, not a dialog file") from None
+        raise Failure(f"{path} is a directory, not a dialog file") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+        raise Failure(f"cannot read {path}: {exc.strerror}") from None
     except (JournalError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path} is not a dialog file: {exc}") from None
+        raise Failure(f"{path} is not a dialog file: {exc}") from None
     with _errors():
         if as_json:
             click.echo(json.dumps(dialog.as_json(), ensure_ascii=False, indent=2))
         else:
             click.echo(review.render(dialog, style=click.style), nl=False)
+
+
+def _file_or_newest(user_or_path: str, data_dir: Path | None) -> Path:
+    """SHOW's one argument: a dialog file, else a user whose newest archive is meant."""
+    path = Path(user_or_path)
+    if path.exists():
+        return path
+    journal = _journal(data_dir)
+    hint = f"list archives with: archiver list --user {shlex.quote(user_or_path)}"
+    with _errors():
+        try:
+            review.users_of(journal, user_or_path)
+        except review.UnknownUser:
+            raise Failure(
+                f"no file {user_or_path!r}, and no user {user_or_path!r} in "
+                f"{journal.users_dir.parent}; {hint}"
+            ) from None
+        newest = review.list_archives(journal, user_or_path, limit=1, on_error=_warn)
+    if newest:
+        found = review.find_archive(journal, user_or_path, newest[0].name)
+        if found is not None:
+            return found
+    live = journal.current_path(user_or_path)
+    if live.is_file():
+        command = f"archiver show {shlex.quote(user_or_path)} current.yaml"
+        raise Failure(f"user {user_or_path!r} has no archive yet; their live dialog: {command}")
+    raise Failure(f"user {user_or_path!r} has no archive and no live dialog")
 
 
 @main.command()
@@ -527,7 +587,7 @@ def search(
                         out.line(line)
                     count += 1
     if not count:
-        _nothing_found()
+        _nothing_found(f"no message matches {text!r}")
 
 
 @main.command()
@@ -589,7 +649,7 @@ def export(
             out.line(_to_json(item))
             count += 1
     if not count:
-        _nothing_found()
+        _nothing_found("no archive matches")
 
 
 @main.command()
@@ -623,8 +683,7 @@ def sweep(older_than: float | None, data_dir: Path | None) -> None:
             click.echo(f"archived {user} {archived.name} ({messages})")
             count += 1
     if not count:
-        click.echo(f"no live dialog idle for {idle:g} s", err=True)
-        _nothing_found()
+        _nothing_found(f"no live dialog idle for {idle:g} s")
 
 
 @main.command()
@@ -657,9 +716,10 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
             click.echo(f"{verb} {user} {info.name} (ended {review.archive_time(info)})")
             count += 1
     archives = review.plural(count, "archive")
-    click.echo(f"{verb} {archives} older than {review.plural(older_than, 'day')}", err=True)
+    summary = f"{verb} {archives} older than {review.plural(older_than, 'day')}"
     if not count:
-        _nothing_found()
+        _nothing_found(summary)
+    click.echo(summary, err=True)
 
 
 def _interactive() -> bool:
