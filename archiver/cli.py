@@ -336,7 +336,8 @@ def _print_demo_url(settings: Settings) -> None:
         # with the data directory whose secret the server uses.
         command = f"archiver token {DEMO_USER} --data {shlex.quote(str(settings.data_dir))}"
         url = f"http://{host}:{settings.port}/"
-        log.info("server.demo", url=url, fragment="#token=<token>", token_command=command)
+        # The page takes the token in its fragment: <url>#token=<what the command prints>.
+        log.info("server.demo", url=url, token_command=command)
         return
     token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
     # The token travels in the fragment, which browsers never send: it reaches no access log.

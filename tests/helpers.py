@@ -118,6 +118,9 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    # Name the data directory as the README's quick start does: `--data data`, relative to
+    # the server's working directory (its parent), instead of an absolute path.
+    relative_data: bool = False
 
     @property
     def url(self) -> str:
@@ -133,7 +136,8 @@ class Server:
         defaults = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
         env = base_env(self.data.parent, **{**defaults, **self.settings})
         args = [sys.executable, "-m", "archiver", "serve", "--port", str(self.port)]
-        args += ["--data", str(self.data), "--host", self.host]
+        data = self.data.name if self.relative_data else str(self.data)
+        args += ["--data", data, "--host", self.host]
         LOG_FILES.append(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.data.parent)

@@ -489,12 +489,22 @@ def _lines_of(stream: IO[str]) -> queue.Queue[str]:
     return found
 
 
-def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path) -> None:
+# The README's quick start runs from the directory holding ./data: watch must see archives
+# land whether the directory is named absolutely, relatively, or not at all.
+DATA_ARGS = {"absolute": ["--data", "{data}"], "relative": ["--data", "data"], "default": []}
+
+
+@pytest.mark.parametrize("how", DATA_ARGS)
+def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path, how: str) -> None:
+    args = [arg.format(data=data) for arg in DATA_ARGS[how]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", "watch", "--json", "--data", str(data)],
+        [sys.executable, "-m", "archiver", "watch", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=data.parent,
+        env=env,
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None

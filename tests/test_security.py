@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import http.client
 import json
+import re
+import shlex
 import socket
 import threading
 import time
@@ -647,8 +649,14 @@ def test_a_server_run_by_a_supervisor_prints_no_token(tmp_path: Path) -> None:
     server = Server(data=tmp_path / "data", log_path=tmp_path / "s.log").start()
     server.stop()
     log = server.log()
-    assert "archiver token demo" in log
     assert "eyJ" not in log
+    # Every line is an event (logfmt), the demo banner included: journald can parse it.
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z [A-Z]+ [a-z_.]+ ", line) for line in log.splitlines()
+    )
+    [demo] = server.log_lines("server.demo")
+    data = shlex.quote(str(server.data.resolve()))
+    assert f'token_command="archiver token demo --data {data}"' in demo, demo
 
 
 def test_the_log_check_finds_a_leaked_token(tmp_path: Path) -> None:
