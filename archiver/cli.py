@@ -545,7 +545,7 @@ def search(
     as_json: bool,
     data_dir: Path | None,
 ) -> None:
-    """Find messages containing TEXT (case-insensitive).
+    """Find messages containing TEXT (case-insensitive, any whitespace).
 
     Prints user, archive, seq, role and each matching line, newest archives first, the
     match highlighted on a terminal. Live dialogs are searched only with --current.

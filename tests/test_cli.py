@@ -288,6 +288,14 @@ def test_search_options(data: Path) -> None:
     assert set(hit) == {"user", "archive", "dialog", "seq", "role", "at", "text", "matches"}
 
 
+def test_search_a_phrase_across_lines(data: Path) -> None:
+    found = run(data, "search", "way: tracking zx-99", "--json")
+    assert found.exit_code == 0, found.output
+    [hit] = json.loads(found.stdout)
+    assert hit["text"].startswith("It's on its way:\n")
+    assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
+
+
 def test_search_exit_codes(data: Path) -> None:
     none = run(data, "search", "no such words")
     assert (none.exit_code, none.stdout) == (1, "")
