@@ -35,6 +35,7 @@ from . import auth, collector, redact
 from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
+from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
 from .journal import Fault, Journal, JournalError, parse_dialog
 from .limits import Breaker, RateLimit, ceil_seconds
@@ -403,6 +404,7 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...]) -> None:
         self.app = app
+        self.framing = FramingWatch(allowed_origins)
         ancestors = " ".join(("'self'", *allowed_origins))
         self.headers = [
             (b"x-content-type-options", b"nosniff"),
@@ -421,6 +423,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.framing.check(scope)  # the browser will refuse the frame: say so in the log
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

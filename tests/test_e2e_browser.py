@@ -765,6 +765,31 @@ def test_embed_on_another_origin_chats(
     assert_no_csp_violations(pages)  # the host page's strict CSP did not block the embed either
 
 
+def test_embed_on_a_site_not_allowed_names_the_setting_in_the_panel_and_the_log(
+    start_server: Callable[..., Server], pages: Pages
+) -> None:
+    """Without ARCHIVER_ALLOWED_ORIGINS the browser refuses the frame (CSP frame-ancestors)
+    and would show its sad-page icon; the panel says why instead, and the server logs the
+    origin once, however many times it tries."""
+    server = start_server()
+    with HostSite(server.url, f'data-token="{mint("ivy")}" data-title="Help"', free_port()) as site:
+        for _ in range(2):
+            page = pages.page()
+            page.goto(f"{site.origin}/")
+            page.get_by_role("button", name="Open Help").click()
+            problem = page.locator(".problem")
+            expect(problem).to_contain_text("ARCHIVER_ALLOWED_ORIGINS")
+            expect(problem).to_contain_text(site.origin)
+            page.close()
+
+    def refused() -> list[str]:
+        return [line for line in server.logs().splitlines() if " widget.framing_refused " in line]
+
+    [line] = wait_for(refused, "the widget.framing_refused line")
+    assert f"origin={site.origin} " in line and "path=/widget/chat.html" in line
+    assert not server.current(), "nothing was journaled"
+
+
 def test_embed_with_token_url(start_server: Callable[..., Server], pages: Pages) -> None:
     host_port = free_port()
     server = start_server(ARCHIVER_ALLOWED_ORIGINS=f"http://localhost:{host_port}")

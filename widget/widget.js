@@ -667,6 +667,7 @@ function wire() {
 async function boot() {
   applyLook();
   wire();
+  tellHost("hello"); // embed.js: the browser let this page run inside the host site
   if (!token) {
     setConn("offline", "no access token");
     state.authAlert = true;
