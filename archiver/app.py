@@ -39,6 +39,7 @@ from .dialogfile import parse_dialog
 from .errors import JournalError
 from .faults import Fault
 from .feed import Feed
+from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
 from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
@@ -420,6 +421,7 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...]) -> None:
         self.app = app
+        self.framing = FramingWatch(allowed_origins)
         ancestors = " ".join(("'self'", *allowed_origins))
         self.headers = [
             (b"x-content-type-options", b"nosniff"),
@@ -438,6 +440,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.framing.check(scope)  # the browser will refuse the frame: say so in the log
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -451,6 +454,8 @@ class SecurityHeaders:
 # Lifespan and factory
 
 
+# Divergence #7: uvicorn's Server is found through the SIGTERM handler it installed
+# (handler.__self__.should_exit), as uvicorn owns the signals and exposes no hook.
 def _exit_requested() -> bool:
     """Has uvicorn been told to exit? (sse-starlette's flag, or uvicorn's own.)"""
     if AppStatus.should_exit:
@@ -482,6 +487,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Divergence #8: sse-starlette's process-global AppStatus is reset per app.
         AppStatus.should_exit = False  # process-global in sse-starlette; a new server starts
         instance = Instance(settings.data_dir)
         journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)

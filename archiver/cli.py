@@ -1,207 +1,47 @@
 """The ``archiver`` command: a thin layer over settings, the app, the journal and archives.
 
-Exit codes: 0 ok, 1 nothing found (or an error, printed as one ``Error:`` line on
-stderr), 2 usage error (click's own). The review commands read the data directory
-directly, so they work with the server stopped. ``serve`` and ``token`` import uvicorn
-and the JWT library only when they run: the review commands start faster without them.
+Exit codes follow grep: 0 found (or done), 1 nothing found (with a one-line note on
+stderr), 2 an error (one ``Error:`` line on stderr) or a usage error (click's own).
+The review commands read the data directory directly, so they work with the server
+stopped. ``serve`` and ``token`` import uvicorn and the JWT library only when they run:
+the review commands start faster without them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shlex
 import socket
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from . import __version__, archives, render
-from . import search as searching
-from .archives import ArchiveInfo
-from .config import DEFAULT_DATA_DIR, ConfigError, Settings
-from .dialogfile import REASONS, ROLES
-from .errors import JournalError
-from .journal import Journal
-from .layout import ARCHIVED, CURRENT, BadUserId
-
-DEMO_USER = "demo"
-DEMO_TTL = 24 * 3600
-REFERENCE_WIDTH = 100  # columns of the README's CLI reference
-SEARCH_WORKERS = min(os.cpu_count() or 1, 4)  # processes reading files (large archives)
-# The order commands appear in `archiver --help` and the README.
-COMMANDS = [
-    "serve",
-    "token",
-    "list",
-    "show",
-    "search",
-    "watch",
-    "export",
-    "sweep",
-    "prune",
-    "forget",
-]
-
-
-class _Group(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if name in self.commands]
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings.from_env(os.environ, **overrides)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _journal(data_dir: Path | None) -> Journal:
-    """The journal of an existing data directory (review commands never create one)."""
-    path = _settings(data_dir=data_dir).data_dir
-    if not path.is_dir():
-        raise click.ClickException(f"no data directory {path} (set --data or ARCHIVER_DATA_DIR)")
-    return Journal(path)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Turn what reading the data directory can raise into one clear line and an exit code."""
-    try:
-        yield
-    except BrokenPipeError:
-        _stdout_gone()
-    except archives.UnknownUser as exc:
-        raise click.ClickException(str(exc)) from None
-    except BadUserId as exc:
-        raise click.UsageError(str(exc)) from None
-    except JournalError as exc:
-        raise click.ClickException(exc.detail) from None
-    except OSError as exc:
-        detail = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else str(exc)
-        raise click.ClickException(detail) from None
-
-
-def _stdout_gone() -> NoReturn:
-    # The reader went away (`archiver search x | head`): stop quietly, like grep.
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(0)
-
-
-def _warn(path: Path, exc: Exception) -> None:
-    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    click.echo(f"warning: skipped {path}: {detail}", err=True)
-
-
-def _nothing_found() -> NoReturn:
-    sys.exit(1)
-
-
-# One encoder for every line: json.dumps with options builds a new one per call.
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
-
-
-class _Output:
-    """Lines for stdout, written in batches: click.echo flushes on every call, which at
-    tens of thousands of lines costs more than finding them."""
-
-    def __init__(self, batch: int = 512) -> None:
-        self.batch = batch
-        self.lines: list[str] = []
-
-    def __enter__(self) -> _Output:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.flush()
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-        if len(self.lines) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines:
-            click.echo("\n".join(self.lines))
-            self.lines.clear()
-
-    def json_array(self, items: Iterable[dict[str, Any]]) -> int:
-        """A JSON array, one element per line; return how many elements."""
-        count = 0
-        held: str | None = None  # each element waits for the next to know its comma
-        for item in items:
-            self.line("[" if held is None else held + ",")
-            held = _to_json(item)
-            count += 1
-        self.line("[]" if held is None else held + "\n]")
-        return count
-
-
-def _when(end: bool) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
-    """An option callback: ``2026-11-21`` or an ISO time, as a UTC timestamp bound."""
-
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        try:
-            return None if value is None else archives.parse_time(value, end=end)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-
-    return convert
-
-
-data_option = click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Data directory.  [env: ARCHIVER_DATA_DIR; default: ./data]",
+from . import (
+    archives,
+    cli_archives,  # noqa: F401 (importing it registers the review commands on main)
+    render,
 )
-user_option = click.option("--user", default=None, help="Only this user's archives.")
-since_option = click.option(
-    "--since",
-    metavar="DATE",
-    callback=_when(end=False),
-    help="Only archives that ended at or after DATE (2026-11-21 or an ISO time; UTC).",
+from .clikit import (
+    COMMANDS,
+    DEMO_TTL,
+    DEMO_USER,
+    REFERENCE_WIDTH,
+    Failure,
+    _errors,
+    _interactive,
+    _journal,
+    _settings,
+    data_option,
+    main,
 )
-until_option = click.option(
-    "--until",
-    "before",
-    metavar="DATE",
-    callback=_when(end=True),
-    help="Only archives that ended at or before DATE (a date includes that whole day).",
-)
-reason_option = click.option(
-    "--reason", type=click.Choice(REASONS), default=None, help="Only archives ended for REASON."
-)
+from .config import Settings
+from .layout import ARCHIVED, secret_path
 
-
-def _filter(
-    user: str | None, since: str | None, before: str | None, reason: str | None
-) -> archives.Filter:
-    return archives.Filter(user=user, since=since, before=before, reason=reason)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="archiver")
-def main() -> None:
-    """Archive chat dialogs when their subscribers go away, and review the archives.
-
-    \b
-    archiver serve                      run the service on http://127.0.0.1:8000
-    archiver token alice                print a token for user alice
-    archiver list --user alice          list alice's archived dialogs
-    archiver show alice 2026-11-21-10-30-00.yaml
-    archiver search refund --since 2026-11-01
-    archiver watch                      print archives as they land
-
-    The review commands read the data directory directly, with the server running or
-    not. Exit codes: 0 ok, 1 nothing found or an error, 2 usage error.
-    """
+__all__ = ["COMMANDS", "REFERENCE_WIDTH", "cli_reference", "main"]
 
 
 @main.command()
@@ -268,6 +108,8 @@ def serve(
         return
     from .app import create_app
 
+    # Divergence #5: a uvicorn internal, Server._captured_signals, is cleared so that a
+    # graceful SIGTERM exits 0.
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -280,6 +122,8 @@ def serve(
     config = uvicorn.Config(create_app(settings), **options)
     # Our own listening socket, so accepted connections inherit keepalive and a user
     # timeout (Linux copies them from the listener): a vanished peer cannot hold a stream.
+    # Divergence #6: uvicorn internals Config.bind_socket() and Config.backlog, to set
+    # socket options on the listener and listen before start-up.
     sock = config.bind_socket()
     bound_dead_peers(sock, settings.tcp_user_timeout)
     # bind_socket() already printed "Uvicorn running on ...": listen now, so a connection
@@ -319,20 +163,20 @@ def _env_of(settings: Settings) -> dict[str, str]:
 
 def _print_demo_url(settings: Settings) -> None:
     from . import auth
+    from .logs import log
 
     if not settings.jwt_secret or not settings.jwt_algorithm.startswith("HS"):
         return
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if not sys.stderr.isatty():
         # Under a supervisor stderr is a log (journald, docker logs): a 24-hour token
-        # printed there is a credential anyone who reads the log can use.
-        command = f"archiver token {DEMO_USER}"
-        if settings.data_dir != DEFAULT_DATA_DIR:
-            command += f" --data {settings.data_dir}"
-        click.echo(
-            f"Open the demo chat: http://{host}:{settings.port}/#token=<token from '{command}'>",
-            err=True,
-        )
+        # printed there is a credential anyone who reads the log can use. So the line is
+        # an event like every other (logfmt), and names the command that makes a token,
+        # with the data directory whose secret the server uses.
+        command = f"archiver token {DEMO_USER} --data {shlex.quote(str(settings.data_dir))}"
+        url = f"http://{host}:{settings.port}/"
+        # The page takes the token in its fragment: <url>#token=<what the command prints>.
+        log.info("server.demo", url=url, token_command=command)
         return
     token = auth.mint(settings, DEMO_USER, ttl=DEMO_TTL)
     # The token travels in the fragment, which browsers never send: it reaches no access log.
@@ -343,10 +187,20 @@ def _print_demo_url(settings: Settings) -> None:
 @main.command()
 @click.argument("user")
 @click.option("--admin", is_flag=True, help="Grant the admin role (review any user).")
-@click.option("--ttl", type=float, default=3600, show_default=True, help="Seconds of validity.")
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600,
+    show_default=True,
+    help="Seconds of validity (more than 0).",
+)
 @data_option
 def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
-    """Print a token for USER, signed with the configured or generated secret.
+    """Print a token for USER, signed with the server's secret.
+
+    The secret is ARCHIVER_JWT_SECRET, or the one generated into the data directory. Says
+    on stderr which secret signed it: a token only works on a server that uses the
+    same secret, that is the same ARCHIVER_JWT_SECRET or the same data directory.
 
     \b
     archiver token alice
@@ -355,322 +209,25 @@ def token(user: str, admin: bool, ttl: float, data_dir: Path | None) -> None:
     """
     from . import auth
 
-    settings = auth.resolve_settings(_settings(data_dir=data_dir))
-    if not settings.jwt_secret:
-        raise click.ClickException(
-            "tokens for RS256/ES256 are minted by whoever holds the private key"
-        )
-    click.echo(auth.mint(settings, user, admin=admin, ttl=ttl))
-
-
-def _info_json(info: ArchiveInfo) -> dict[str, Any]:
-    return {"user": info.user, **info.as_json()}
-
-
-def _info_line(info: ArchiveInfo) -> str:
-    fields = [render.printable(info.user), info.name, info.started, info.ended, info.reason]
-    return "\t".join(str(f) for f in [*fields, info.messages])
-
-
-@main.command("list")
-@user_option
-@since_option
-@until_option
-@reason_option
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most N archives."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@data_option
-def list_(
-    user: str | None,
-    since: str | None,
-    before: str | None,
-    reason: str | None,
-    limit: int | None,
-    as_json: bool,
-    data_dir: Path | None,
-) -> None:
-    """List archived dialogs, newest first.
-
-    One tab-separated line per archive: user, name, started, ended, reason, messages.
-    Reads only the ends of each file, so it stays fast on large archives.
-
-    \b
-    archiver list
-    archiver list --user alice --since 2026-11-01 --json
-    archiver list --reason timeout --until 2026-11-21T12:00Z --limit 20
-    """
-    journal = _journal(data_dir)
-    with _errors():
-        infos = archives.list_archives(
-            journal, where=_filter(user, since, before, reason), limit=limit, on_error=_warn
-        )
-        with _Output() as out:
-            if as_json:
-                out.json_array(_info_json(i) for i in infos)
-            else:
-                for info in infos:
-                    out.line(_info_line(info))
-    if not infos:
-        _nothing_found()
-
-
-@main.command()
-@click.argument("user_or_path")
-@click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the transcript as JSON.")
-@data_option
-def show(user_or_path: str, name: str | None, as_json: bool, data_dir: Path | None) -> None:
-    """Show one dialog as a conversation, or as JSON.
-
-    The archive NAME of user USER, the user's live dialog with NAME current.yaml, or any
-    dialog file by its PATH.
-
-    \b
-    archiver show alice 2026-11-21-10-30-00.yaml
-    archiver show alice current.yaml --json
-    archiver show data/users/alice/dialogs/archived/2026-11-21-10-30-00.yaml
-    """
-    if name is None:
-        path = Path(user_or_path)
-    else:
-        journal = _journal(data_dir)
-        with _errors():
-            archives.users_of(journal, user_or_path)
-            if name == CURRENT:
-                path = journal.layout.current_path(user_or_path)
-                if not path.is_file():
-                    raise click.ClickException(f"user {user_or_path!r} has no live dialog")
-            else:
-                found = archives.find_archive(journal, user_or_path, name)
-                if found is None:
-                    raise click.ClickException(f"no archive {name!r} for user {user_or_path!r}")
-                path = found
-    try:
-        dialog = archives.read_dialog(path, live=path.name == CURRENT)
-    except IsADirectoryError:
-        raise click.ClickException(f"{path} is a directory, not a dialog file") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
-    except (JournalError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path} is not a dialog file: {exc}") from None
-    with _errors():
-        if as_json:
-            click.echo(json.dumps(dialog.as_json(), ensure_ascii=False, indent=2))
-        else:
-            click.echo(render.render(dialog, style=click.style), nl=False)
-
-
-@main.command()
-@click.argument("text")
-@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (case-sensitive).")
-@user_option
-@since_option
-@until_option
-@click.option("--role", type=click.Choice(ROLES), default=None, help="Only messages of ROLE.")
-@reason_option
-@click.option("--current", is_flag=True, help="Also search live dialogs (current.yaml).")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="Stop after N messages."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of messages.")
-@data_option
-def search(
-    text: str,
-    regex: bool,
-    user: str | None,
-    since: str | None,
-    before: str | None,
-    role: str | None,
-    reason: str | None,
-    current: bool,
-    limit: int | None,
-    as_json: bool,
-    data_dir: Path | None,
-) -> None:
-    """Find messages containing TEXT (case-insensitive).
-
-    Prints user, archive, seq, role and each matching line, newest archives first, the
-    match highlighted on a terminal. Live dialogs are searched only with --current.
-
-    \b
-    archiver search refund
-    archiver search "order #1042" --user alice --role user
-    archiver search 'refund(ed|s)?\b' --regex --since 2026-11-01 --json
-    archiver search invoice --current --limit 5
-
-    With --json each element is {"user", "archive", "dialog", "seq", "role", "at", "text",
-    "matches"}, "matches" holding [start, end] offsets into "text".
-    """
-    if not text:
-        raise click.UsageError("TEXT is empty")
-    try:
-        query = searching.Query.compile(text, regex=regex)
-    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
-        raise click.UsageError(f"bad regular expression: {exc}") from None
-    journal = _journal(data_dir)
-    with _errors():
-        hits: Iterator[searching.Hit] = searching.search(
-            journal,
-            query,
-            _filter(user, since, before, reason),
-            role=role,
-            current=current,
-            on_error=_warn,
-            workers=SEARCH_WORKERS,
-        )
-        if limit is not None:
-            hits = (hit for _, hit in zip(range(limit), hits, strict=False))
-        with _Output() as out:
-            if as_json:
-                count = out.json_array(hit.as_json() for hit in hits)
-            else:
-                count = 0
-                for hit in hits:
-                    for line in render.hit_lines(hit, style=click.style):
-                        out.line(line)
-                    count += 1
-    if not count:
-        _nothing_found()
-
-
-@main.command()
-@click.option("--user", default=None, help="Only this user's archives.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
-@data_option
-def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
-    """Print each archive the moment it lands, until Ctrl+C.
-
-    Also sees archives written by other processes: servers sharing the data directory,
-    `archiver sweep`. Lines are those of `archiver list`.
-
-    \b
-    archiver watch
-    archiver watch --user alice --json | jq .reason
-    """
-    journal = _journal(data_dir)
-    stop = threading.Event()
-    with _errors(), contextlib.suppress(KeyboardInterrupt):
-        landed = archives.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
-        for info in landed:
-            line = _to_json(_info_json(info)) if as_json else None
-            click.echo(line or _info_line(info))
-
-
-def _watching(journal: Journal) -> Callable[[], None]:
-    def ready() -> None:
-        click.echo(
-            f"watching {journal.layout.users_dir} for new archives (Ctrl+C to stop)", err=True
-        )
-
-    return ready
-
-
-@main.command()
-@user_option
-@since_option
-@until_option
-@reason_option
-@data_option
-def export(
-    user: str | None,
-    since: str | None,
-    before: str | None,
-    reason: str | None,
-    data_dir: Path | None,
-) -> None:
-    """Print archives with their messages as JSON Lines.
-
-    One object per archive, newest first: {"user", "name", "dialog", "started", "ended",
-    "reason", "messages": [{"seq", "role", "at", "text"}, ...]}.
-
-    \b
-    archiver export > archives.jsonl
-    archiver export --user alice --since 2026-11-01 --until 2026-11-30 > alice-nov.jsonl
-    """
-    journal = _journal(data_dir)
-    count = 0
-    with _errors(), _Output(batch=64) as out:
-        for item in archives.export(journal, _filter(user, since, before, reason), _warn):
-            out.line(_to_json(item))
-            count += 1
-    if not count:
-        _nothing_found()
-
-
-@main.command()
-@click.option(
-    "--older-than",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="SECONDS",
-    help="Idle time that makes a dialog stale.  [default: ARCHIVER_SESSION_TIMEOUT, 300]",
-)
-@data_option
-def sweep(older_than: float | None, data_dir: Path | None) -> None:
-    """Archive stale live dialogs now (reason timeout).
-
-    For after a crash, or with no server running: every live dialog idle for SECONDS is
-    archived. Takes the same per-user locks as the server, so it is safe while servers
-    run. Exits 1 if nothing was stale.
-
-    \b
-    archiver sweep
-    archiver sweep --older-than 0        archive every live dialog
-    """
     settings = _settings(data_dir=data_dir)
-    journal = _journal(settings.data_dir)
-    idle = settings.session_timeout if older_than is None else older_than
-    count = 0
-    with _errors():
-        for archived in archives.sweep(journal, idle, on_error=_warn):
-            user = render.printable(archived.user)
-            messages = archives.plural(archived.messages, "message")
-            click.echo(f"archived {user} {archived.name} ({messages})")
-            count += 1
-    if not count:
-        click.echo(f"no live dialog idle for {idle:g} s", err=True)
-        _nothing_found()
-
-
-@main.command()
-@click.option(
-    "--older-than",
-    type=click.FloatRange(min=0),
-    required=True,
-    metavar="DAYS",
-    help="Delete archives that ended more than DAYS ago.",
-)
-@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
-@data_option
-def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
-    """Delete archives older than DAYS.
-
-    Prints each archive that ended more than DAYS ago as it is deleted. Live dialogs are
-    never touched. Exits 1 if no archive was that old.
-
-    \b
-    archiver prune --older-than 90 --dry-run
-    archiver prune --older-than 90
-    """
-    journal = _journal(data_dir)
-    verb = "would remove" if dry_run else "removed"
-    count = 0
-    with _errors():
-        for pruned in archives.prune(journal, older_than, dry_run=dry_run):
-            info = pruned.info
-            user = render.printable(info.user)
-            click.echo(f"{verb} {user} {info.name} (ended {archives.archive_time(info)})")
-            count += 1
-    counted = archives.plural(count, "archive")
-    click.echo(f"{verb} {counted} older than {archives.plural(older_than, 'day')}", err=True)
-    if not count:
-        _nothing_found()
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty()
+    if not settings.jwt_secret and not settings.jwt_algorithm.startswith("HS"):
+        raise Failure("tokens for RS256/ES256 are minted by whoever holds the private key")
+    secret_file = secret_path(settings.data_dir)
+    generated = not settings.jwt_secret
+    existed = secret_file.exists()
+    settings = auth.resolve_settings(settings)
+    click.echo(auth.mint(settings, user, admin=admin, ttl=ttl))
+    if not generated:
+        click.echo("signed with ARCHIVER_JWT_SECRET", err=True)
+    elif existed:
+        click.echo(f"signed with the secret in {secret_file}", err=True)
+    else:
+        click.echo(
+            f"WARNING: created a new secret in {secret_file}: no server has used this data "
+            "directory yet, so a server started with another data directory refuses this "
+            "token. Pass the server's directory with --data (or ARCHIVER_DATA_DIR).",
+            err=True,
+        )
 
 
 @main.command()

@@ -32,6 +32,8 @@ import anyio
 FREEZE_INTERVAL = 1.0  # seconds: a full collection walks at most ~1 s of arrivals
 
 
+# Divergence #4: gc.freeze() kept up for the whole life of the process, not once after
+# start-up; frozen() is the metric that would show it going wrong.
 def freeze() -> None:
     """Collect what is garbage among the young objects, then freeze every survivor."""
     gc.collect(1)

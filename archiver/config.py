@@ -112,6 +112,12 @@ class Settings:
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None
 
+    def __post_init__(self) -> None:
+        # Resolved once, here: watchfiles reports absolute paths, log lines and hints name
+        # the directory a reader can use from anywhere, and `./data` means the directory
+        # the process started in even if something changes the working directory later.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from ``ARCHIVER_*`` variables, then apply non-None overrides."""

@@ -49,6 +49,8 @@ from .fsops import pread_tail
 if TYPE_CHECKING:
     from .redact import Redactor
 
+# Divergence #9: append by overwriting the document-end marker in place (one pwrite),
+# never by loading and dumping the YAML document.
 MARKER = b"...\n"
 TAIL_OK = b"\n...\n"
 REASONS = ("disconnect", "timeout", "shutdown", "recovery", "user")

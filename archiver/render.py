@@ -7,7 +7,7 @@ drive the terminal it is shown on.
 
 from __future__ import annotations
 
-import os
+import shutil
 import textwrap
 import unicodedata
 from collections.abc import Callable
@@ -51,10 +51,9 @@ def short_time(stamp: str, day: str | None = None) -> str:
 
 
 def terminal_width(default: int = 100) -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:  # not a terminal
-        return default
+    # shutil's, not os's: a terminal that reports 0 columns (under `script`, some CI
+    # runners) or none at all falls back to COLUMNS, then to the default.
+    return shutil.get_terminal_size((default, 24)).columns
 
 
 ROLE_COLORS = {"user": "cyan", "assistant": "green", "error": "red"}

@@ -45,12 +45,24 @@ _FOLDS_TO_ASCII = {
     "s": ("\u017f",),
 }
 # ASCII printable but ' " and backslash: what every style yamltext writes keeps as is.
-_VERBATIM = re.compile(r"[\x20\x21\x23-\x26\x28-\x5b\x5d-\x7e]+")
+# No space in it: a query's whitespace matches any whitespace, which a file may hold as a
+# line break and indentation (a block scalar) or an escape (a quoted one).
+_VERBATIM = re.compile(r"[\x21\x23-\x26\x28-\x5b\x5d-\x7e]+")
+_WHITESPACE = re.compile(r"\s+")
 
 
 def _fragment(text: str) -> str:
     """The longest piece of ``text`` that the journal writes verbatim in any YAML style."""
     return max(_VERBATIM.findall(text), key=len, default="")
+
+
+def _loose_whitespace(text: str) -> str:
+    """A pattern for ``text`` in which any run of whitespace matches any run of whitespace
+    ("line one line two" finds a message with a line break between "one" and "line")."""
+    words = text.split()
+    if not words:
+        return re.escape(text)
+    return _WHITESPACE.pattern.join(re.escape(word) for word in words)
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ class Query:
             if letter in piece
             for ch in chars
         )
-        pattern = re.compile(re.escape(text), re.IGNORECASE)
+        pattern = re.compile(_loose_whitespace(text), re.IGNORECASE)
         return cls(pattern, piece.encode() if piece else None, folds)
 
     def folds_in(self, data: bytes) -> bool:
@@ -233,6 +245,7 @@ def _search_share(
     return out
 
 
+# Divergence #10: os.fork and pipes rather than multiprocessing (CLI only; see docstring).
 def _search_forked(
     sources: list[_Source], query: Query, where: Filter, role: str | None, workers: int
 ) -> list[_Result]:

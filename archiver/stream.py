@@ -58,6 +58,8 @@ def encode(event: Event) -> bytes:
     return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n").encode()
 
 
+# Divergence #1: one task per stream instead of sse-starlette's EventSourceResponse
+# (four tasks each); see ARCHITECTURE.md before "fixing" it.
 class EventStream:
     """``open`` makes the inbox, ``events`` turns it into bursts of events, each sent as
     one chunk, and ``close`` forgets it.

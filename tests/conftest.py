@@ -55,11 +55,14 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start real `archiver serve` processes; each call gets its own port and log."""
     servers: list[Server] = []
 
-    def make(data: Path | None = None, start: bool = True, **settings: str) -> Server:
+    def make(
+        data: Path | None = None, start: bool = True, relative_data: bool = False, **settings: str
+    ) -> Server:
         server = Server(
             data=data or tmp_path / "data",
             log_path=tmp_path / f"server-{len(servers)}.log",
             settings={k: str(v) for k, v in settings.items()},
+            relative_data=relative_data,
         )
         servers.append(server)
         return server.start() if start else server

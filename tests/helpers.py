@@ -77,15 +77,28 @@ def mint(user: str, *, admin: bool = False, ttl: int = 3600, secret: str = SECRE
     return remember(jwt.encode(claims, secret, algorithm="HS256"))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str = "condition",
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
+
+    The failure says what was reached: ``show()`` when given (the state the predicate
+    judged), else the predicate's last value. A deadline, never a fixed sleep, is what
+    keeps a test green on a busy machine.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            reached = show() if show is not None else value
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}; reached {reached!r}"
+            )
         time.sleep(0.02)
 
 
@@ -105,6 +118,9 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    # Name the data directory as the README's quick start does: `--data data`, relative to
+    # the server's working directory (its parent), instead of an absolute path.
+    relative_data: bool = False
 
     @property
     def url(self) -> str:
@@ -120,7 +136,8 @@ class Server:
         defaults = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
         env = base_env(self.data.parent, **{**defaults, **self.settings})
         args = [sys.executable, "-m", "archiver", "serve", "--port", str(self.port)]
-        args += ["--data", str(self.data), "--host", self.host]
+        data = self.data.name if self.relative_data else str(self.data)
+        args += ["--data", data, "--host", self.host]
         LOG_FILES.append(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.data.parent)
@@ -139,8 +156,30 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def log_lines(self, event: str) -> list[str]:
-        return [line for line in self.log().splitlines() if f" {event} " in line + " "]
+    def log_lines(self, event: str, since: int = 0) -> list[str]:
+        """The lines of ``event``, from line ``since`` of the log on (see :meth:`log_mark`)."""
+        lines = self.log().splitlines()[since:]
+        return [line for line in lines if f" {event} " in line + " "]
+
+    def log_mark(self) -> int:
+        """How many lines the log has now: pass it as ``since`` to read only what follows."""
+        return len(self.log().splitlines())
+
+    def wait_log(
+        self, event: str, count: int = 1, *, since: int = 0, timeout: float = 10
+    ) -> list[str]:
+        """Wait until the log holds at least ``count`` lines of ``event`` (after ``since``).
+
+        The server writes its log once per event-loop turn, so a line can land after the
+        response that caused it: any test that reads what the server logged waits here.
+        """
+        wait_for(
+            lambda: len(self.log_lines(event, since)) >= count,
+            timeout,
+            f"{count} {event} line(s) in {self.log_path.name}",
+            show=lambda: self.log().splitlines()[since:][-8:],
+        )
+        return self.log_lines(event, since)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -56,6 +56,27 @@ def test_token_uses_the_generated_secret(tmp_path: Path) -> None:
     assert claims["sub"] == "alice" and claims["role"] == "admin"
 
 
+def test_token_says_which_secret_signed_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = run(tmp_path, "token", "alice")
+    secret_file = tmp_path.resolve() / ".jwt-secret"
+    assert "WARNING: created a new secret in " + str(secret_file) in first.stderr
+    assert "no server has used this data directory yet" in first.stderr
+    again = run(tmp_path, "token", "alice")
+    assert again.stderr == f"signed with the secret in {secret_file}\n"
+    monkeypatch.setenv("ARCHIVER_JWT_SECRET", "s" * 40)
+    configured = run(tmp_path, "token", "alice")
+    assert configured.stderr == "signed with ARCHIVER_JWT_SECRET\n"
+    assert jwt.decode(configured.stdout.strip(), "s" * 40, algorithms=["HS256"])["sub"] == "alice"
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0"])
+def test_token_refuses_a_ttl_that_is_not_positive(tmp_path: Path, ttl: str) -> None:
+    result = run(tmp_path, "token", "alice", "--ttl", ttl)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--ttl" in result.stderr
+    assert not (tmp_path / ".jwt-secret").exists(), "a refused command creates nothing"
+
+
 # ---------------------------------------------------------------------------------------
 # list
 
@@ -133,10 +154,10 @@ def test_list_filters_and_json(data: Path) -> None:
 
 def test_list_exit_codes_and_errors(data: Path, tmp_path: Path) -> None:
     empty = run(data, "list", "--since", "2030-01-01")
-    assert (empty.exit_code, empty.stdout) == (1, "")
+    assert (empty.exit_code, empty.stdout, empty.stderr) == (1, "", "no archive matches\n")
     assert json.loads(run(data, "list", "--json", "--since", "2030-01-01").stdout) == []
     unknown = run(data, "list", "--user", "bob")
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == 2, "an error, as grep's missing file: 1 is only 'nothing found'"
     assert unknown.stderr == "Error: no user 'bob' in this data directory\n"
     bad_date = run(data, "list", "--since", "last tuesday")
     assert bad_date.exit_code == 2 and "neither a date" in bad_date.stderr
@@ -145,7 +166,7 @@ def test_list_exit_codes_and_errors(data: Path, tmp_path: Path) -> None:
     assert run(data, "list", "--limit", "0").exit_code == 2
     assert run(data, "list", "--bogus").exit_code == 2
     nowhere = run(tmp_path / "nowhere", "list")
-    assert nowhere.exit_code == 1 and "no data directory" in nowhere.stderr
+    assert nowhere.exit_code == 2 and "no data directory" in nowhere.stderr
 
 
 def test_the_data_directory_comes_from_the_environment(
@@ -191,23 +212,35 @@ def test_show_a_live_dialog_leaves_out_its_torn_tail(data: Path) -> None:
     ]
 
 
+def test_show_with_a_user_alone_shows_the_newest_archive(data: Path) -> None:
+    alone = run(data, "show", "alice", "--json")
+    assert alone.exit_code == 0, alone.output
+    newest = run(data, "list", "--user", "alice", "--limit", "1", "--json")
+    assert json.loads(alone.stdout)["dialog"] == json.loads(newest.stdout)[0]["dialog"]
+    live_only = run(data, "show", "a/b")
+    assert live_only.exit_code == 2
+    assert "has no archive yet; their live dialog: archiver show a/b current.yaml" in (
+        live_only.stderr
+    )
+
+
 def test_show_errors(data: Path, tmp_path: Path) -> None:
     missing = run(data, "show", "alice", "2020-01-01-00-00-00.yaml")
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert missing.stderr == "Error: no archive '2020-01-01-00-00-00.yaml' for user 'alice'\n"
-    assert run(data, "show", "alice", "../current.yaml").exit_code == 1
+    assert run(data, "show", "alice", "../current.yaml").exit_code == 2
     no_live = run(data, "show", "auth0|42", "current.yaml")
     assert no_live.stderr == "Error: user 'auth0|42' has no live dialog\n"
     unknown = run(data, "show", "bob", ALICE_NEWEST)
-    assert unknown.exit_code == 1 and "no user 'bob'" in unknown.stderr
-    gone = run(None, "show", str(tmp_path / "gone.yaml"))
-    assert gone.exit_code == 1 and gone.stderr.startswith("Error: cannot read ")
-    assert "No such file" in gone.stderr
+    assert unknown.exit_code == 2 and "no user 'bob'" in unknown.stderr
+    gone = run(data, "show", str(tmp_path / "gone.yaml"))
+    assert gone.exit_code == 2 and gone.stderr.startswith("Error: no file ")
+    assert "archiver list --user " in gone.stderr, "says how to find an archive's name"
     junk = tmp_path / "junk.yaml"
     junk.write_bytes(b"\xff\xfe")
     bad = run(None, "show", str(junk))
-    assert bad.exit_code == 1 and "is not a dialog file" in bad.stderr
-    assert run(None, "show", str(tmp_path)).exit_code == 1
+    assert bad.exit_code == 2 and "is not a dialog file" in bad.stderr
+    assert run(None, "show", str(tmp_path)).exit_code == 2
     for result in (missing, unknown, gone, bad):
         assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
 
@@ -256,9 +289,18 @@ def test_search_options(data: Path) -> None:
     assert set(hit) == {"user", "archive", "dialog", "seq", "role", "at", "text", "matches"}
 
 
+def test_search_a_phrase_across_lines(data: Path) -> None:
+    found = run(data, "search", "way: tracking zx-99", "--json")
+    assert found.exit_code == 0, found.output
+    [hit] = json.loads(found.stdout)
+    assert hit["text"].startswith("It's on its way:\n")
+    assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
+
+
 def test_search_exit_codes(data: Path) -> None:
     none = run(data, "search", "no such words")
     assert (none.exit_code, none.stdout) == (1, "")
+    assert none.stderr == "no message matches 'no such words'\n"
     assert run(data, "search", "no such words", "--json").stdout == "[]\n"
     bad = run(data, "search", "(unclosed", "--regex")
     assert bad.exit_code == 2 and "bad regular expression" in bad.stderr
@@ -266,7 +308,7 @@ def test_search_exit_codes(data: Path) -> None:
     assert run(data, "search", "x", "--role", "robot").exit_code == 2
     unknown = run(data, "search", "x", "--user", "bob")
     assert (
-        unknown.exit_code == 1 and unknown.stderr == "Error: no user 'bob' in this data directory\n"
+        unknown.exit_code == 2 and unknown.stderr == "Error: no user 'bob' in this data directory\n"
     )
 
 
@@ -390,6 +432,9 @@ def test_prune_removes_exactly_the_archives_it_prints(tmp_path: Path) -> None:
 
     nothing = run(data, "prune", "--older-than", "30")
     assert nothing.exit_code == 1 and nothing.stdout == ""
+    assert nothing.stderr == "removed 0 archives older than 30 days\n"
+    dry_nothing = run(data, "prune", "--older-than", "30", "--dry-run")
+    assert (dry_nothing.exit_code, dry_nothing.stdout) == (1, "")
     assert run(data, "prune").exit_code == 2  # --older-than is required
     assert run(data, "prune", "--older-than", "-1").exit_code == 2
 
@@ -419,7 +464,7 @@ def test_forget_erases_one_user_and_says_what_it_removed(data: Path) -> None:
     )
 
     again = run(data, "forget", "a/b", "--yes")
-    assert again.exit_code == 1 and "no user 'a/b'" in again.stderr
+    assert again.exit_code == 2 and "no user 'a/b'" in again.stderr
 
 
 def test_forget_asks_first_and_needs_a_terminal_or_yes(
@@ -453,12 +498,22 @@ def _lines_of(stream: IO[str]) -> queue.Queue[str]:
     return found
 
 
-def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path) -> None:
+# The README's quick start runs from the directory holding ./data: watch must see archives
+# land whether the directory is named absolutely, relatively, or not at all.
+DATA_ARGS = {"absolute": ["--data", "{data}"], "relative": ["--data", "data"], "default": []}
+
+
+@pytest.mark.parametrize("how", DATA_ARGS)
+def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path, how: str) -> None:
+    args = [arg.format(data=data) for arg in DATA_ARGS[how]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", "watch", "--json", "--data", str(data)],
+        [sys.executable, "-m", "archiver", "watch", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=data.parent,
+        env=env,
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -483,6 +538,15 @@ def test_every_command_has_examples_in_its_help() -> None:
     for name in cli.COMMANDS:
         text = CliRunner().invoke(main, [name, "--help"]).output
         assert f"  archiver {name}" in text, name
+
+
+def test_no_summary_is_cut_in_the_command_list() -> None:
+    """`archiver --help` lists each command with its first sentence, which click cuts with
+    "..." when it is longer than the line has room for (an 80-column terminal)."""
+    listing = CliRunner().invoke(main, ["--help"], terminal_width=80).stdout
+    commands = listing.split("Commands:\n", 1)[1].splitlines()
+    assert len(commands) == len(cli.COMMANDS)
+    assert not [line for line in commands if line.endswith("...")], commands
 
 
 def test_readme_cli_reference_matches_help() -> None:

@@ -765,6 +765,31 @@ def test_embed_on_another_origin_chats(
     assert_no_csp_violations(pages)  # the host page's strict CSP did not block the embed either
 
 
+def test_embed_on_a_site_not_allowed_names_the_setting_in_the_panel_and_the_log(
+    start_server: Callable[..., Server], pages: Pages
+) -> None:
+    """Without ARCHIVER_ALLOWED_ORIGINS the browser refuses the frame (CSP frame-ancestors)
+    and would show its sad-page icon; the panel says why instead, and the server logs the
+    origin once, however many times it tries."""
+    server = start_server()
+    with HostSite(server.url, f'data-token="{mint("ivy")}" data-title="Help"', free_port()) as site:
+        for _ in range(2):
+            page = pages.page()
+            page.goto(f"{site.origin}/")
+            page.get_by_role("button", name="Open Help").click()
+            problem = page.locator(".problem")
+            expect(problem).to_contain_text("ARCHIVER_ALLOWED_ORIGINS")
+            expect(problem).to_contain_text(site.origin)
+            page.close()
+
+    def refused() -> list[str]:
+        return [line for line in server.logs().splitlines() if " widget.framing_refused " in line]
+
+    [line] = wait_for(refused, "the widget.framing_refused line")
+    assert f"origin={site.origin} " in line and "path=/widget/chat.html" in line
+    assert not server.current(), "nothing was journaled"
+
+
 def test_embed_with_token_url(start_server: Callable[..., Server], pages: Pages) -> None:
     host_port = free_port()
     server = start_server(ARCHIVER_ALLOWED_ORIGINS=f"http://localhost:{host_port}")
@@ -819,6 +844,10 @@ def test_review_page_lists_archive_and_shows_transcript(
     page.locator("#reason").select_option("timeout")
     expect(rows).to_have_count(0)
     expect(page.locator("#archives-empty")).to_be_visible()
+    # A transcript the filters leave out is no longer shown beside the empty list.
+    expect(messages).to_have_count(0)
+    expect(page.locator("#transcript-empty")).to_be_visible()
+    expect(page.get_by_role("button", name="Download YAML")).to_be_hidden()
     page.locator("#reason").select_option("disconnect")
     expect(rows).to_have_count(1)
     page.locator("#from").fill((date.today() + timedelta(days=2)).isoformat())
@@ -826,6 +855,8 @@ def test_review_page_lists_archive_and_shows_transcript(
     expect(rows).to_have_count(0)
     page.get_by_role("button", name="Clear filters").click()
     expect(rows).to_have_count(1)
+    row.click()
+    expect(messages).to_have_count(4)
 
     # The raw YAML, byte for byte, through a Bearer-authenticated fetch.
     with page.expect_download() as download:
@@ -864,6 +895,44 @@ def test_widget_and_review_fit_a_phone(start_server: Callable[..., Server], page
     review.goto(server.review_url("henry"))
     expect(review.locator("#archives-empty")).to_be_visible()
     assert review.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+def test_chat_and_review_name_the_roles_alike(
+    start_server: Callable[..., Server], pages: Pages
+) -> None:
+    server = start_server()
+    chat_then_close(pages, server, "ines", ["hello there"])
+    page = open_chat(pages.page(), server.chat_url("ines"))
+    exchange(page, "and again", 0)
+    expect(page.locator("#log .msg[data-role=user] .msg__who").first).to_have_text("User")
+    review = pages.page()
+    review.goto(server.review_url("ines"))
+    review.locator("#archives .archive").first.click()
+    expect(review.locator("#messages .tmsg[data-role=user]").first).to_contain_text("User")
+
+
+def test_a_resize_to_a_phone_keeps_the_newest_message_in_view(
+    start_server: Callable[..., Server], pages: Pages
+) -> None:
+    server = start_server()
+    page = open_chat(pages.page(), server.chat_url("jon"))
+    for i in range(6):
+        exchange(page, f"message number {i} " + "with quite a few words in it " * 8, i)
+
+    def gap() -> float:
+        return float(
+            page.evaluate(
+                "(l => l.scrollHeight - l.scrollTop - l.clientHeight)"
+                "(document.getElementById('log'))"
+            )
+        )
+
+    assert gap() < 2, "the newest message is in view before the resize"
+    page.set_viewport_size({"width": 360, "height": 640})
+    wait_for(
+        lambda: page.evaluate("window.innerWidth") == 360 and gap() < 2,
+        "the log scrolled to its end after the resize",
+    )
 
 
 # ---- errors and connection states ----------------------------------------------------------

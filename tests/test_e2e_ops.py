@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,8 +50,11 @@ def test_metrics_count_what_happened(make_server: Make) -> None:
     assert after[("archiver_reply_seconds_count", ())] == 1
 
 
-def test_admin_feed_sees_archives_from_this_and_other_processes(make_server: Make) -> None:
-    server = make_server(disconnect_grace="0")
+@pytest.mark.parametrize("relative_data", [False, True], ids=["absolute", "relative"])
+def test_admin_feed_sees_archives_from_this_and_other_processes(
+    make_server: Make, relative_data: bool
+) -> None:
+    server = make_server(disconnect_grace="0", relative_data=relative_data)
     refused = httpx.get(server.url + "/admin/feed", headers=server.headers("not-admin"))
     assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
     feed = SSEClient(server.url, mint("ops", admin=True), path="/admin/feed")

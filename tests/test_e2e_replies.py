@@ -84,8 +84,10 @@ def test_openai_reply_streams_to_subscribers_and_is_journaled_once(
         {"role": "user", "content": "three"},
     ]
     assert all(token not in str(r) for r in upstream.requests), "the user's JWT never leaves"
+    server.wait_log("reply.start", 3)
+    done = server.wait_log("reply.done", 3)
+    assert all("first_token_ms=" in line for line in done), done
     log = server.log()
-    assert "reply.start" in log and "first_token_ms=" in log
     assert upstream.requests[-1]["headers"]["authorization"] == "Bearer sk-never-logged"
     assert "sk-never-logged" not in log
 
@@ -129,7 +131,7 @@ def test_upstream_failures_keep_the_question_and_journal_the_error(
         assert on_disk[1]["role"] == "assistant" and on_disk[1]["text"] == partial
         assert on_disk[1]["interrupted"] is True
     assert on_disk[-1]["role"] == "error" and on_disk[-1]["text"] == error["detail"]
-    line = server.log_lines("reply.error")[0]
+    line = server.wait_log("reply.error")[0]
     assert "user=carol" in line and "kind=" in line
 
 
@@ -155,7 +157,7 @@ def test_stop_closes_the_upstream_and_journals_interrupted(
     upstream.wait_closed("/slow/chat/completions")
     reply = messages(server, "dave")[1]
     assert reply["interrupted"] is True and reply["text"].startswith("w0")
-    assert server.log_lines("reply.stopped")
+    server.wait_log("reply.stopped")
 
 
 def test_disconnect_mid_reply_finishes_and_archives_one_dialog(
@@ -212,7 +214,7 @@ def test_breaker_opens_after_failures_and_closes_after_cooldown(
     assert int(refused.headers["retry-after"]) >= 1
     assert len(upstream.requests) == calls, "the upstream is not called while open"
     assert "while open" not in [m["text"] for m in messages(server, "gus")]
-    assert server.log_lines("breaker.open")
+    server.wait_log("breaker.open")
     time.sleep(1.1)  # the cooldown itself is what is being tested
     assert server.chat("gus", "after cooldown").status_code == 502
     assert len(upstream.requests) == calls + 1, "tried again after the cooldown"

@@ -518,3 +518,23 @@ def test_a_torn_idle_dialog_is_repaired_and_archived_by_one_sweep(journal: Journ
     archived = journal.archive("t", "timeout", idle_for=600)
     assert archived is not None and archived.messages == 1
     assert texts(archived.path) == ["long ago"]
+
+
+def test_journals_and_archives_pass_yamllint_relaxed(journal: Journal) -> None:
+    """Every file we write, journal and archive alike, header and trailer included."""
+    from yamllint import linter
+    from yamllint.config import YamlLintConfig
+
+    relaxed = YamlLintConfig("extends: relaxed")
+
+    def errors(path: Path) -> list[str]:
+        found = linter.run(path.read_text(), relaxed)
+        return [f"{p.line}:{p.column} {p.rule}" for p in found if p.level == "error"]
+
+    for text in ("Hello!", "a reply  \nwith a hard break", "multi\nline\n", "no", "x: y #z"):
+        journal.append("auth0|42", "user", text)
+        journal.append("auth0|42", "assistant", text, interrupted=True)
+    assert errors(current(journal, "auth0|42")) == []
+    archived = journal.archive("auth0|42", "disconnect")
+    assert archived is not None
+    assert errors(archived.path) == [], archived.path.read_text()

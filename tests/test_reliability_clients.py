@@ -380,6 +380,13 @@ def _quiet(server: Server) -> bool:
     return not any((server.data / "users").glob("*/dialogs/current.yaml"))
 
 
+def _now(server: Server) -> tuple[Usage, dict[str, object], list[str]]:
+    """What a wait for the baseline reached: usage, /health, the dialogs still open."""
+    health = httpx.get(server.url + "/health").json()
+    left = [str(p) for p in (server.data / "users").glob("*/dialogs/current.yaml")]
+    return Usage.of(server), health, left[:5]
+
+
 def _settled(server: Server, base: Usage) -> Usage | None:
     if not _quiet(server):
         return None
@@ -406,7 +413,9 @@ def test_connection_churn_returns_memory_descriptors_and_tasks_to_baseline(
         rounds += 1
         if time.monotonic() - started > minutes * 60:
             break
-    after = wait_for(lambda: _settled(server, base), 60, f"back to {base}")
+    after = wait_for(
+        lambda: _settled(server, base), 60, f"back to {base}", show=lambda: _now(server)
+    )
     assert after.rss_kb <= base.rss_kb * 1.25 + 16_384, (base, after)
     for user in users:
         check_exactly_once(server.data / "users", user, churn.accepted[user])

@@ -133,7 +133,8 @@ def test_full_disk_answers_507_writes_nothing_logs_once_and_recovers(
             assert [m["text"] for m in dialog["messages"]][:1] == ["before " + BIG]
             assert httpx.get(server.url + "/health").json()["status"] == "ok"
             assert not watcher.closed.is_set()
-            assert len(server.log_lines("journal.error")) == incident, "once per incident"
+            errors = server.wait_log("journal.error", incident)
+            assert len(errors) == incident, ("once per incident", errors)
             small_disk.free()
             assert chat(f"after {incident}").status_code == 200, "recovered without a restart"
             wait_for(lambda i=incident: len(server.log_lines("journal.recovered")) == i)
@@ -180,7 +181,7 @@ def test_read_only_data_directory_answers_503_keeps_reading_and_recovers(
         assert listing.status_code == 200 and len(listing.json()) == 1
         with SSEClient(server.url, mint("a")) as sse:
             assert sse.next("ready").data["messages"] == 2
-        assert len(server.log_lines("journal.error")) == 1
+        assert len(server.wait_log("journal.error")) == 1
     finally:
         small_disk.remount("rw")
     assert snapshot(small_disk.users) == before
@@ -227,7 +228,7 @@ def test_permission_error_for_one_user_leaves_the_others_working(
         archived = httpx.post(server.url + "/dialog/archive", headers=server.headers("b"))
         assert archived.status_code == 503 and error_of(archived) == "permission"
         assert journal.read_bytes() == before
-        [line] = server.log_lines("journal.error")
+        [line] = server.wait_log("journal.error")
         assert "kind=permission" in line and "user=b" in line
         assert server.log_lines("journal.recovered") == [], "a's writes do not end b's incident"
     assert chat("b", "b back").status_code == 200

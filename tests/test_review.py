@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import subprocess
@@ -237,6 +238,18 @@ def test_search_sees_text_through_quoting_and_literal_blocks(journal: Journal) -
     assert hits(journal, "way:\n  tracking") == [("alice", "2026-11-20-10-00-00.yaml", 2)]
 
 
+def test_search_whitespace_in_the_query_matches_any_whitespace(journal: Journal) -> None:
+    """A phrase typed on one line finds a message whose words a line break separates."""
+    wanted = [("alice", "2026-11-20-10-00-00.yaml", 2)]
+    assert hits(journal, "way: tracking") == wanted
+    assert hits(journal, "  its WAY:   tracking zx-99 refund  ") == wanted
+    assert hits(journal, "way:tracking") == []  # no whitespace in the query: none in the text
+    journal.append("q", "user", "quoted\tone \n\n two")  # written double-quoted, with escapes
+    assert journal.archive("q", "user") is not None
+    [(user, _, seq)] = hits(journal, "one two")
+    assert (user, seq) == ("q", 1)
+
+
 def test_search_filters(journal: Journal) -> None:
     assert hits(journal, "refund", role="assistant") == [("alice", "2026-11-20-10-00-00.yaml", 2)]
     assert hits(journal, "refund", reason="timeout") == [("alice", "2026-10-01-09-00-00.yaml", 1)]
@@ -319,7 +332,10 @@ ALPHABET = list("abkKsSiI '\":#-\\\n\t|>é\u212a\u017f\u0130\u0131ß\x85\u2028\x
 
 
 def brute_force(dialog: Dialog, text: str) -> list[tuple[int, list[tuple[int, int]]]]:
-    pattern = re.compile(re.escape(text), re.IGNORECASE)
+    # The query's words, any whitespace between them (README, Searching).
+    words = text.split()
+    loose = r"\s+".join(re.escape(word) for word in words) if words else re.escape(text)
+    pattern = re.compile(loose, re.IGNORECASE)
     out = []
     for message in dialog.messages:
         spans = [m.span() for m in pattern.finditer(message.text) if m.end() > m.start()]
@@ -531,6 +547,26 @@ def test_render_escapes_control_characters() -> None:
     assert "\x1b" not in text and "\\x1b[31malert" in text and "user u\\x1b[2J" in text
     assert "10:00:01  #1 user\n    red \\x1b[31malert\n    second line" in text
     assert "2026-11-22 10:00:01  #2 assistant  [interrupted]" in text
+
+
+@pytest.mark.parametrize("columns", [0, 1])
+def test_a_terminal_that_reports_no_width_gets_the_default(
+    monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    """Under `script` a terminal can report 0 columns: wrapping at that would put a word on
+    each line. 0 falls back to COLUMNS, then to the default, as shutil does."""
+    monkeypatch.setattr(os, "get_terminal_size", lambda *_: os.terminal_size((columns, 0)))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    expected = 100 if columns == 0 else 1
+    assert render.terminal_width() == expected
+    monkeypatch.setenv("COLUMNS", "77")
+    assert render.terminal_width() == 77
+    if columns == 0:
+        long = Message(1, "user", "2026-11-21T10:00:01.000Z", "word " * 30)
+        monkeypatch.delenv("COLUMNS")
+        text = render.render(Dialog("u", "d-1", "2026-11-21T10:00:00.000Z", [long]))
+        assert max(len(line) for line in text.splitlines()) > 60, text
 
 
 def test_a_long_matching_line_is_cut_around_the_match() -> None:

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import http.client
 import json
+import re
+import shlex
 import socket
 import threading
 import time
@@ -647,8 +649,14 @@ def test_a_server_run_by_a_supervisor_prints_no_token(tmp_path: Path) -> None:
     server = Server(data=tmp_path / "data", log_path=tmp_path / "s.log").start()
     server.stop()
     log = server.log()
-    assert "archiver token demo" in log
     assert "eyJ" not in log
+    # Every line is an event (logfmt), the demo banner included: journald can parse it.
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z [A-Z]+ [a-z_.]+ ", line) for line in log.splitlines()
+    )
+    [demo] = server.log_lines("server.demo")
+    data = shlex.quote(str(server.data.resolve()))
+    assert f'token_command="archiver token demo --data {data}"' in demo, demo
 
 
 def test_the_log_check_finds_a_leaked_token(tmp_path: Path) -> None:
@@ -667,10 +675,14 @@ def test_the_log_check_finds_a_leaked_token(tmp_path: Path) -> None:
 
 def test_a_user_id_cannot_forge_log_lines(hs_server: Server) -> None:
     forged = "2020-01-01T00:00:00.000Z ERROR journal.error kind=forged"
+    mark = hs_server.log_mark()
     for sub in (f"evil\n{forged}", f"evil\r{forged}", f"evil\u2028{forged}"):
         assert hs_server.chat(sub, f"hi\n{forged}").status_code == 200
         target = f"/archives/x%0A{forged.replace(' ', '%20')}"
         assert raw(hs_server, "GET", target, hs_server.headers(sub))[0] == 404
+    # Every line these requests caused is written before the log is judged.
+    hs_server.wait_log("request.rejected", 3, since=mark)
+    hs_server.wait_log("chat.append", 3, since=mark)
     lines = hs_server.log().splitlines()
     assert not any(line.startswith("2020-01-01") for line in lines)
     assert not any(line.lstrip().startswith(forged[:10]) for line in lines)

@@ -9,6 +9,8 @@ import yaml as pyyaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
+from yamllint import linter
+from yamllint.config import YamlLintConfig
 
 from archiver import yamltext
 
@@ -87,6 +89,15 @@ def load_pyyaml(doc: str) -> object:
     return pyyaml.safe_load(doc)
 
 
+# Many people run `yamllint -d relaxed` over YAML in CI; a transcript must pass it (long
+# lines are warnings there, and stay: a message line is never folded).
+RELAXED = YamlLintConfig("extends: relaxed")
+
+
+def lint_errors(doc: str) -> list[str]:
+    return [f"{p.line}:{p.column} {p.rule}" for p in linter.run(doc, RELAXED) if p.level == "error"]
+
+
 def check(text: str) -> None:
     doc = emit_document(text)
     for loader in (load_ruamel, load_pyyaml):
@@ -98,6 +109,7 @@ def check(text: str) -> None:
     top, entries = yamltext.parse_document(doc)
     assert entries[0]["text"] == text, doc
     assert top["user"] == text, doc
+    assert lint_errors(doc) == [], doc
 
 
 @pytest.mark.parametrize("text", TRICKY)
@@ -125,6 +137,14 @@ def test_texts_made_of_yaml_syntax_round_trip(chars: list[str]) -> None:
 def test_multiline_text_is_a_literal_block_and_non_ascii_stays_itself() -> None:
     rendered = yamltext.scalar("Grüße\nzweite Zeile", 2)
     assert rendered == "|-\n    Grüße\n    zweite Zeile"
+
+
+def test_trailing_blanks_keep_a_multiline_text_exact_and_lint_clean() -> None:
+    """Markdown's hard break (two spaces at a line's end) is common in model replies."""
+    text = "First line  \nsecond line\t\nthird"
+    rendered = yamltext.scalar(text, 2)
+    assert rendered == '"First line  \\nsecond line\\t\\nthird"'
+    check(text)
 
 
 def test_long_text_is_never_folded() -> None:

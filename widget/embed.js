@@ -118,6 +118,11 @@
 
   let frame = null;
   let lastTokenRequest = 0;
+  let widgetAlive = false; // the widget said hello: the browser let it run in this page
+  // How long after the frame's load the widget may take to say hello. A frame the server
+  // does not let this site embed (CSP frame-ancestors) loads the browser's error page
+  // instead, which never says it.
+  const HELLO_WAIT_MS = 4000;
 
   function showState(open) {
     panel.hidden = !open;
@@ -176,9 +181,24 @@
     });
     frame.title = config.title;
     frame.src = `${origin}/widget/chat.html#${fragment}`;
-    frame.referrerPolicy = "no-referrer";
-    frame.addEventListener("load", () => post({ type: "focus" }));
+    // The origin alone (never the page's path): the server logs which site tried to
+    // embed it when that site is not allowed to (widget.framing_refused).
+    frame.referrerPolicy = "origin";
+    frame.addEventListener("load", () => {
+      post({ type: "focus" });
+      setTimeout(() => {
+        if (!widgetAlive && frame) refused();
+      }, HELLO_WAIT_MS);
+    });
     panel.replaceChildren(frame);
+  }
+
+  function refused() {
+    frame = null;
+    problem(
+      `The chat cannot be shown on this site: its server does not allow ${location.origin} ` +
+        "to embed it. The server's operator adds this address to ARCHIVER_ALLOWED_ORIGINS.",
+    );
   }
 
   async function refreshToken() {
@@ -210,7 +230,8 @@
     if (!frame || event.source !== frame.contentWindow || event.origin !== origin) return;
     const message = event.data;
     if (!message || message.source !== "archiver-widget") return;
-    if (message.type === "close") close();
+    if (message.type === "hello") widgetAlive = true;
+    else if (message.type === "close") close();
     else if (message.type === "token-request") refreshToken();
     else if (message.type === "message" && panel.hidden) badge.hidden = false;
   });

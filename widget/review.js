@@ -157,6 +157,8 @@ function matching() {
 
 function renderList() {
   const rows = matching();
+  // A transcript the filters leave out (or no archive at all) is not shown beside the list.
+  if (state.selected && !rows.some((a) => a.name === state.selected)) clearTranscript();
   const total = state.archives.length;
   ui.count.textContent =
     rows.length === total ? `(${total})` : `(${rows.length} of ${total})`;
@@ -190,6 +192,7 @@ function listItem(a) {
 
 function clearTranscript() {
   state.selected = null;
+  state.openRequest++; // an archive still loading is not shown after all
   ui.heading.textContent = "Transcript";
   ui.download.hidden = true;
   ui.facts.hidden = true;

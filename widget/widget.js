@@ -155,6 +155,21 @@ function notice(text, kind = "info") {
   return el;
 }
 
+// Whether the log was showing its newest message before its size changed: a resize (a
+// phone turned, the panel narrowed to 360 px) re-wraps every bubble and would otherwise
+// leave the newest message out of view.
+let logAtBottom = true;
+
+function keepNewestInViewOnResize() {
+  ui.log.addEventListener("scroll", () => {
+    const log = ui.log;
+    logAtBottom = log.scrollHeight - log.scrollTop - log.clientHeight < STICKY_BOTTOM_PX;
+  });
+  new ResizeObserver(() => {
+    if (logAtBottom) ui.log.scrollTop = ui.log.scrollHeight;
+  }).observe(ui.log);
+}
+
 function withScroll(change) {
   const log = ui.log;
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < STICKY_BOTTOM_PX;
@@ -175,7 +190,8 @@ function updateControls() {
 
 // ---- message bubbles -----------------------------------------------------------------
 
-const WHO = { user: "You", assistant: "Assistant", error: "Error" };
+// The same words as the review page and the transcript files (role: user).
+const WHO = { user: "User", assistant: "Assistant", error: "Error" };
 
 function keyOf(dialog, seq) {
   return `${dialog}:${seq}`;
@@ -630,6 +646,7 @@ function onHostMessage(event) {
 // ---- wiring --------------------------------------------------------------------------
 
 function wire() {
+  keepNewestInViewOnResize();
   ui.form.addEventListener("submit", (event) => {
     event.preventDefault();
     send();
@@ -667,6 +684,7 @@ function wire() {
 async function boot() {
   applyLook();
   wire();
+  tellHost("hello"); // embed.js: the browser let this page run inside the host site
   if (!token) {
     setConn("offline", "no access token");
     state.authAlert = true;
