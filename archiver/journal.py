@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -91,13 +92,12 @@ class Journal:
         self.redactor: Redactor | None = None  # applied to the archive copy, not the journal
         self.fsync = fsync
         self._dirty = Dirty()
+        # fsync every journal written since the last call (the ``everysec`` policy).
+        self.sync_dirty: Callable[[], int] = self._dirty.sync
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
         self.observer: Callable[[Archived | Repaired], None] | None = None
         self.fault: Fault | None = None  # test-only crash injection
-
-    def _fault_point(self, point: str) -> None:
-        reach(self.fault, point)
 
     def _observed(self, what: _Found) -> _Found:
         if self.observer is not None:
@@ -128,7 +128,7 @@ class Journal:
     def _commit(self, path: Path, summary: Summary, sync_dirs: bool = True) -> Path:
         """The commit point: current.yaml (trailer written) becomes an archive."""
         link_only = self.fault is not None and self.fault.point == "archive.linked"
-        commit = Commit(self.fsync != "no", self._fault_point, link_only, self.redactor)
+        commit = Commit(self.fsync != "no", partial(reach, self.fault), link_only, self.redactor)
         return commit(path, summary, sync_dirs)
 
     # -- append -------------------------------------------------------------------------
@@ -184,41 +184,24 @@ class Journal:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
                 raise
-            self._fault_point("append.written")
+            reach(self.fault, "append.written")
             self._after_write(fd, path, new_file=size == 0)
-            last = self._history(fd, offset + len(body) + len(MARKER), history)
+            last = _history(fd, offset + len(body) + len(MARKER), history)
             return Appended(user, dialog, message, new_dialog=size == 0, history=last)
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    @staticmethod
-    def _history(fd: int, size: int, count: int) -> list[Message] | None:
-        if count <= 0:
-            return None
-        found = fmt.tail_messages(fd, size, count)
-        if found is None:  # not in our shape: read it all
-            found = fmt.parse_dialog(os.pread(fd, size, 0)).messages[-count:]
-        return found
-
     def _write(self, fd: int, data: bytes, offset: int, old_size: int, step: str) -> None:
         try:
             reserve(fd, offset, len(data))
             if self.fault is not None:
-                self._fault_point(f"{step}.reserved")
+                reach(self.fault, f"{step}.reserved")
                 self.fault.tear(fd, data, offset, step)
             write_all(fd, data, offset)
         except OSError as exc:
-            self._restore(fd, old_size)
+            _restore(fd, old_size)
             raise journal_error(exc, "appending to the journal") from exc
-
-    @staticmethod
-    def _restore(fd: int, old_size: int) -> None:
-        """Undo a failed write: cut back to the old size and put the marker back."""
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, old_size)
-            if old_size >= len(MARKER):
-                os.pwrite(fd, MARKER, old_size - len(MARKER))
 
     def _after_write(self, fd: int, path: str, new_file: bool) -> None:
         if self.fsync == "always":
@@ -236,10 +219,6 @@ class Journal:
         a shutdown's two passes call it instead of three fsyncs per archive."""
         if self.fsync != "no":
             sync_filesystem(self.layout.users_dir)
-
-    def sync_dirty(self) -> int:
-        """fsync every journal written since the last call (the ``everysec`` policy)."""
-        return self._dirty.sync()
 
     # -- what a crash left --------------------------------------------------------------
 
@@ -273,7 +252,7 @@ class Journal:
                     return self._observed(finish_archive(path, user, st.st_nlink, self._commit))
                 rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    return self._observed(cut_torn_tail(rw, path, user, self._fault_point))
+                    return self._observed(cut_torn_tail(rw, path, user, partial(reach, self.fault)))
                 finally:
                     os.close(rw)
             except OSError as exc:
@@ -317,20 +296,18 @@ class Journal:
                 raise journal_error(exc, "archiving the dialog") from exc
             return archived(user, found, reason, target)
 
-    # Archiving many dialogs at once (a shutdown) in two passes, so that 10,000 archives
-    # cost two syncfs(2) instead of 30,000 fsyncs: write_trailer() writes each trailer,
-    # one sync_filesystem() makes them all durable, move_to_archive() renames each into
-    # archived/, and one more sync_filesystem() makes the renames durable. The order a
-    # single archive keeps holds for each dialog: its bytes are durable before its rename
-    # is issued. A crash between the passes leaves journals that end in a trailer, which
-    # the next operation on them (or start-up recovery) finishes, reason and all.
-
     def write_trailer(
         self, user: str, reason: str, *, owned: bool = False
     ) -> Summary | Archived | None:
-        """First pass: write the trailer (no fsync) and return the Summary to pass to
-        move_to_archive() later; or None (nothing to archive), or the Archived a crash
-        left half done and this finished."""
+        """First pass of archiving many dialogs at once: write the trailer (no fsync) and
+        return the Summary for move_to_archive(); or None (nothing to archive), or the
+        Archived a crash left half done and this finished.
+
+        A shutdown archives 10,000 dialogs with two syncfs(2) instead of 30,000 fsyncs:
+        every trailer, one sync_filesystem(), every rename, one more. Each dialog's bytes
+        are durable before its rename is issued; a crash between the passes leaves
+        journals ending in a trailer, which the next operation finishes, reason and all.
+        """
         if reason not in fmt.REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         with self._locked(user, create=False) as held:
@@ -401,7 +378,7 @@ class Journal:
                 os.close(fd)
         except OSError as exc:
             raise journal_error(exc, "archiving the dialog") from exc
-        self._fault_point("archive.trailed")
+        reach(self.fault, "archive.trailed")
         return found
 
     def _trail_clean(
@@ -418,33 +395,17 @@ class Journal:
                 raise _Unclean() from None  # the general way reports it (or idles)
             raise
         try:
-            st = os.fstat(fd)
-            tail = pread_tail(fd, st.st_size, fmt.TAIL_READ)
-            try:
-                last = fmt.last_seq_and_at(tail)
-            except ValueError:
-                raise _Unclean() from None
-            if last is None or fmt.tail_state(tail) != "clean":
-                raise _Unclean()
-            if idle_for is not None and time.time() - st.st_mtime < idle_for:
-                return None
-            top = fmt.parse_head(os.pread(fd, fmt.HEAD_READ, 0))
-            if dialog is not None and top.get("dialog") != dialog:
-                return None
-            size = st.st_size
-            self._write(fd, fmt.trailer_bytes(reason), size - len(MARKER), size, "archive")
-            if sync:
-                os.fsync(fd)
+            found = _clean_summary(fd, dialog, idle_for)
+            if found is not None:
+                size = os.fstat(fd).st_size
+                self._write(fd, fmt.trailer_bytes(reason), size - len(MARKER), size, "archive")
+                if sync:
+                    os.fsync(fd)
         finally:
             os.close(fd)
-        self._fault_point("archive.trailed")
-        return Summary(
-            user=top.get("user", ""),
-            dialog=top.get("dialog", ""),
-            started=top.get("started", ""),
-            messages=last[0],
-            last_at=last[1],
-        )
+        if found is not None:
+            reach(self.fault, "archive.trailed")
+        return found
 
     def _archivable(
         self, user: str, path: Path, dialog: str | None, idle_for: float | None
@@ -512,3 +473,45 @@ class Journal:
                 return fmt.parse_dialog(path.read_bytes())
             except FileNotFoundError:
                 return None
+
+
+def _history(fd: int, size: int, count: int) -> list[Message] | None:
+    if count <= 0:
+        return None
+    found = fmt.tail_messages(fd, size, count)
+    if found is None:  # not in our shape: read it all
+        found = fmt.parse_dialog(os.pread(fd, size, 0)).messages[-count:]
+    return found
+
+
+def _restore(fd: int, old_size: int) -> None:
+    """Undo a failed write: cut back to the old size and put the marker back."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, old_size)
+        if old_size >= len(MARKER):
+            os.pwrite(fd, MARKER, old_size - len(MARKER))
+
+
+def _clean_summary(fd: int, dialog: str | None, idle_for: float | None) -> Summary | None:
+    """The Summary of a clean journal to archive; None if it is not idle or not
+    ``dialog``; _Unclean if it is torn, pending, or its last entry is past the tail."""
+    st = os.fstat(fd)
+    tail = pread_tail(fd, st.st_size, fmt.TAIL_READ)
+    try:
+        last = fmt.last_seq_and_at(tail)
+    except ValueError:
+        raise _Unclean() from None
+    if last is None or fmt.tail_state(tail) != "clean":
+        raise _Unclean()
+    if idle_for is not None and time.time() - st.st_mtime < idle_for:
+        return None
+    top = fmt.parse_head(os.pread(fd, fmt.HEAD_READ, 0))
+    if dialog is not None and top.get("dialog") != dialog:
+        return None
+    return Summary(
+        user=top.get("user", ""),
+        dialog=top.get("dialog", ""),
+        started=top.get("started", ""),
+        messages=last[0],
+        last_at=last[1],
+    )
