@@ -28,7 +28,7 @@ from .journal import CURRENT, REASONS, ROLES, ArchiveInfo, BadUserId, Journal, J
 
 DEMO_USER = "demo"
 DEMO_TTL = 24 * 3600
-REFERENCE_WIDTH = 100  # columns of the README's CLI reference
+REFERENCE_WIDTH = 100  # columns of the CLI reference in docs/cli.md
 SEARCH_WORKERS = min(os.cpu_count() or 1, 4)  # processes reading files (large archives)
 # The order commands appear in `archiver --help` and the README.
 COMMANDS = [
@@ -761,11 +761,11 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The README's CLI reference
+# The CLI reference in docs/cli.md
 
 
 def cli_reference(width: int = REFERENCE_WIDTH) -> str:
-    """Every command's ``--help`` as Markdown, for the README (checked by a test)."""
+    """Every command's ``--help`` as Markdown, for docs/cli.md (checked by a test)."""
     blocks = []
     root = click.Context(
         main,
