@@ -268,7 +268,7 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
 
 
 def cli_reference(width: int = REFERENCE_WIDTH) -> str:
-    """Every command's ``--help`` as Markdown, for the README (checked by a test)."""
+    """Every command's ``--help`` as Markdown, for docs/cli.md (checked by a test)."""
     blocks = []
     root = click.Context(
         main,

@@ -25,7 +25,7 @@ from .layout import BadUserId
 
 DEMO_USER = "demo"
 DEMO_TTL = 24 * 3600
-REFERENCE_WIDTH = 100  # columns of the README's CLI reference
+REFERENCE_WIDTH = 100  # columns of the CLI reference in docs/cli.md
 SEARCH_WORKERS = min(os.cpu_count() or 1, 4)  # processes reading files (large archives)
 # The order commands appear in `archiver --help` and the README.
 COMMANDS = [

@@ -16,6 +16,7 @@ to finish, as with anyio's default, so nothing on disk changes after it moved on
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -36,6 +37,20 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def _start_every_worker(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Start all of ``executor``'s threads now, not one by one as load first needs them.
+
+    A ThreadPoolExecutor starts a thread per submit that finds none idle, so how many a
+    process holds depended on the busiest moment so far; from start-up on it is fixed,
+    and a thread count that grows (the churn tests compare it with a baseline) is a leak.
+    Each call blocks its thread on one barrier, so no thread is idle for the next submit.
+    """
+    barrier = threading.Barrier(threads + 1)
+    for _ in range(threads):
+        executor.submit(barrier.wait, 10)
+    barrier.wait(10)
+
+
 @dataclass
 class _UserLock:
     lock: anyio.Lock
@@ -51,6 +66,7 @@ class JournalThreads:
         # Bounded so a slow disk cannot take every worker thread from other work.
         # Divergence #3: a pool of our own, not anyio.to_thread (see the module docstring).
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="archiver-journal")
+        _start_every_worker(self._executor, threads)
 
     @asynccontextmanager
     async def user_lock(self, user: str) -> AsyncIterator[None]:

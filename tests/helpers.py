@@ -27,7 +27,7 @@ import httpx
 import jwt
 
 SECRET = "test-secret-" + "x" * 32
-# ARCHIVER_SOAK=1 runs the long versions of the reliability tests (README, Reliability).
+# ARCHIVER_SOAK=1 runs the long versions of the reliability tests (docs/reliability.md).
 SOAK = os.environ.get("ARCHIVER_SOAK") == "1"
 # Every token the suite minted and every server log it wrote: at the end of the session,
 # conftest.py checks that no log holds any of these tokens (or the secret).

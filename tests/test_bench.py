@@ -1,7 +1,7 @@
 """The benchmarks still run: ``python -m bench all --quick`` prints every table.
 
 Only that each table is there, with its header and its rows; never a timing (figures
-belong to the README, taken on a known machine).
+belong to docs/performance.md, taken on a known machine).
 """
 
 from __future__ import annotations

@@ -531,7 +531,7 @@ def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path, how
 
 
 # ---------------------------------------------------------------------------------------
-# help and the README
+# help, docs/cli.md and the README
 
 
 def test_every_command_has_examples_in_its_help() -> None:
@@ -549,13 +549,26 @@ def test_no_summary_is_cut_in_the_command_list() -> None:
     assert not [line for line in commands if line.endswith("...")], commands
 
 
-def test_readme_cli_reference_matches_help() -> None:
-    """The README's CLI reference is the commands' help; regenerate it with
+CLI_DOC = ROOT / "docs" / "cli.md"
+
+
+def test_cli_reference_matches_help() -> None:
+    """docs/cli.md's CLI reference is the commands' help; regenerate it with
     ``python -m tests.test_cli`` after changing a command."""
-    readme = (ROOT / "README.md").read_text()
-    assert "<!-- cli-reference -->" in readme, "README.md has no cli-reference block"
-    block = readme.split("<!-- cli-reference -->\n")[1].split("<!-- /cli-reference -->")[0]
+    doc = CLI_DOC.read_text()
+    assert "<!-- cli-reference -->" in doc, "docs/cli.md has no cli-reference block"
+    block = doc.split("<!-- cli-reference -->\n")[1].split("<!-- /cli-reference -->")[0]
     assert block == cli.cli_reference()
+
+
+def test_readme_cli_summary_names_every_command() -> None:
+    section = (ROOT / "README.md").read_text().split("## Command line\n")[1].split("\n## ")[0]
+    summarized = [
+        line.split("`")[1].split()[1]
+        for line in section.splitlines()
+        if line.startswith("| `archiver ")
+    ]
+    assert summarized == cli.COMMANDS
 
 
 def test_the_reference_is_what_help_prints() -> None:
@@ -575,17 +588,16 @@ def test_the_reference_is_what_help_prints() -> None:
         assert f"#### `archiver {name}`\n\n```\n{text}```\n" in reference
 
 
-def write_readme_reference() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def write_cli_reference() -> None:
+    text = CLI_DOC.read_text()
     head, _, rest = text.partition("<!-- cli-reference -->\n")
     _, _, tail = rest.partition("<!-- /cli-reference -->")
     if not rest:
-        raise SystemExit("README.md has no <!-- cli-reference --> block to fill")
-    readme.write_text(
+        raise SystemExit("docs/cli.md has no <!-- cli-reference --> block to fill")
+    CLI_DOC.write_text(
         f"{head}<!-- cli-reference -->\n{cli.cli_reference()}<!-- /cli-reference -->{tail}"
     )
 
 
-if __name__ == "__main__":  # python -m tests.test_cli: rewrite the README's CLI reference
-    write_readme_reference()
+if __name__ == "__main__":  # python -m tests.test_cli: rewrite docs/cli.md's CLI reference
+    write_cli_reference()

@@ -11,7 +11,8 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.session_timeout == 300 and settings.disconnect_grace == 5
     assert settings.fsync == "everysec" and settings.max_message_bytes == 65536
-    assert settings.data_dir == Path("data")
+    # ./data, resolved once (watchfiles and the logs see absolute paths).
+    assert settings.data_dir == Path("data").resolve() and settings.data_dir.is_absolute()
 
 
 def test_environment_with_fractions_lists_and_overrides() -> None:

@@ -1,4 +1,5 @@
-"""The README's tables are checked against the code, so they cannot drift."""
+"""The README's tables are checked against the code, so they cannot drift; and every link
+between README.md and docs/ leads somewhere (the CLI reference is checked in test_cli.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,34 @@ def test_ci_runs_the_readme_test_command() -> None:
     block = README.split("<!-- test-command -->")[1].split("<!-- /test-command -->")[0]
     assert "pytest" in block
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_between_the_docs_leads_somewhere() -> None:
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall(doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL outside the repository
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and anchor not in _anchors(file.read_text()):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_readme_links_to_each_moved_document() -> None:
+    for name in ("performance", "reliability", "deploying", "cli"):
+        assert f"](docs/{name}.md" in README, name

@@ -10,7 +10,7 @@ against a deadline). The one exception is asserting that something does *not* ha
 one of two tabs archives nothing): that needs an observation window, several grace periods long.
 
 Screenshots of the widget mid-reply and of the review page are saved under the test's tmp
-dir; a copy goes to docs/screenshots/ (for the README) when missing there or when
+dir; a copy goes to docs/screenshots/ (for README.md and docs/widget.md) when missing there or when
 ARCHIVER_UPDATE_SCREENSHOTS=1.
 """
 

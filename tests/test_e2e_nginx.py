@@ -1247,7 +1247,7 @@ def test_same_user_on_two_instances_loses_and_duplicates_nothing(
 
 
 # --------------------------------------------------------------------------------------
-# 7. Rolling restart (README "Deploying"): each instance in turn, chats never stop
+# 7. Rolling restart (docs/deploying.md): each instance in turn, chats never stop
 
 
 def test_rolling_restart_loses_no_message(make_cluster: Callable[..., Cluster]) -> None:

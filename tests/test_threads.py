@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import anyio
@@ -55,3 +56,17 @@ async def test_append_returns_the_history_read_under_the_same_lock(tmp_path: Pat
     summary = await threads.current_summary("a")
     assert summary is not None and summary.messages == 3
     threads.close()
+
+
+def test_every_worker_thread_starts_at_once(tmp_path: Path) -> None:
+    """The thread count is fixed from start-up on, so a churn test's baseline holds."""
+
+    def workers() -> int:
+        return sum(t.name.startswith("archiver-journal") for t in threading.enumerate())
+
+    before = workers()
+    store = JournalThreads(Journal(tmp_path, fsync="no"), threads=5)
+    try:
+        assert workers() == before + 5
+    finally:
+        store.close()
