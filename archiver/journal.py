@@ -17,7 +17,7 @@ or complete a pending archive), then does its work:
 The bytes are :mod:`archiver.dialogfile`'s, the paths :mod:`archiver.layout`'s, the
 system calls :mod:`archiver.fsops`'s. This module is synchronous and does blocking I/O;
 :mod:`archiver.threads` runs it off the event loop. The inside of the house is told in
-ARCHITECTURE.md (the contracts are the project's DESIGN.md).
+ARCHITECTURE.md; the contracts (files, HTTP, SSE) in the README.
 """
 
 from __future__ import annotations
