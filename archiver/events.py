@@ -1,6 +1,6 @@
 """The SSE events a subscriber is sent, each built in one place.
 
-The shapes are the HTTP contract (DESIGN.md, "HTTP and SSE"): ``message`` with its id
+The shapes are the HTTP contract (the README's SSE events): ``message`` with its id
 ``<dialog>:<seq>``, ``reply`` while an answer streams, ``archived`` when a dialog ends,
 ``shutdown`` when the server goes away.
 """
