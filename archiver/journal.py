@@ -432,24 +432,30 @@ class Journal:
 
     # -- reading the current dialog -----------------------------------------------------
 
-    def current_summary(self, user: str) -> Summary | None:
-        """The current dialog's id and message count, from the ends of the file."""
+    @contextlib.contextmanager
+    def _current(self, user: str) -> Iterator[Path | None]:
+        """Under the user's lock, the current dialog (what a crash left finished first);
+        None if the user has no dialogs directory."""
         with self.locked(user, create=False) as directory:
             if directory is None:
-                return None
+                yield None
+                return
             path = directory / CURRENT
             self._finish_crashed(user, path)
-            if not path.exists():
+            yield path
+
+    def current_summary(self, user: str) -> Summary | None:
+        """The current dialog's id and message count, from the ends of the file."""
+        with self._current(user) as path:
+            if path is None or not path.exists():
                 return None
             return fmt.read_summary(path)
 
     def tail_messages(self, user: str, count: int) -> list[Message]:
         """The last ``count`` messages of the current dialog, read from the end of the file."""
-        with self.locked(user, create=False) as directory:
-            if directory is None:
+        with self._current(user) as path:
+            if path is None:
                 return []
-            path = directory / CURRENT
-            self._finish_crashed(user, path)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -464,11 +470,9 @@ class Journal:
         return found
 
     def load_current(self, user: str) -> Dialog | None:
-        with self.locked(user, create=False) as directory:
-            if directory is None:
+        with self._current(user) as path:
+            if path is None:
                 return None
-            path = directory / CURRENT
-            self._finish_crashed(user, path)
             try:
                 return fmt.parse_dialog(path.read_bytes())
             except FileNotFoundError:
