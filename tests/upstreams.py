@@ -1,8 +1,13 @@
 """Real HTTP upstreams for the reply tests: one Starlette app, served by uvicorn on a free
 loopback port in a thread, one route per behaviour. It records every request it gets.
 
-    /openai/chat/completions         OpenAI-format stream (role-only delta, empty delta, [DONE])
-    /openai-error/chat/completions   a stream that carries an `error` object
+    /openai/chat/completions         OpenAI-format stream: role-only first chunk, content
+                                     chunks, a finish_reason chunk, a usage chunk when
+                                     stream_options.include_usage asks, keep-alive
+                                     comments, [DONE]
+    /openai-usage/chat/completions   the same, with the usage chunk always (vLLM's
+                                     --enable-force-include-usage, LiteLLM do this)
+    /openai-error/chat/completions   a stream that carries an `error` object mid-way
     /n8n/stream                      n8n JSON lines: begin, items, end
     /n8n/sse                         the same as SSE `data:` lines
     /n8n/json                        one JSON object {"output": ...}
@@ -12,6 +17,11 @@ loopback port in a thread, one route per behaviour. It records every request it 
     /fail/chat/completions           HTTP 500
     /cut/chat/completions            two tokens, then the connection is dropped
     /garbage/chat/completions        `data:` lines that are not JSON
+
+The OpenAI chunks are the ``openai`` package's own models (``ChatCompletionChunk``,
+``CompletionUsage``, ``ErrorObject``), validated when built and serialized the way the
+API sends them (fields set to null stay null, fields never set are absent), so the fake
+cannot drift into a shape the SDK would not produce or read.
 """
 
 from __future__ import annotations
@@ -25,6 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+from openai.types.completion_usage import CompletionUsage
+from openai.types.shared import ErrorObject
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,20 +48,81 @@ from starlette.routing import Route
 from tests.helpers import free_port, wait_for
 
 WORDS = ["Hello", " from", " the", " model", "."]
+MODEL = "test-model"
 
 
-def chunk(content: str | None = None, role: str | None = None) -> str:
-    delta: dict[str, str] = {}
-    if role:
-        delta["role"] = role
-    if content is not None:
-        delta["content"] = content
-    body = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta}],
-    }
-    return f"data: {json.dumps(body)}\n\n"
+CREATED = int(time.time())
+KEEP_ALIVE = ": keep-alive\n\n"  # what OpenRouter and others send while a model thinks
+
+
+def sse(model: BaseModel) -> str:
+    """One SSE event of a chat-completions stream: the model as the API serializes it."""
+    return f"data: {model.model_dump_json(exclude_unset=True)}\n\n"
+
+
+def chunk(
+    content: str | None = None, role: str | None = None, finish_reason: str | None = None
+) -> str:
+    """A ``chat.completion.chunk`` with one choice: a role-only delta, a content delta, or
+    (``finish_reason``) an empty delta that ends the choice."""
+    delta = ChoiceDelta()
+    if role is not None:
+        delta = ChoiceDelta(role=role)  # type: ignore[arg-type]
+    elif content is not None:
+        delta = ChoiceDelta(content=content)
+    choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=finish_reason)  # type: ignore[arg-type]
+    return sse(
+        ChatCompletionChunk(
+            id="chatcmpl-fake",
+            object="chat.completion.chunk",
+            created=CREATED,
+            model=MODEL,
+            system_fingerprint="fp_fake",
+            choices=[choice],
+        )
+    )
+
+
+def usage_chunk(prompt_tokens: int, completion_tokens: int) -> str:
+    """The last chunk when ``stream_options.include_usage`` is set: no choices, a usage."""
+    usage = CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    return sse(
+        ChatCompletionChunk(
+            id="chatcmpl-fake",
+            object="chat.completion.chunk",
+            created=CREATED,
+            model=MODEL,
+            choices=[],
+            usage=usage,
+        )
+    )
+
+
+def error_event(message: str) -> str:
+    """An ``error`` object in the stream, as the API sends one when a model fails mid-way."""
+    error = ErrorObject(message=message, type="server_error", param=None, code="overloaded")
+    return f"data: {json.dumps({'error': error.model_dump(exclude_unset=True)})}\n\n"
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+async def openai_stream(words: list[str], usage: bool) -> AsyncIterator[str]:
+    """A complete chat-completions stream of ``words``, as OpenAI's API sends it."""
+    yield chunk(role="assistant")
+    yield KEEP_ALIVE
+    for word in words:
+        yield chunk(word)
+    yield chunk(finish_reason="stop")
+    if usage:
+        yield usage_chunk(prompt_tokens=7, completion_tokens=len(words))
+    yield "data: [DONE]\n\n"
 
 
 @dataclass
@@ -80,23 +156,22 @@ class Upstream:
         return StreamingResponse(watched(), media_type=media)
 
     async def openai(self, request: Request) -> Response:
+        body = await self._record(request)
+        stream = openai_stream(WORDS, usage=wants_usage(body))
+        return self._stream(request.url.path, stream, "text/event-stream")
+
+    async def openai_usage(self, request: Request) -> Response:
         await self._record(request)
-
-        async def gen() -> AsyncIterator[str]:
-            yield chunk(role="assistant")
-            yield chunk("")
-            for word in WORDS:
-                yield chunk(word)
-            yield "data: [DONE]\n\n"
-
-        return self._stream(request.url.path, gen(), "text/event-stream")
+        stream = openai_stream(WORDS, usage=True)
+        return self._stream(request.url.path, stream, "text/event-stream")
 
     async def openai_error(self, request: Request) -> Response:
         await self._record(request)
 
         async def gen() -> AsyncIterator[str]:
+            yield chunk(role="assistant")
             yield chunk("Partial")
-            yield 'data: {"error": {"message": "model overloaded"}}\n\n'
+            yield error_event("model overloaded")
 
         return self._stream(request.url.path, gen(), "text/event-stream")
 
@@ -172,6 +247,7 @@ class Upstream:
         return Starlette(
             routes=[
                 Route("/openai/chat/completions", self.openai, methods=["POST"]),
+                Route("/openai-usage/chat/completions", self.openai_usage, methods=["POST"]),
                 Route("/openai-error/chat/completions", self.openai_error, methods=["POST"]),
                 Route("/slow/chat/completions", self.slow, methods=["POST"]),
                 Route("/hang/chat/completions", self.hang, methods=["POST"]),
