@@ -250,18 +250,48 @@ class N8n:
             raise _transport_error(exc, what) from None
 
 
+N8N_CHUNK_TYPES = ("begin", "item", "end", "error")
+
+
+@dataclass
+class _Blocks:
+    """The ``begin``/``end`` blocks of an n8n stream so far."""
+
+    open: int = 0
+    closed: int = 0
+
+    def see(self, kind: str) -> None:
+        if kind == "begin":
+            self.open += 1
+        elif kind == "end":
+            self.open, self.closed = max(0, self.open - 1), self.closed + 1
+
+    @property
+    def whole(self) -> bool:
+        return self.closed > 0 and self.open == 0
+
+
 async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]:
-    """Decide from the first line whether this is an event stream, JSON, or text."""
+    """Decide from the first line whether this is an event stream, JSON, or text.
+
+    A real n8n stream is a run of blocks, ``begin`` ... ``item``s ... ``end``, one per
+    node run that streams (an AI Agent opens one per model call, so a reply after a tool
+    call is a second block): ``end`` closes a block, not the reply, and the reply is
+    whole when the response ends with a block closed and none open. Chunk types this
+    version does not know (newer n8n adds some, such as tool-call events) carry no reply
+    text and are passed over.
+    """
     mode: str | None = None  # "events" | "json" | "text"
     buffered: list[str] = []
     first_text = True
+    blocks = _Blocks()
     async for raw in _lines(response, what):
         line = raw[5:].lstrip() if raw.startswith("data:") else raw
         if mode is None:
             if not line.strip() or raw.startswith((":", "event:", "id:")):
                 continue
             event = _json_object(line)
-            if event is not None and event.get("type") in ("begin", "item", "end", "error"):
+            if event is not None and event.get("type") in N8N_CHUNK_TYPES:
                 mode = "events"
             elif response.headers.get("content-type", "").startswith("application/json"):
                 mode = "json"
@@ -271,21 +301,20 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
             if not line.strip() or raw.startswith((":", "event:", "id:")):
                 continue
             event = _json_object(line)
-            if event is None or event.get("type") not in ("begin", "item", "end", "error"):
+            if event is None or not isinstance(event.get("type"), str):
                 raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
             if event["type"] == "error":
                 content = event.get("content") or "no details"
                 raise ReplyError("reported", f"The n8n workflow reported an error: {content}.")
             if event["type"] == "item" and isinstance(event.get("content"), str):
                 yield event["content"]
-            if event["type"] == "end":
-                return
+            blocks.see(event["type"])
         elif mode == "json":
             buffered.append(raw)
         else:
             yield raw if first_text else "\n" + raw
             first_text = False
-    if mode == "events":
+    if mode == "events" and not blocks.whole:
         raise ReplyError("cut", "The n8n webhook's answer ended before it was done.")
     if mode == "json":
         yield _n8n_output("\n".join(buffered))

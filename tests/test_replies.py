@@ -116,12 +116,20 @@ async def test_connection_refused(upstream: Upstream) -> None:
     [
         ("stream", "Hello from the model."),
         ("sse", "Hello from the model."),
+        ("blocks", "Hello from the model."),
         ("json", "n8n says: second question"),
         ("text", "line one\nline two"),
     ],
 )
 async def test_n8n_response_shapes(upstream: Upstream, path: str, expected: str) -> None:
     assert await collect(n8n(upstream, path)) == expected
+
+
+@pytest.mark.anyio
+async def test_an_n8n_stream_that_ends_inside_a_block_is_cut(upstream: Upstream) -> None:
+    with pytest.raises(ReplyError) as info:
+        await collect(n8n(upstream, "unclosed"))
+    assert info.value.kind == "cut"
 
 
 @pytest.mark.anyio

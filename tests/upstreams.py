@@ -8,8 +8,13 @@ loopback port in a thread, one route per behaviour. It records every request it 
     /openai-usage/chat/completions   the same, with the usage chunk always (vLLM's
                                      --enable-force-include-usage, LiteLLM do this)
     /openai-error/chat/completions   a stream that carries an `error` object mid-way
+    /echo/chat/completions           streams the last user message back, a word every
+                                     50 ms (the n8n tier's agent: it shows what n8n sent)
     /n8n/stream                      n8n JSON lines: begin, items, end
     /n8n/sse                         the same as SSE `data:` lines
+    /n8n/blocks                      two begin/end blocks (an agent's model calls around a
+                                     tool call), a chunk type this version does not know
+    /n8n/unclosed                    begin, items, then the response ends with no end
     /n8n/json                        one JSON object {"output": ...}
     /n8n/text                        plain text lines
     /slow/chat/completions           a token every 200 ms
@@ -45,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from archiver.replies import words
 from tests.helpers import free_port, wait_for
 
 WORDS = ["Hello", " from", " the", " model", "."]
@@ -106,6 +112,13 @@ def error_event(message: str) -> str:
     """An ``error`` object in the stream, as the API sends one when a model fails mid-way."""
     error = ErrorObject(message=message, type="server_error", param=None, code="overloaded")
     return f"data: {json.dumps({'error': error.model_dump(exclude_unset=True)})}\n\n"
+
+
+def text_of(content: str | list[dict[str, Any]]) -> str:
+    """A message's text: a string, or the text parts of a list (how some clients send it)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
@@ -175,6 +188,18 @@ class Upstream:
 
         return self._stream(request.url.path, gen(), "text/event-stream")
 
+    async def echo(self, request: Request) -> Response:
+        body = await self._record(request)
+        last = text_of([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
+
+        async def gen() -> AsyncIterator[str]:
+            async for part in openai_stream(words(last), usage=wants_usage(body)):
+                if part.startswith("data: {") and '"content"' in part:
+                    await asyncio.sleep(0.05)  # so a reply's chunks arrive one by one
+                yield part
+
+        return self._stream(request.url.path, gen(), "text/event-stream")
+
     async def slow(self, request: Request) -> Response:
         await self._record(request)
 
@@ -225,6 +250,29 @@ class Upstream:
 
         return self._stream(request.url.path, gen(), "application/json")
 
+    async def n8n_blocks(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def gen() -> AsyncIterator[str]:
+            for block in (WORDS[:2], WORDS[2:]):
+                yield json.dumps({"type": "begin", "metadata": {"nodeName": "AI Agent"}}) + "\n"
+                for word in block:
+                    yield json.dumps({"type": "item", "content": word}) + "\n"
+                yield json.dumps({"type": "end", "metadata": {"nodeName": "AI Agent"}}) + "\n"
+                if block is not WORDS[2:]:
+                    yield json.dumps({"type": "tool-call-start", "content": "lookup"}) + "\n"
+
+        return self._stream(request.url.path, gen(), "application/json")
+
+    async def n8n_unclosed(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def gen() -> AsyncIterator[str]:
+            yield json.dumps({"type": "begin"}) + "\n"
+            yield json.dumps({"type": "item", "content": "Half"}) + "\n"
+
+        return self._stream(request.url.path, gen(), "application/json")
+
     async def n8n_sse(self, request: Request) -> Response:
         await self._record(request)
 
@@ -249,6 +297,7 @@ class Upstream:
                 Route("/openai/chat/completions", self.openai, methods=["POST"]),
                 Route("/openai-usage/chat/completions", self.openai_usage, methods=["POST"]),
                 Route("/openai-error/chat/completions", self.openai_error, methods=["POST"]),
+                Route("/echo/chat/completions", self.echo, methods=["POST"]),
                 Route("/slow/chat/completions", self.slow, methods=["POST"]),
                 Route("/hang/chat/completions", self.hang, methods=["POST"]),
                 Route("/fail/chat/completions", self.fail, methods=["POST"]),
@@ -256,6 +305,8 @@ class Upstream:
                 Route("/garbage/chat/completions", self.garbage, methods=["POST"]),
                 Route("/n8n/stream", self.n8n_stream, methods=["POST"]),
                 Route("/n8n/sse", self.n8n_sse, methods=["POST"]),
+                Route("/n8n/blocks", self.n8n_blocks, methods=["POST"]),
+                Route("/n8n/unclosed", self.n8n_unclosed, methods=["POST"]),
                 Route("/n8n/json", self.n8n_json, methods=["POST"]),
                 Route("/n8n/text", self.n8n_text, methods=["POST"]),
             ]
