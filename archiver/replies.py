@@ -304,8 +304,7 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
             if event is None or not isinstance(event.get("type"), str):
                 raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
             if event["type"] == "error":
-                content = event.get("content") or "no details"
-                raise ReplyError("reported", f"The n8n workflow reported an error: {content}.")
+                raise ReplyError("reported", _n8n_error(event))
             if event["type"] == "item" and isinstance(event.get("content"), str):
                 yield event["content"]
             blocks.see(event["type"])
@@ -318,6 +317,20 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
         raise ReplyError("cut", "The n8n webhook's answer ended before it was done.")
     if mode == "json":
         yield _n8n_output("\n".join(buffered))
+
+
+def _n8n_error(event: dict[str, Any]) -> str:
+    """The sentence for an n8n ``error`` chunk. n8n sends the node error's description
+    as ``content``, which is null for a plain error (a Code node that throws), so the
+    failing node's name, from the chunk's metadata, is what a reviewer gets then."""
+    content = event.get("content")
+    if isinstance(content, str) and content.strip():
+        return f"The n8n workflow reported an error: {content}."
+    metadata = event.get("metadata")
+    node = metadata.get("nodeName") if isinstance(metadata, dict) else None
+    if isinstance(node, str) and node:
+        return f"The n8n workflow failed at its step {node!r}."
+    return "The n8n workflow reported an error."
 
 
 def _json_object(line: str) -> dict[str, Any] | None:

@@ -10,13 +10,12 @@ import jwt
 import pytest
 from openai import APIError, AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk
-from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from archiver.config import Settings
 from archiver.journal import Message
 from archiver.replies import Echo, ReplyError, ReplyRequest, make_client, make_responder, words
-from tests.upstreams import Upstream
+from tests.upstreams import Upstream, validate_request_body
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +132,16 @@ async def test_an_n8n_stream_that_ends_inside_a_block_is_cut(upstream: Upstream)
 
 
 @pytest.mark.anyio
+async def test_an_n8n_error_chunk_without_content_names_the_failing_node(
+    upstream: Upstream,
+) -> None:
+    with pytest.raises(ReplyError) as info:
+        await collect(n8n(upstream, "node-error"))
+    assert info.value.kind == "reported"
+    assert info.value.detail == "The n8n workflow failed at its step 'Check order'."
+
+
+@pytest.mark.anyio
 async def test_n8n_receives_message_dialog_user_history_and_its_own_token(
     upstream: Upstream,
 ) -> None:
@@ -158,21 +167,6 @@ async def test_closing_the_reply_closes_the_upstream_request(upstream: Upstream)
 # ---------------------------------------------------------------------------------------
 # The fake OpenAI server against the official SDK: it must read the fake's streams as
 # archiver does, and accept archiver's requests.
-
-# The strictest check the SDK's request types allow: pydantic validates the body against
-# the SDK's own `CompletionCreateParamsStreaming` TypedDict in strict mode (no coercion: a
-# "true" string is not `stream: true`) and with unknown keys forbidden, at every level.
-# (TypeAdapter refuses a config on a TypedDict itself; a one-item list carries it down.)
-STREAMING_PARAMS: TypeAdapter[list[CompletionCreateParamsStreaming]] = TypeAdapter(
-    list[CompletionCreateParamsStreaming], config=ConfigDict(extra="forbid", strict=True)
-)
-
-
-def validate_request_body(body: dict[str, Any]) -> dict[str, Any]:
-    [params] = STREAMING_PARAMS.validate_python([body])
-    # `messages` is an Iterable in the SDK's types, which pydantic validates lazily, as it
-    # is consumed: consume it, so each message is checked against the message params.
-    return {**params, "messages": list(params["messages"])}
 
 
 def sdk(upstream: Upstream, path: str) -> AsyncOpenAI:

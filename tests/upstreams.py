@@ -15,6 +15,8 @@ loopback port in a thread, one route per behaviour. It records every request it 
     /n8n/blocks                      two begin/end blocks (an agent's model calls around a
                                      tool call), a chunk type this version does not know
     /n8n/unclosed                    begin, items, then the response ends with no end
+    /n8n/node-error                  an error chunk as n8n sends one for a node that
+                                     throws: content null, the node in the metadata
     /n8n/json                        one JSON object {"output": ...}
     /n8n/text                        plain text lines
     /slow/chat/completions           a token every 200 ms
@@ -42,9 +44,10 @@ from typing import Any
 import uvicorn
 from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
 from openai.types.completion_usage import CompletionUsage
 from openai.types.shared import ErrorObject
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -119,6 +122,22 @@ def text_of(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+# The strictest check the SDK's request types allow: pydantic validates the body against
+# the SDK's own `CompletionCreateParamsStreaming` TypedDict in strict mode (no coercion: a
+# "true" string is not `stream: true`) and with unknown keys forbidden, at every level.
+# (TypeAdapter refuses a config on a TypedDict itself; a one-item list carries it down.)
+STREAMING_PARAMS: TypeAdapter[list[CompletionCreateParamsStreaming]] = TypeAdapter(
+    list[CompletionCreateParamsStreaming], config=ConfigDict(extra="forbid", strict=True)
+)
+
+
+def validate_request_body(body: dict[str, Any]) -> dict[str, Any]:
+    [params] = STREAMING_PARAMS.validate_python([body])
+    # `messages` is an Iterable in the SDK's types, which pydantic validates lazily, as it
+    # is consumed: consume it, so each message is checked against the message params.
+    return {**params, "messages": list(params["messages"])}
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
@@ -273,6 +292,15 @@ class Upstream:
 
         return self._stream(request.url.path, gen(), "application/json")
 
+    async def n8n_node_error(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def gen() -> AsyncIterator[str]:
+            meta = {"nodeName": "Check order", "runIndex": 0, "itemIndex": 0}
+            yield json.dumps({"type": "error", "content": None, "metadata": meta}) + "\n"
+
+        return self._stream(request.url.path, gen(), "application/json; charset=utf-8")
+
     async def n8n_sse(self, request: Request) -> Response:
         await self._record(request)
 
@@ -307,6 +335,7 @@ class Upstream:
                 Route("/n8n/sse", self.n8n_sse, methods=["POST"]),
                 Route("/n8n/blocks", self.n8n_blocks, methods=["POST"]),
                 Route("/n8n/unclosed", self.n8n_unclosed, methods=["POST"]),
+                Route("/n8n/node-error", self.n8n_node_error, methods=["POST"]),
                 Route("/n8n/json", self.n8n_json, methods=["POST"]),
                 Route("/n8n/text", self.n8n_text, methods=["POST"]),
             ]
