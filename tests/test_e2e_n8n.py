@@ -107,6 +107,7 @@ class N8n:
             # No telemetry, no update checks, no templates, banners or surveys from the web.
             "N8N_DIAGNOSTICS_ENABLED": "false",
             "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
+            "N8N_VERSION_NOTIFICATIONS_WHATS_NEW_ENABLED": "false",
             "N8N_TEMPLATES_ENABLED": "false",
             "N8N_PERSONALIZATION_ENABLED": "false",
             "N8N_HIRING_BANNER_ENABLED": "false",
@@ -130,6 +131,7 @@ class N8n:
             "N8N_LOG_OUTPUT": "console",
             "EXECUTIONS_MODE": "regular",
             "N8N_ENFORCE_SETTINGS_FILE_PERMISSIONS": "false",
+            "N8N_GIT_NODE_DISABLE_BARE_REPOS": "true",
         }
 
     def cli(self, *args: str) -> str:
