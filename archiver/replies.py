@@ -5,8 +5,9 @@
 * ``openai``: any OpenAI-compatible ``/chat/completions`` server (OpenAI, vLLM, llama.cpp
   server, Ollama, LiteLLM), streamed (``stream: true``, ``data:`` lines, ``[DONE]``).
 * ``n8n``: a webhook that answers with JSON lines or SSE lines of
-  ``{"type": "begin"|"item"|"end"|"error", "content"}``, plain text lines, or one JSON
-  object ``{"output": ...}`` / ``{"text": ...}``.
+  ``{"type": "begin"|"item"|"end"|"error", "content"}`` (the Webhook node's streaming
+  mode: one begin/end block per streaming node run), plain text lines, or one JSON
+  object ``{"output": ...}`` / ``{"text": ...}``. What real n8n sends: docs/upstreams.md.
 
 Every failure becomes a :class:`ReplyError` whose ``detail`` is a sentence a transcript
 reader understands; it is journaled as a ``role: error`` message. The one
@@ -254,17 +255,26 @@ N8N_CHUNK_TYPES = ("begin", "item", "end", "error")
 
 
 @dataclass
-class _Blocks:
-    """The ``begin``/``end`` blocks of an n8n stream so far."""
+class _N8nEvents:
+    """An n8n stream's chunks, read one line at a time, and its ``begin``/``end`` blocks."""
 
     open: int = 0
     closed: int = 0
 
-    def see(self, kind: str) -> None:
+    def read(self, line: str) -> str:
+        """The reply text in one chunk line (often none); an ``error`` chunk raises."""
+        event = _json_object(line)
+        if event is None or not isinstance(event.get("type"), str):
+            raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
+        kind = event["type"]
+        if kind == "error":
+            raise ReplyError("reported", _n8n_error(event))
         if kind == "begin":
             self.open += 1
         elif kind == "end":
             self.open, self.closed = max(0, self.open - 1), self.closed + 1
+        content = event.get("content")
+        return content if kind == "item" and isinstance(content, str) else ""
 
     @property
     def whole(self) -> bool:
@@ -284,7 +294,7 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
     mode: str | None = None  # "events" | "json" | "text"
     buffered: list[str] = []
     first_text = True
-    blocks = _Blocks()
+    events = _N8nEvents()
     async for raw in _lines(response, what):
         line = raw[5:].lstrip() if raw.startswith("data:") else raw
         if mode is None:
@@ -300,20 +310,14 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
         if mode == "events":
             if not line.strip() or raw.startswith((":", "event:", "id:")):
                 continue
-            event = _json_object(line)
-            if event is None or not isinstance(event.get("type"), str):
-                raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
-            if event["type"] == "error":
-                raise ReplyError("reported", _n8n_error(event))
-            if event["type"] == "item" and isinstance(event.get("content"), str):
-                yield event["content"]
-            blocks.see(event["type"])
+            if text := events.read(line):
+                yield text
         elif mode == "json":
             buffered.append(raw)
         else:
             yield raw if first_text else "\n" + raw
             first_text = False
-    if mode == "events" and not blocks.whole:
+    if mode == "events" and not events.whole:
         raise ReplyError("cut", "The n8n webhook's answer ended before it was done.")
     if mode == "json":
         yield _n8n_output("\n".join(buffered))
