@@ -317,6 +317,9 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
         else:
             yield raw if first_text else "\n" + raw
             first_text = False
+    if mode is None:
+        # What n8n's streaming mode sends when no node in the workflow streams.
+        raise ReplyError("garbage", "The n8n webhook's answer was empty.")
     if mode == "events" and not events.whole:
         raise ReplyError("cut", "The n8n webhook's answer ended before it was done.")
     if mode == "json":

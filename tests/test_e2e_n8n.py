@@ -42,6 +42,7 @@ WORKFLOWS = (
     "archiver-stream",  # streaming: checks the token and history; an agent streams the echo
     "archiver-slow",  # streaming, a token every 200 ms (killed mid-reply)
     "archiver-fail",  # streaming, then a Code node throws
+    "archiver-stream-nothing",  # streaming, but no node streams: an empty answer
     "archiver-last-node",  # "When Last Node Finishes": {"output": ...}
     "archiver-respond-json",  # Respond to Webhook with JSON {"text": ...}
     "archiver-respond-text",  # Respond to Webhook with text (text/html), two lines
@@ -330,24 +331,34 @@ def test_a_streamed_reply_arrives_live_checked_inside_the_workflow(
     assert WORKFLOW_SECRET not in server.log()
 
 
-def test_a_node_that_throws_gives_the_reply_error_and_journals_no_answer(
-    make_server: Make, n8n: N8n
+@pytest.mark.parametrize(
+    ("path", "code", "detail"),
+    [
+        # n8n's error chunk for a node that throws has no content, only the node's name.
+        ("archiver-fail", "upstream_reported", "The n8n workflow failed at its step 'Fail'."),
+        (
+            "archiver-stream-nothing",
+            "upstream_garbage",
+            "The n8n webhook's answer was empty.",
+        ),
+    ],
+)
+def test_a_failed_workflow_gives_the_reply_error_and_journals_no_answer(
+    make_server: Make, n8n: N8n, path: str, code: str, detail: str
 ) -> None:
-    server = archiver(make_server, n8n, "archiver-fail")
+    server = archiver(make_server, n8n, path)
     with SSEClient(server.url, mint("bea")) as sse:
         sse.next("ready")
         response = ask(server, "bea", "please fail")
         events = reply_events(sse)
     assert response.status_code == 502, response.text
-    error = response.json()
-    assert error["error"] == "upstream_reported", error
-    # n8n's error chunk for a node that throws has no content, only the node's name.
-    assert error["detail"] == "The n8n workflow failed at its step 'Fail'.", error
-    assert events[-1] == {**events[-1], "type": "error", "content": error["detail"]}
+    assert response.json() == {"error": code, "detail": detail}
+    assert events[-1] == {**events[-1], "type": "error", "content": detail}
+    assert not any(e["type"] == "item" for e in events)
     messages = journal(server, "bea")
     assert [(m["role"], m["text"]) for m in messages] == [
         ("user", "please fail"),
-        ("error", error["detail"]),
+        ("error", detail),
     ]
 
 

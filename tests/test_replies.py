@@ -125,10 +125,13 @@ async def test_n8n_response_shapes(upstream: Upstream, path: str, expected: str)
 
 
 @pytest.mark.anyio
-async def test_an_n8n_stream_that_ends_inside_a_block_is_cut(upstream: Upstream) -> None:
+@pytest.mark.parametrize(("path", "kind"), [("unclosed", "cut"), ("empty", "garbage")])
+async def test_an_n8n_answer_that_is_not_whole_fails(
+    upstream: Upstream, path: str, kind: str
+) -> None:
     with pytest.raises(ReplyError) as info:
-        await collect(n8n(upstream, "unclosed"))
-    assert info.value.kind == "cut"
+        await collect(n8n(upstream, path))
+    assert info.value.kind == kind and info.value.detail.endswith(".")
 
 
 @pytest.mark.anyio

@@ -15,6 +15,7 @@ loopback port in a thread, one route per behaviour. It records every request it 
     /n8n/blocks                      two begin/end blocks (an agent's model calls around a
                                      tool call), a chunk type this version does not know
     /n8n/unclosed                    begin, items, then the response ends with no end
+    /n8n/empty                       200 and an empty body (streaming, no node streams)
     /n8n/node-error                  an error chunk as n8n sends one for a node that
                                      throws: content null, the node in the metadata
     /n8n/json                        one JSON object {"output": ...}
@@ -292,6 +293,10 @@ class Upstream:
 
         return self._stream(request.url.path, gen(), "application/json")
 
+    async def n8n_empty(self, request: Request) -> Response:
+        await self._record(request)
+        return Response(b"", media_type="application/json; charset=utf-8")
+
     async def n8n_node_error(self, request: Request) -> Response:
         await self._record(request)
 
@@ -336,6 +341,7 @@ class Upstream:
                 Route("/n8n/blocks", self.n8n_blocks, methods=["POST"]),
                 Route("/n8n/unclosed", self.n8n_unclosed, methods=["POST"]),
                 Route("/n8n/node-error", self.n8n_node_error, methods=["POST"]),
+                Route("/n8n/empty", self.n8n_empty, methods=["POST"]),
                 Route("/n8n/json", self.n8n_json, methods=["POST"]),
                 Route("/n8n/text", self.n8n_text, methods=["POST"]),
             ]
