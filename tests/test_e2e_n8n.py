@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import Server, SSEClient, free_port, mint, wait_for
+from tests.helpers import Server, SSEClient, free_port, mint, unavailable, wait_for
 from tests.upstreams import Upstream, validate_request_body
 
 HERE = Path(__file__).parent / "n8n"
@@ -218,8 +218,6 @@ def upstream() -> Iterator[Upstream]:
 
 @pytest.fixture(scope="module")
 def n8n_process(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N8n]:
-    from tests.helpers import unavailable
-
     binary = n8n_binary()
     if binary is None:
         unavailable(f"n8n is not installed; install it with: {INSTALL_COMMAND}")
