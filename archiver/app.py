@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, redact
+from . import auth, collector, openapi, redact
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Refused, ShuttingDown
 from .config import Settings
@@ -567,6 +567,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/admin/feed", admin_feed),
         Route("/health", health),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi.endpoint),
     ]
     app = Starlette(
         routes=routes,

@@ -5,8 +5,9 @@
 * ``openai``: any OpenAI-compatible ``/chat/completions`` server (OpenAI, vLLM, llama.cpp
   server, Ollama, LiteLLM), streamed (``stream: true``, ``data:`` lines, ``[DONE]``).
 * ``n8n``: a webhook that answers with JSON lines or SSE lines of
-  ``{"type": "begin"|"item"|"end"|"error", "content"}``, plain text lines, or one JSON
-  object ``{"output": ...}`` / ``{"text": ...}``.
+  ``{"type": "begin"|"item"|"end"|"error", "content"}`` (the Webhook node's streaming
+  mode: one begin/end block per streaming node run), plain text lines, or one JSON
+  object ``{"output": ...}`` / ``{"text": ...}``. What real n8n sends: docs/upstreams.md.
 
 Every failure becomes a :class:`ReplyError` whose ``detail`` is a sentence a transcript
 reader understands; it is journaled as a ``role: error`` message. The one
@@ -250,18 +251,57 @@ class N8n:
             raise _transport_error(exc, what) from None
 
 
+N8N_CHUNK_TYPES = ("begin", "item", "end", "error")
+
+
+@dataclass
+class _N8nEvents:
+    """An n8n stream's chunks, read one line at a time, and its ``begin``/``end`` blocks."""
+
+    open: int = 0
+    closed: int = 0
+
+    def read(self, line: str) -> str:
+        """The reply text in one chunk line (often none); an ``error`` chunk raises."""
+        event = _json_object(line)
+        if event is None or not isinstance(event.get("type"), str):
+            raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
+        kind = event["type"]
+        if kind == "error":
+            raise ReplyError("reported", _n8n_error(event))
+        if kind == "begin":
+            self.open += 1
+        elif kind == "end":
+            self.open, self.closed = max(0, self.open - 1), self.closed + 1
+        content = event.get("content")
+        return content if kind == "item" and isinstance(content, str) else ""
+
+    @property
+    def whole(self) -> bool:
+        return self.closed > 0 and self.open == 0
+
+
 async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]:
-    """Decide from the first line whether this is an event stream, JSON, or text."""
+    """Decide from the first line whether this is an event stream, JSON, or text.
+
+    A real n8n stream is a run of blocks, ``begin`` ... ``item``s ... ``end``, one per
+    node run that streams (an AI Agent opens one per model call, so a reply after a tool
+    call is a second block): ``end`` closes a block, not the reply, and the reply is
+    whole when the response ends with a block closed and none open. Chunk types this
+    version does not know (newer n8n adds some, such as tool-call events) carry no reply
+    text and are passed over.
+    """
     mode: str | None = None  # "events" | "json" | "text"
     buffered: list[str] = []
     first_text = True
+    events = _N8nEvents()
     async for raw in _lines(response, what):
         line = raw[5:].lstrip() if raw.startswith("data:") else raw
         if mode is None:
             if not line.strip() or raw.startswith((":", "event:", "id:")):
                 continue
             event = _json_object(line)
-            if event is not None and event.get("type") in ("begin", "item", "end", "error"):
+            if event is not None and event.get("type") in N8N_CHUNK_TYPES:
                 mode = "events"
             elif response.headers.get("content-type", "").startswith("application/json"):
                 mode = "json"
@@ -270,25 +310,34 @@ async def _n8n_chunks(response: httpx.Response, what: str) -> AsyncIterator[str]
         if mode == "events":
             if not line.strip() or raw.startswith((":", "event:", "id:")):
                 continue
-            event = _json_object(line)
-            if event is None or event.get("type") not in ("begin", "item", "end", "error"):
-                raise ReplyError("garbage", "The n8n webhook sent a line we cannot read.")
-            if event["type"] == "error":
-                content = event.get("content") or "no details"
-                raise ReplyError("reported", f"The n8n workflow reported an error: {content}.")
-            if event["type"] == "item" and isinstance(event.get("content"), str):
-                yield event["content"]
-            if event["type"] == "end":
-                return
+            if text := events.read(line):
+                yield text
         elif mode == "json":
             buffered.append(raw)
         else:
             yield raw if first_text else "\n" + raw
             first_text = False
-    if mode == "events":
+    if mode is None:
+        # What n8n's streaming mode sends when no node in the workflow streams.
+        raise ReplyError("garbage", "The n8n webhook's answer was empty.")
+    if mode == "events" and not events.whole:
         raise ReplyError("cut", "The n8n webhook's answer ended before it was done.")
     if mode == "json":
         yield _n8n_output("\n".join(buffered))
+
+
+def _n8n_error(event: dict[str, Any]) -> str:
+    """The sentence for an n8n ``error`` chunk. n8n sends the node error's description
+    as ``content``, which is null for a plain error (a Code node that throws), so the
+    failing node's name, from the chunk's metadata, is what a reviewer gets then."""
+    content = event.get("content")
+    if isinstance(content, str) and content.strip():
+        return f"The n8n workflow reported an error: {content}."
+    metadata = event.get("metadata")
+    node = metadata.get("nodeName") if isinstance(metadata, dict) else None
+    if isinstance(node, str) and node:
+        return f"The n8n workflow failed at its step {node!r}."
+    return "The n8n workflow reported an error."
 
 
 def _json_object(line: str) -> dict[str, Any] | None:

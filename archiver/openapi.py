@@ -1,0 +1,526 @@
+"""The HTTP API as an OpenAPI 3.0 description, for host sites that generate a client.
+
+Served at ``GET /openapi.json`` and committed as ``docs/openapi.json``
+(``python -m archiver.openapi > docs/openapi.json``; a test checks both are this).
+
+Deliberate choices, so nobody "fixes" them:
+
+* **Data built in Python, not a JSON file in the package.** Most of a route's entry is
+  shared (the auth, the 401/403 answers, the error body), so :func:`operation` builds it
+  from a few words and a new route is one entry in :data:`PATHS`; a JSON file would
+  repeat those blocks in every route and drift. mypy checks the builders.
+* **OpenAPI 3.0.3, not 3.1**: client generators (openapi-generator, openapi-typescript,
+  NSwag) read 3.0 fully, 3.1 only in part; nothing here needs 3.1.
+* **SSE**: OpenAPI before 3.2 cannot type the events of a ``text/event-stream``. Each
+  stream's response names its events in ``x-sse-events`` (event name → payload schema),
+  and the payloads are ordinary component schemas, so a generator still makes types.
+* ``/users/{user}/archives[/{name}]`` are two paths here; the app routes both through
+  one ``/users/{rest:path}`` route so an encoded ``/`` in an id stays one segment.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import __version__
+
+Schema = dict[str, Any]
+JSON = "application/json"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str], optional: dict[str, Schema] | None = None, **props: Schema) -> Schema:
+    """An object schema: ``props`` (``required`` of them must be present) and ``optional``."""
+    schema: Schema = {"type": "object", "properties": {**props, **(optional or {})}}
+    if required:  # OpenAPI 3.0 wants a non-empty list or none
+        schema["required"] = required
+    return schema
+
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+TIME: Schema = {"type": "string", "description": "UTC, ISO 8601 with milliseconds and Z."}
+NULL_STR: Schema = {"type": "string", "nullable": True}
+REASON: Schema = {
+    "type": "string",
+    "enum": ["disconnect", "timeout", "shutdown", "recovery", "user"],
+}
+ROLE: Schema = {"type": "string", "enum": ["user", "assistant", "error"]}
+INTERRUPTED: Schema = {
+    "type": "boolean",
+    "enum": [True],
+    "description": "Present (true) only on a reply that was stopped or cut short.",
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj(
+        ["error", "detail"],
+        error={"type": "string", "description": "A stable code (see each response)."},
+        detail={"type": "string", "description": "A sentence for people."},
+    ),
+    "ChatRequest": obj(
+        ["message"],
+        message={
+            "type": "string",
+            "minLength": 1,
+            "description": "Not blank; at most ARCHIVER_MAX_MESSAGE_BYTES UTF-8 bytes.",
+        },
+    ),
+    "ChatReply": obj(["seq", "text"], {"interrupted": INTERRUPTED}, seq=INT, text=STR),
+    "ChatResult": obj(
+        ["dialog", "seq", "reply"],
+        dialog=STR,
+        seq={"type": "integer", "description": "The question's seq."},
+        reply=ref("ChatReply"),
+    ),
+    "Stopped": obj(
+        ["stopped"],
+        stopped={"type": "boolean", "description": "Whether a reply was being written."},
+    ),
+    "Message": obj(
+        ["seq", "role", "at", "text"],
+        {"interrupted": INTERRUPTED},
+        seq=INT,
+        role=ROLE,
+        at=TIME,
+        text=STR,
+    ),
+    "Dialog": obj(
+        ["user", "dialog", "started", "messages"],
+        {"ended": TIME, "reason": REASON},
+        user=STR,
+        dialog=STR,
+        started=TIME,
+        messages={"type": "array", "items": ref("Message")},
+    ),
+    "CurrentDialog": {
+        "description": 'The current dialog, or {"dialog": null, "started": null, '
+        '"messages": []} when there is none.',
+        "oneOf": [
+            ref("Dialog"),
+            obj(
+                ["dialog", "started", "messages"],
+                dialog={"type": "string", "nullable": True, "enum": [None]},
+                started={"type": "string", "nullable": True, "enum": [None]},
+                messages={"type": "array", "maxItems": 0, "items": ref("Message")},
+            ),
+        ],
+    },
+    "ArchiveResult": obj(
+        ["dialog", "archive", "messages"],
+        dialog=NULL_STR,
+        archive={"type": "string", "nullable": True, "description": "The archive's name."},
+        messages={"type": "integer", "description": "0 when there was nothing to archive."},
+    ),
+    "ArchiveInfo": obj(
+        ["name", "dialog", "started", "ended", "reason", "messages"],
+        name={"type": "string", "description": "The file name, e.g. 2026-11-21-10-30-00.yaml"},
+        dialog=STR,
+        started=TIME,
+        ended=TIME,
+        reason=REASON,
+        messages={"type": "integer", "description": "How many messages."},
+    ),
+    "UserSummary": obj(
+        ["user", "archives", "current"],
+        user=STR,
+        archives=INT,
+        current={"type": "boolean", "description": "Whether a current dialog exists."},
+    ),
+    "Health": obj(
+        ["status", "uptime", "connections", "users", "replies", "archived", "instance"],
+        {
+            "tasks": {"type": "integer", "description": "Admin token only: asyncio tasks."},
+            "threads": {"type": "integer", "description": "Admin token only: threads."},
+        },
+        status={"type": "string", "enum": ["ok", "draining"]},
+        uptime={"type": "number"},
+        connections=INT,
+        users=INT,
+        replies={"type": "integer", "description": "Replies being written now."},
+        archived={
+            "type": "object",
+            "additionalProperties": INT,
+            "description": "Archives by reason since start.",
+        },
+        instance=NULL_STR,
+    ),
+    # SSE payloads (the `data:` of each event; see x-sse-events on the streams).
+    "ReadyEvent": obj(
+        ["user", "connection", "dialog", "messages"],
+        user=STR,
+        connection=STR,
+        dialog=NULL_STR,
+        messages={"type": "integer", "description": "The current dialog's message count."},
+    ),
+    "MessageEvent": {
+        "description": "A journaled message; the event's id is <dialog>:<seq>.",
+        "allOf": [obj(["dialog"], dialog=STR), ref("Message")],
+    },
+    "ReplyEvent": obj(
+        ["type", "message_id", "content"],
+        {"interrupted": INTERRUPTED},
+        type={"type": "string", "enum": ["begin", "item", "end", "error"]},
+        message_id={"type": "string", "description": "The id of the message that follows end."},
+        content={"type": "string", "description": "item: a chunk; error: the sentence."},
+    ),
+    "ArchivedEvent": obj(["dialog", "archive", "reason"], dialog=STR, archive=STR, reason=REASON),
+    "ShutdownEvent": obj(["reason"], reason=STR),
+    "FeedReadyEvent": obj(
+        ["connection", "user", "watching"],
+        connection=STR,
+        user={"type": "string", "nullable": True, "description": "The ?user= filter."},
+        watching=BOOL,
+    ),
+    "FeedArchiveEvent": {"allOf": [obj(["user"], user=STR), ref("ArchiveInfo")]},
+}
+
+SECURITY_SCHEMES: dict[str, Schema] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "HS256 with ARCHIVER_JWT_SECRET, or RS256/ES256 with "
+        'ARCHIVER_JWT_PUBLIC_KEY; "sub" and "exp" required; "role": "admin" for admin routes.',
+    },
+    "cookie": {"type": "apiKey", "in": "cookie", "name": "archiver_token"},
+    "query": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "access_token",
+        "description": "For EventSource, which cannot send headers.",
+    },
+}
+ANY_TOKEN: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}, {"query": []}]
+
+
+def error(description: str, *codes: str, retry_after: bool = False) -> Schema:
+    """An error response: the JSON error body, its codes listed."""
+    body = {"allOf": [ref("Error")]}
+    if codes:
+        body["allOf"].append(obj([], error={"type": "string", "enum": list(codes)}))
+    response: Schema = {"description": description, "content": {JSON: {"schema": body}}}
+    if retry_after:
+        seconds = {"description": "Seconds to wait.", "schema": INT}
+        response["headers"] = {"Retry-After": seconds}
+    return response
+
+
+AUTH_CODES = (
+    "missing_token",
+    "expired_token",
+    "bad_signature",
+    "bad_algorithm",
+    "malformed_token",
+    "missing_claim",
+    "token_not_yet_valid",
+    "wrong_issuer",
+    "bad_user_id",
+    "token_too_large",
+)
+UNAUTHORIZED = error("No usable token.", *AUTH_CODES)
+FORBIDDEN = error("An admin route without the admin role.", "forbidden")
+NOT_FOUND = error("No such archive of this user.", "not_found")
+STORAGE = error(
+    "Draining, or the data directory cannot be written.",
+    "shutting_down",
+    "read_only",
+    "permission",
+    "io",
+)
+
+
+def ok(description: str, schema: Schema | None = None, media: str = JSON) -> Schema:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def stream(description: str, events: dict[str, str]) -> Schema:
+    """An SSE response; ``events`` maps each event name to its payload schema."""
+    response = ok(description, {"type": "string"}, "text/event-stream")
+    response["x-sse-events"] = {name: ref(schema) for name, schema in events.items()}
+    return response
+
+
+def query(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": STR,
+        "description": description,
+    }
+
+
+def path(name: str, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": STR, "description": description}
+
+
+def operation(
+    summary: str,
+    responses: dict[int, Schema],
+    *,
+    auth: str = "user",  # user | admin | none
+    tag: str = "chat",  # the chat and the current dialog
+    params: list[Schema] | None = None,
+    body: str | None = None,
+    description: str | None = None,
+) -> Schema:
+    """One operation; the answers every route of its ``auth`` gives are added here."""
+    op: Schema = {"summary": summary, "operationId": "", "tags": [tag]}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body:
+        schema = ref(body)
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": schema}}}
+    answers = dict(responses)
+    if auth == "none":
+        op["security"] = []
+    else:
+        op["security"] = ANY_TOKEN
+        answers[401] = UNAUTHORIZED
+    if auth == "admin":
+        answers[403] = FORBIDDEN
+    op["responses"] = {str(status): answers[status] for status in sorted(answers)}
+    return op
+
+
+def page(name: str) -> Schema:
+    html = ok(f"The {name}.", {"type": "string"}, "text/html")
+    return operation(f"The {name} (HTML)", {200: html}, auth="none", tag="pages")
+
+
+SUBSCRIBE_EVENTS = {
+    "ready": "ReadyEvent",
+    "message": "MessageEvent",
+    "reply": "ReplyEvent",
+    "archived": "ArchivedEvent",
+    "shutdown": "ShutdownEvent",
+}
+ARCHIVE_BODY = {
+    "description": "The archive: the file's exact bytes, or JSON with Accept: application/json.",
+    "content": {"application/yaml": {"schema": STR}, JSON: {"schema": ref("Dialog")}},
+}
+ARCHIVE_LIST = ok("Newest first.", {"type": "array", "items": ref("ArchiveInfo")})
+ARCHIVE_NAME = path("name", "An archive's file name, as listed.")
+USER = path("user", "The user id, percent-encoded (auth0%7C42).")
+
+# path -> method -> operation. A new route is one entry here (the tests check that every
+# route of the app is described here and every path here is a route of the app).
+PATHS: dict[str, dict[str, Schema]] = {
+    "/subscribe": {
+        "get": operation(
+            "Subscribe to the user's events (SSE)",
+            {
+                200: stream(
+                    "retry: 3000 first; a ': ping' comment every interval.", SUBSCRIBE_EVENTS
+                ),
+                503: error("The server is draining.", "shutting_down"),
+            },
+            tag="stream",
+            params=[
+                query("last_event_id", "For clients that cannot send Last-Event-ID."),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": STR,
+                    "description": "Replay the messages of that dialog after that id.",
+                },
+            ],
+        )
+    },
+    "/chat": {
+        "post": operation(
+            "Send a message; answers once the reply is journaled",
+            {
+                200: ok("The question's and the reply's seq, and the reply.", ref("ChatResult")),
+                400: error(
+                    "Not a valid body.", "bad_json", "bad_request", "empty_message", "bad_text"
+                ),
+                409: error("A reply for this user is still streaming.", "reply_in_progress"),
+                413: error("Past the message limit.", "too_large"),
+                415: error("The body is not application/json.", "unsupported_media_type"),
+                429: error(
+                    "Over ARCHIVER_RATE_LIMIT; nothing journaled.", "rate_limited", retry_after=True
+                ),
+                500: error("This dialog's file is damaged.", "corrupt", "internal"),
+                502: error(
+                    "The model failed; the question and an error message are journaled.",
+                    "upstream_connect",
+                    "upstream_http_status",
+                    "upstream_cut",
+                    "upstream_garbage",
+                    "upstream_reported",
+                ),
+                503: error(
+                    "Breaker open (Retry-After), draining, or storage unwritable.",
+                    "upstream_unavailable",
+                    "shutting_down",
+                    "read_only",
+                    "permission",
+                    "io",
+                    retry_after=True,
+                ),
+                504: error("The model did not answer in time.", "upstream_timeout"),
+                507: error("The disk is full; nothing written.", "no_space"),
+            },
+            body="ChatRequest",
+        )
+    },
+    "/chat/stop": {
+        "post": operation(
+            "Stop the reply being written (the partial reply is journaled, interrupted)",
+            {200: ok("Whether a reply was stopped.", ref("Stopped"))},
+        )
+    },
+    "/dialog": {
+        "get": operation(
+            "The current dialog",
+            {200: ok("The current dialog.", ref("CurrentDialog")), 503: STORAGE},
+        )
+    },
+    "/dialog/archive": {
+        "post": operation(
+            "End the current dialog now (reason user)",
+            {
+                200: ok("What was archived.", ref("ArchiveResult")),
+                503: STORAGE,
+                507: error("The disk is full.", "no_space"),
+            },
+        )
+    },
+    "/archives": {"get": operation("The user's archives", {200: ARCHIVE_LIST}, tag="archives")},
+    "/archives/{name}": {
+        "get": operation(
+            "One of the user's archives",
+            {200: ARCHIVE_BODY, 404: NOT_FOUND},
+            tag="archives",
+            params=[ARCHIVE_NAME],
+        )
+    },
+    "/users": {
+        "get": operation(
+            "Every user with archives or a current dialog",
+            {200: ok("Users.", {"type": "array", "items": ref("UserSummary")})},
+            auth="admin",
+            tag="admin",
+        )
+    },
+    "/users/{user}/archives": {
+        "get": operation(
+            "Any user's archives", {200: ARCHIVE_LIST}, auth="admin", tag="admin", params=[USER]
+        )
+    },
+    "/users/{user}/archives/{name}": {
+        "get": operation(
+            "One archive of any user",
+            {200: ARCHIVE_BODY, 404: NOT_FOUND},
+            auth="admin",
+            tag="admin",
+            params=[USER, ARCHIVE_NAME],
+        )
+    },
+    "/admin/feed": {
+        "get": operation(
+            "Archives as they land, also those other processes write (SSE)",
+            {
+                200: stream(
+                    "One archive event per archive.",
+                    {"ready": "FeedReadyEvent", "archive": "FeedArchiveEvent"},
+                ),
+                503: error("The server is draining.", "shutting_down"),
+            },
+            auth="admin",
+            tag="admin",
+            params=[query("user", "Only this user's archives.")],
+        )
+    },
+    "/health": {
+        "get": operation(
+            "Health (an admin token adds tasks and threads)",
+            {200: ok("Health.", ref("Health"))},
+            auth="none",
+            tag="operations",
+        )
+    },
+    "/metrics": {
+        "get": operation(
+            "Prometheus metrics",
+            {200: ok("Prometheus text format.", STR, "text/plain")},
+            auth="none",
+            tag="operations",
+        )
+    },
+    "/openapi.json": {
+        "get": operation(
+            "This description",
+            {200: ok("OpenAPI 3.0.", {"type": "object"})},
+            auth="none",
+            tag="operations",
+        )
+    },
+    "/": {"get": page("demo chat page")},
+    "/review": {"get": page("review page")},
+    "/widget/{file}": {
+        "get": operation(
+            "The widget's static files (widget.js, embed.js, ...)",
+            {200: ok("The file."), 404: error("No such file.", "not_found")},
+            auth="none",
+            tag="pages",
+            params=[path("file", "A file name.")],
+        )
+    },
+}
+
+
+def _operation_id(method: str, route: str) -> str:
+    """``get /users/{user}/archives`` → ``get_users_user_archives``: stable, unique."""
+    words = [w.strip("{}").replace(".", "_") for w in route.split("/") if w] or ["root"]
+    return "_".join([method, *words])
+
+
+@cache
+def document() -> dict[str, Any]:
+    paths = {
+        route: {m: {**op, "operationId": _operation_id(m, route)} for m, op in methods.items()}
+        for route, methods in PATHS.items()
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "archiver",
+            "version": __version__,
+            "description": "Chat with a model over SSE; every dialog journaled as YAML and "
+            "archived on disconnect, timeout and shutdown. Errors are JSON "
+            '{"error": code, "detail": sentence}. SSE streams list their events in '
+            "x-sse-events (event name: payload schema).",
+        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+    }
+
+
+def dumps() -> str:
+    """The committed form (docs/openapi.json)."""
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+
+
+async def endpoint(request: Request) -> Response:
+    return JSONResponse(document())
+
+
+if __name__ == "__main__":
+    print(dumps(), end="")
