@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,7 +251,7 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @data_option
 def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
-    """Print each archive the moment it lands, until Ctrl+C.
+    """Print each archive the moment it lands, until Ctrl+C (or SIGTERM).
 
     Also sees archives written by other processes: servers sharing the data directory,
     `archiver sweep`. Lines are those of `archiver list`.
@@ -261,6 +262,8 @@ def watch(user: str | None, as_json: bool, data_dir: Path | None) -> None:
     """
     journal = _journal(data_dir)
     stop = threading.Event()
+    # SIGTERM (systemd, docker stop, kill) ends the watch as Ctrl+C does: exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _errors(), contextlib.suppress(KeyboardInterrupt):
         landed = archives.watch_archives(journal, user, stop_event=stop, ready=_watching(journal))
         for info in landed:

@@ -503,6 +503,24 @@ def _lines_of(stream: IO[str]) -> queue.Queue[str]:
 DATA_ARGS = {"absolute": ["--data", "{data}"], "relative": ["--data", "data"], "default": []}
 
 
+def test_watch_ends_cleanly_on_sigterm(data: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "watch", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "watching " in _lines_of(proc.stderr).get(timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("how", DATA_ARGS)
 def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path, how: str) -> None:
     args = [arg.format(data=data) for arg in DATA_ARGS[how]]
@@ -514,6 +532,9 @@ def test_watch_prints_archives_from_other_processes_until_ctrl_c(data: Path, how
         text=True,
         cwd=data.parent,
         env=env,
+        # Ctrl+C at a terminal: a shell's background job (CI under nohup, say) inherits
+        # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None

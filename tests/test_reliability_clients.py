@@ -243,16 +243,20 @@ def test_a_reader_that_stops_is_dropped_without_slowing_others(make_server: Make
                 accepted["fast"].append((text, reply))
                 done_at.append(time.time())
 
+    # The other user chats from before the slow reader is flooded until it is dropped: on a
+    # busy machine, starting it only once the flood is in would leave it the 3 s send
+    # timeout or less to make its first round trip.
+    worker = threading.Thread(target=fast_user)
+    worker.start()
     try:
         # ~3 events of 60 KB per chat: far more than the socket buffers hold.
+        flooded = 0.0  # from the first 60 KB event on, the slow reader's buffers fill
         for i in range(60):
             text = f"slow {i} " + "y" * 60_000
             response = server.chat("slow", text)
             assert response.status_code == 200, "publishing never waits for a reader"
             accepted["slow"].append((text, response.json()["reply"]["text"]))
-        pumped = time.time()
-        worker = threading.Thread(target=fast_user)
-        worker.start()
+            flooded = flooded or time.time()
         [line] = wait_for(lambda: server.log_lines("sse.send_timeout"), 30, "the slow drop")
         dropped = _log_time(line)
         stop.set()
@@ -260,8 +264,11 @@ def test_a_reader_that_stops_is_dropped_without_slowing_others(make_server: Make
         fast.close()
         [archive] = wait_for(lambda: server.archives("slow"), 10, "the slow user's archive")
         assert "reason: disconnect" in archive.read_text()
-        while_stuck = [t for t in done_at if pumped <= t <= dropped]
-        assert while_stuck, "the other user got replies while the slow reader was stuck"
+        while_stuck = [t for t in done_at if flooded <= t <= dropped]
+        assert while_stuck, (
+            "the other user got replies while the slow reader was stuck",
+            {"round trips": len(done_at), "flooded at": flooded, "dropped at": dropped},
+        )
         for user, chats in accepted.items():
             check_exactly_once(server.data / "users", user, chats)
         print(f"\nfast round trips while the slow reader was stuck: {len(while_stuck)}")
