@@ -368,27 +368,30 @@ async def archive(cfg: dict[str, Any]) -> None:
     by_user = {sub.user: sub for sub in subs}
     closed: dict[str, float] = {}
     archived: dict[str, float] = {}
-    everything = asyncio.Event()
+    landed = asyncio.Event()  # set on every archive: a phase waits until all of its own landed
 
     def on_file(user: str, t: float) -> None:
         if user in closed and user not in archived:
             archived[user] = t
-            if len(archived) == len(closed):
-                everything.set()
+            landed.set()
 
     inotify = Inotify(on_file)
     for user in paced + burst:
         inotify.watch(dirs[user], user)
     results = {}
     for label, users, pace in (("paced", paced, cfg["pace"]), ("burst", burst, 0.0)):
-        everything.clear()
         for user in users:
             closed[user] = now()
             by_user[user].close()
             if pace:
                 await asyncio.sleep(pace)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(everything.wait(), 30)
+        # Until every user of this phase is archived (not "as many as were closed so far":
+        # with a pace, that is reached mid-phase, and the last archives were then missed).
+        deadline = now() + 30
+        while not all(u in archived for u in users) and now() < deadline:
+            landed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(landed.wait(), deadline - now())
         ms = [(archived[u] - closed[u]) * 1000 for u in users if u in archived]
         results[label] = {"ms": ms, "missing": len(users) - len(ms)}
     inotify.close()
