@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import browser, pages, start_server  # noqa: F401 (fixtures for every file)
 from tests.helpers import LOG_FILES, MINTED, SECRET, Server
 
 _RUN = re.compile(rb"[A-Za-z0-9_-]{20,}")
@@ -52,7 +53,10 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start real `archiver serve` processes; each call gets its own port and log."""
+    """Start real `archiver serve` processes; each call gets its own port and log.
+
+    At the end each is stopped (SIGTERM) and its log's tail printed (pytest shows it
+    when the test failed)."""
     servers: list[Server] = []
 
     def make(
@@ -70,3 +74,4 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield make
     for server in servers:
         server.stop()
+        print(f"---- {server.url} log ----\n{server.log()[-6000:]}")

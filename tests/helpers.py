@@ -12,21 +12,23 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import jwt
 
 SECRET = "test-secret-" + "x" * 32
+T = TypeVar("T")
 # ARCHIVER_SOAK=1 runs the long versions of the reliability tests (docs/reliability.md).
 SOAK = os.environ.get("ARCHIVER_SOAK") == "1"
 # Every token the suite minted and every server log it wrote: at the end of the session,
@@ -65,24 +67,39 @@ def remember(token: str) -> str:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on now (the kernel's choice)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def mint(user: str, *, admin: bool = False, ttl: int = 3600, secret: str = SECRET) -> str:
-    claims: dict[str, Any] = {"sub": user, "exp": int(time.time()) + ttl}
+def sign(claims: dict[str, Any], key: Any = SECRET, algorithm: str = "HS256") -> str:
+    """Any claims, signed (and remembered for the session's log check)."""
+    return remember(jwt.encode(claims, key, algorithm=algorithm))
+
+
+def mint(
+    user: str, *, admin: bool = False, ttl: int = 3600, secret: str = SECRET, **claims: Any
+) -> str:
+    """A token for ``user``, valid ``ttl`` seconds (negative: expired); extra claims as given."""
+    payload: dict[str, Any] = {"sub": user, "exp": int(time.time()) + ttl, **claims}
     if admin:
-        claims["role"] = "admin"
-    return remember(jwt.encode(claims, secret, algorithm="HS256"))
+        payload["role"] = "admin"
+    return sign(payload, secret)
+
+
+def _reached(value: Any) -> str:
+    # A log tail or a description reads best as the lines it is; anything else as its repr.
+    return f":\n{value}" if isinstance(value, str) and "\n" in value else f" {value!r}"
 
 
 def wait_for(
-    predicate: Callable[[], Any],
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     what: str = "condition",
     show: Callable[[], Any] | None = None,
-) -> Any:
+    interval: float = 0.02,
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
 
     The failure says what was reached: ``show()`` when given (the state the predicate
@@ -97,9 +114,33 @@ def wait_for(
         if time.monotonic() > deadline:
             reached = show() if show is not None else value
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}; reached {reached!r}"
+                f"timed out after {timeout}s waiting for {what}; reached{_reached(reached)}"
             )
-        time.sleep(0.02)
+        time.sleep(interval)
+
+
+async def until(
+    predicate: Callable[[], T | None],
+    within: float = 5.0,
+    what: str = "condition",
+    show: Callable[[], Any] | None = None,
+    interval: float = 0.002,
+) -> T:
+    """:func:`wait_for` inside an event loop, ``within`` seconds: polls without blocking the
+    loop, for what an in-process test can only observe (files, a fake client's bytes)."""
+    import anyio
+
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            reached = show() if show is not None else value
+            raise AssertionError(
+                f"timed out after {within}s waiting for {what}; reached{_reached(reached)}"
+            )
+        await anyio.sleep(interval)
 
 
 def base_env(home: Path, **archiver: str) -> dict[str, str]:
@@ -108,9 +149,41 @@ def base_env(home: Path, **archiver: str) -> dict[str, str]:
     return env
 
 
+def settings_of(env: dict[str, str]) -> dict[str, str]:
+    """``{"ARCHIVER_ECHO_DELAY": "0.1"}`` as :class:`Server` settings, ``{"echo_delay": ...}``."""
+    return {k.removeprefix("ARCHIVER_").lower(): str(v) for k, v in env.items()}
+
+
+_LOGFMT_HEAD = re.compile(r"^(\S+)\s+([A-Z]+)\s+(\S+)(.*)$")
+_LOGFMT_PAIR = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_logfmt(path: Path) -> list[dict[str, str]]:
+    """A server log as records: ``ts``, ``level``, ``event`` and every ``key=value``."""
+    records = []
+    for line in path.read_text("utf-8", errors="replace").splitlines():
+        head = _LOGFMT_HEAD.match(line)
+        if head is None:
+            continue
+        record = {"ts": head[1], "level": head[2], "event": head[3]}
+        for key, value in _LOGFMT_PAIR.findall(head[4]):
+            record[key] = json.loads(value) if value.startswith('"') else value
+        records.append(record)
+    return records
+
+
+# What a test server runs with unless told otherwise: the test secret, no fsync (tests
+# do not measure durability through the page cache), and no sweep within a test.
+QUICK = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
+
+
 @dataclass
 class Server:
-    """One ``archiver serve`` subprocess."""
+    """One ``archiver serve`` subprocess, on its own port, for its whole life.
+
+    It can be stopped (SIGTERM) or killed and started again on the same port (a page's
+    EventSource finds it by itself); several may share one data directory.
+    """
 
     data: Path
     log_path: Path
@@ -121,6 +194,8 @@ class Server:
     # Name the data directory as the README's quick start does: `--data data`, relative to
     # the server's working directory (its parent), instead of an absolute path.
     relative_data: bool = False
+    # Under ``settings``; a test that wants the service's own defaults passes only the secret.
+    defaults: dict[str, str] = field(default_factory=lambda: dict(QUICK))
 
     @property
     def url(self) -> str:
@@ -128,26 +203,41 @@ class Server:
 
     def start(self) -> Server:
         self.spawn()
-        wait_for(self._healthy, 20, f"server on {self.port} to answer /health")
+        self.wait_healthy()
         return self
 
     def spawn(self) -> Server:
         """Start the process without waiting for it to answer."""
-        defaults = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
-        env = base_env(self.data.parent, **{**defaults, **self.settings})
+        env = base_env(self.data.parent, **{**self.defaults, **self.settings})
         args = [sys.executable, "-m", "archiver", "serve", "--port", str(self.port)]
         data = self.data.name if self.relative_data else str(self.data)
         args += ["--data", data, "--host", self.host]
         LOG_FILES.append(self.log_path)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=self.data.parent)
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=self.data.parent,
+            start_new_session=True,  # a ^C to pytest reaches pytest, which stops it
+        )
         log.close()
         return self
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        wait_for(
+            self._healthy,
+            timeout,
+            f"server on {self.port} to answer /health",
+            show=lambda: self.log().splitlines()[-8:],
+        )
 
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"server exited early:\n{self.log()}")
+            raise AssertionError(f"server exited early ({self.proc.returncode}):\n{self.log()}")
         try:
             return httpx.get(self.url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -155,6 +245,13 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # The browser tests' name for it; tests written against them still call it.
+    logs = log
+
+    def records(self) -> list[dict[str, str]]:
+        """The log parsed (:func:`parse_logfmt`)."""
+        return parse_logfmt(self.log_path) if self.log_path.exists() else []
 
     def log_lines(self, event: str, since: int = 0) -> list[str]:
         """The lines of ``event``, from line ``since`` of the log on (see :meth:`log_mark`)."""
@@ -189,14 +286,24 @@ class Server:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code (None: never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, or a teardown that need not wait for a graceful end."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
     def headers(self, user: str, **kw: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {mint(user, **kw)}"}
@@ -209,6 +316,13 @@ class Server:
             timeout=30,
             **kw,
         )
+
+    def chat_url(self, user: str, **claims: Any) -> str:
+        """The demo chat page for ``user``, the token in the fragment (as `serve` prints it)."""
+        return f"{self.url}/#token={mint(user, **claims)}"
+
+    def review_url(self, user: str, **claims: Any) -> str:
+        return f"{self.url}/review#token={mint(user, **claims)}"
 
     def user_dir(self, user: str) -> Path:
         from archiver.layout import user_dir_name
@@ -224,98 +338,123 @@ class Server:
             return []
         return sorted(directory.glob("*.yaml"), key=lambda p: archive_sort_key(p.name))
 
+    def archived(self) -> list[Path]:
+        """Every user's archives, by path."""
+        return sorted(self.data.glob("users/*/dialogs/archived/*.yaml"))
 
-@dataclass
+    def current(self) -> list[Path]:
+        """Every user's current dialog, by path."""
+        return sorted(self.data.glob("users/*/dialogs/current.yaml"))
+
+
+# What the client itself records beside the stream's events: comments, `retry:`, and each
+# connection's "open" (its status), "eof" and "error".
+CLIENT_KINDS = frozenset({"comment", "retry", "open", "eof", "error"})
+
+
+@dataclass(frozen=True)
 class SSEEvent:
-    event: str
-    data: Any
+    event: str  # an SSE event name, or one of CLIENT_KINDS
+    raw: str  # the data lines, joined with "\n" (a comment's text)
     id: str | None
+    conn: int = 0  # which connection (0, 1, ...) it arrived on
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def kind(self) -> str:
+        return self.event
+
+    @property
+    def data(self) -> Any:
+        """An event's data as JSON (what the server always sends); a comment's as text."""
+        return self.raw if self.event in CLIENT_KINDS else json.loads(self.raw)
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+class SSEParser:
+    """Incremental text/event-stream parser (the WHATWG rules this client needs)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._event: str = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[str, str, str | None]]:
+        self._buffer += chunk
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = self._buffer[:end].rstrip(b"\r").decode("utf-8")
+            self._buffer = self._buffer[end + 1 :]
+            if not line:
+                if self._data or self._event:
+                    yield self._event or "message", "\n".join(self._data), self._id
+                self._reset()
+            elif line.startswith(":"):
+                yield "comment", line[1:].strip(), None
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "event":
+                    self._event = value
+                elif name == "data":
+                    self._data.append(value)
+                elif name == "id":
+                    self._id = value
+                elif name == "retry":
+                    yield "retry", value, None
 
 
 class SSEClient:
-    """A raw-socket SSE subscriber; events land in a queue, comments in ``comments``."""
+    """A raw-socket SSE subscriber, reading in a thread from the moment it is made.
+
+    HTTP/1.1 with chunked decoding, the token as a Bearer header, ``?access_token=`` or the
+    cookie (``via``). Events are in ``seen`` (and ``next()`` waits for one), comments in
+    ``comments``; ``snapshot()`` has everything, the client's own records too. By default
+    it connects once, at once (a refused connection raises here); ``reconnect=True`` makes
+    it a browser-like EventSource that reconnects with Last-Event-ID after
+    ``reconnect_delay`` (0.1 s rather than a browser's 3 s: faster reconnects make the
+    races harder, not easier). ``close()`` goes away like a closed tab: a FIN at once.
+    """
 
     def __init__(
-        self, base_url: str, token: str, last_event_id: str | None = None, path: str = "/subscribe"
+        self,
+        base_url: str,
+        token: str,
+        last_event_id: str | None = None,
+        path: str = "/subscribe",
+        *,
+        via: str = "bearer",
+        reconnect: bool = False,
+        reconnect_delay: float = 0.1,
+        max_connects: int = 20,
+        read_timeout: float = 30.0,
     ) -> None:
-        host, port = base_url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
-        headers = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
-        headers.append(f"Authorization: Bearer {token}")
-        if last_event_id:
-            headers.append(f"Last-Event-ID: {last_event_id}")
-        self.sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-        self.events: queue.Queue[SSEEvent] = queue.Queue()
+        assert via in {"query", "cookie", "bearer"}
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port, self.path, self.token, self.via = host, int(port), path, token, via
+        self.reconnect, self.reconnect_delay = reconnect, reconnect_delay
+        self.max_connects, self.read_timeout = max_connects, read_timeout
+        self.last_event_id = last_event_id
+        self.heads: list[tuple[int, dict[str, str]]] = []
+        self.status: int | None = None  # the latest connection's
         self.comments: list[str] = []
-        self.status: int | None = None
-        self.closed = threading.Event()
         self.seen: list[SSEEvent] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self.closed = threading.Event()  # the reader is done: the stream ended or was closed
+        self._all: list[SSEEvent] = []
+        self._queue: queue.Queue[SSEEvent] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        first = None if reconnect else self._connect(timeout=read_timeout)
+        self._thread = threading.Thread(target=self._run, args=(first,), daemon=True)
         self._thread.start()
 
-    def _read(self) -> None:
-        buf = b""
-        try:
-            while b"\r\n\r\n" not in buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            self.status = int(head.split()[1])
-            chunked = b"chunked" in head.lower()
-            text = ""
-            for piece in self._body(buf, chunked):
-                text += piece.decode()
-                while "\n\n" in text:
-                    block, text = text.split("\n\n", 1)
-                    self._parse(block)
-        except OSError:
-            pass
-        finally:
-            self.closed.set()
-
-    def _body(self, buf: bytes, chunked: bool):  # type: ignore[no-untyped-def]
-        while True:
-            if not chunked:
-                if buf:
-                    yield buf
-                buf = self.sock.recv(65536)
-                if not buf:
-                    return
-                continue
-            while b"\r\n" not in buf:
-                more = self.sock.recv(65536)
-                if not more:
-                    return
-                buf += more
-            size_line, buf = buf.split(b"\r\n", 1)
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                return
-            while len(buf) < size + 2:
-                more = self.sock.recv(65536)
-                if not more:
-                    return
-                buf += more
-            yield buf[:size]
-            buf = buf[size + 2 :]
-
-    def _parse(self, block: str) -> None:
-        event, data, ident = "message", [], None
-        for line in block.split("\n"):
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-            elif line.startswith("id:"):
-                ident = line[3:].strip()
-        if data:
-            parsed = SSEEvent(event, json.loads("\n".join(data)), ident)
-            self.seen.append(parsed)
-            self.events.put(parsed)
+    # -- reading what arrived
 
     def next(self, name: str | None = None, timeout: float = 10) -> SSEEvent:
         """The next event (named ``name`` if given, skipping others)."""
@@ -325,21 +464,154 @@ class SSEClient:
             if remaining <= 0:
                 raise AssertionError(f"no {name or 'event'} within {timeout}s; saw {self.seen}")
             try:
-                event = self.events.get(timeout=remaining)
+                event = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if name is None or event.event == name:
                 return event
 
+    def snapshot(self) -> list[SSEEvent]:
+        with self._lock:
+            return list(self._all)
+
+    def find(self, kind: str, pred: Callable[[SSEEvent], bool] = lambda e: True) -> list[SSEEvent]:
+        return [e for e in self.snapshot() if e.kind == kind and pred(e)]
+
+    def ids(self, kind: str = "message") -> set[str | None]:
+        return {e.id for e in self.find(kind)}
+
+    def describe(self) -> str:
+        return "SSE events:\n" + "\n".join(
+            f"  conn={e.conn} {e.kind} id={e.id} {e.raw[:120]}" for e in self.snapshot()[-30:]
+        )
+
     def close(self) -> None:
         """Close like a browser tab: FIN now, even while the reader thread is blocked."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.closed.wait(5)
+        self._stop.set()
+        with self._lock:
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "SSE client thread did not stop"
 
     def __enter__(self) -> SSEClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the connection
+
+    def _record(self, kind: str, data: str, event_id: str | None, conn: int) -> None:
+        event = SSEEvent(kind, data, event_id, conn)
+        with self._lock:
+            self._all.append(event)
+            if kind == "comment":
+                self.comments.append(data)
+            elif kind not in CLIENT_KINDS:
+                self.seen.append(event)
+                if event_id is not None:
+                    self.last_event_id = event_id
+        if kind not in CLIENT_KINDS:
+            self._queue.put(event)
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.settimeout(self.read_timeout)
+        with self._lock:
+            self._sock = sock
+        return sock
+
+    def _request(self) -> bytes:
+        path, headers = self.path, {"Host": f"{self.host}:{self.port}"}
+        headers |= {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        headers["User-Agent"] = "e2e-eventsource"
+        if self.via == "query":
+            path += ("&" if "?" in path else "?") + f"access_token={self.token}"
+        elif self.via == "cookie":
+            headers["Cookie"] = f"archiver_token={self.token}"
+        else:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def _run(self, first: socket.socket | None) -> None:
+        try:
+            for conn in range(self.max_connects):
+                if self._stop.is_set():
+                    return
+                try:
+                    self._stream(conn, first or self._connect(timeout=5))
+                except OSError as exc:
+                    if self._stop.is_set():
+                        return
+                    self._record("error", repr(exc), None, conn)
+                first = None
+                if not self.reconnect or self._stop.wait(self.reconnect_delay):
+                    return
+        finally:
+            self.closed.set()
+
+    def _stream(self, conn: int, sock: socket.socket) -> None:
+        try:
+            if self._stop.is_set():
+                return
+            sock.sendall(self._request())
+            reader = sock.makefile("rb")
+            status, headers = self._read_head(reader)
+            with self._lock:
+                self.heads.append((status, headers))
+                self.status = status
+            self._record("open", str(status), None, conn)
+            if status != 200:
+                self._record("error", f"HTTP {status}", None, conn)
+                return
+            chunked = "chunked" in headers.get("transfer-encoding", "")
+            parser = SSEParser()
+            for chunk in self._body(reader, chunked):
+                for kind, data, event_id in parser.feed(chunk):
+                    self._record(kind, data, event_id, conn)
+            self._record("eof", "", None, conn)
+        finally:
+            with self._lock:
+                self._sock = None
+            sock.close()
+
+    @staticmethod
+    def _read_head(reader: Any) -> tuple[int, dict[str, str]]:
+        status_line = reader.readline(65536).decode("latin-1")
+        if not status_line:
+            raise ConnectionResetError("closed before the status line")
+        status, headers = int(status_line.split()[1]), {}
+        for _ in range(100):
+            line = reader.readline(65536).decode("latin-1").strip()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    @staticmethod
+    def _body(reader: Any, chunked: bool) -> Iterator[bytes]:
+        while True:
+            if not chunked:
+                data = reader.read1(65536)
+                if not data:
+                    return
+                yield data
+                continue
+            size_line = reader.readline(1024)
+            if not size_line.strip():
+                return  # EOF (or a stray CRLF at EOF)
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                return
+            data = reader.read(size)
+            reader.read(2)
+            if len(data) < size:
+                return
+            yield data

@@ -8,7 +8,6 @@ import stat
 import time
 from pathlib import Path
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -17,13 +16,14 @@ from starlette.requests import Request
 from archiver import auth
 from archiver.auth import Anonymous, JWTBackend, Rejected, User, verify
 from archiver.config import Settings
+from tests.helpers import sign
 
 SECRET = "s" * 64
 SETTINGS = Settings(jwt_secret=SECRET)
 
 
 def token(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:  # type: ignore[type-arg]
-    return jwt.encode(claims, key, algorithm=alg)
+    return sign(claims, key, alg)
 
 
 def soon() -> int:
@@ -63,7 +63,7 @@ def test_bad_tokens_are_rejected_with_a_reason(
 
 
 def test_non_string_sub_and_alg_none_and_oversize_are_rejected() -> None:
-    unsigned = jwt.encode({"sub": "a", "exp": soon()}, None, algorithm="none")
+    unsigned = sign({"sub": "a", "exp": soon()}, None, "none")
     for bad in (token({"sub": 42, "exp": soon()}), unsigned, "x" * 20_000, "a.b.c"):
         with pytest.raises(Rejected):
             verify(SETTINGS, bad)
@@ -79,7 +79,7 @@ def test_rs256_pins_the_algorithm_against_key_confusion(tmp_path: Path) -> None:
     key_file = tmp_path / "key.pem"
     key_file.write_text(public_pem)
     settings = Settings(jwt_algorithm="RS256", jwt_public_key=str(key_file))
-    good = jwt.encode({"sub": "a", "exp": soon()}, private, algorithm="RS256")
+    good = sign({"sub": "a", "exp": soon()}, private, "RS256")
     assert verify(settings, good).id == "a"
 
     # The public key used as an HMAC secret: the classic confusion attack, built by hand

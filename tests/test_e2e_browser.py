@@ -23,253 +23,32 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 import yaml
 
-from tests.helpers import unavailable
+from tests import browser as fixtures
+from tests.browser import DESKTOP, GRACE, Pages
+from tests.helpers import Server, free_port, mint, wait_for
 
-try:
-    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - reported by the browser fixture
-    sync_playwright = None
+with contextlib.suppress(ImportError):  # without playwright the browser fixture skips
+    from playwright.sync_api import Page, expect
+
+# The fixtures live in tests/browser.py now (conftest.py serves them to every file); these
+# names stay importable from here for the files that import them from this module.
+browser, pages, start_server = fixtures.browser, fixtures.pages, fixtures.start_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SECRET = "e2e-browser-test-secret-0123456789abcdef"  # >= 32 bytes, as HS256 wants
-GRACE = 0.2
-STARTUP_TIMEOUT = 20.0
-WAIT_MS = 15_000
-DESKTOP = {"width": 900, "height": 640}
 UPDATE_SCREENSHOTS = os.environ.get("ARCHIVER_UPDATE_SCREENSHOTS") == "1"
 
 pytestmark = pytest.mark.timeout(180)
-
-
-# ---- environment checks -------------------------------------------------------------------
-
-
-def _browser_missing() -> str | None:
-    if sync_playwright is None:
-        return "Python Playwright is not installed (pip install -e '.[test]')"
-    if not CHROMIUM.exists():
-        return (
-            "no browser at /usr/bin/chromium: install Debian's chromium (apt-get install chromium)"
-        )
-    return None
-
-
-# ---- the live server ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mint(user: str, *, admin: bool = False, ttl: int = 3600) -> str:
-    claims: dict[str, Any] = {"sub": user, "exp": int(time.time()) + ttl}
-    if admin:
-        claims["role"] = "admin"
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-class Server:
-    """One `archiver serve` subprocess; can be stopped (SIGTERM) and started again on its port."""
-
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.home = root / "home"
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.log_path = root / "server.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": str(self.home),
-            "ARCHIVER_JWT_SECRET": SECRET,
-            "ARCHIVER_DISCONNECT_GRACE": str(GRACE),
-            "ARCHIVER_SESSION_TIMEOUT": "3600",
-            "ARCHIVER_SWEEP_INTERVAL": "3600",
-            "ARCHIVER_PING_INTERVAL": "5",
-            "ARCHIVER_SHUTDOWN_TIMEOUT": "5",
-            "ARCHIVER_ECHO_DELAY": "0.05",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "archiver",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--data",
-                    str(self.data),
-                ],
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"archiver serve exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"archiver serve did not answer /health in {STARTUP_TIMEOUT} s:\n{self.logs()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"archiver serve ignored SIGTERM for {timeout} s:\n{self.logs()}")
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, needle: str, count: int = 1, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.logs().count(needle) >= count:
-                return True
-            time.sleep(0.05)
-        return False
-
-    def chat_url(self, user: str, **claims: Any) -> str:
-        return f"{self.url}/#token={mint(user, **claims)}"
-
-    def review_url(self, user: str, **claims: Any) -> str:
-        return f"{self.url}/review#token={mint(user, **claims)}"
-
-    # on disk
-    def archived(self) -> list[Path]:
-        return sorted(self.data.glob("users/*/dialogs/archived/*.yaml"))
-
-    def current(self) -> list[Path]:
-        return sorted(self.data.glob("users/*/dialogs/current.yaml"))
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(**env: str) -> Server:
-        server = Server(tmp_path / f"server{len(servers)}", env)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-        print(f"---- {server.url} log ----\n{server.logs()[-6000:]}")
-
-
-# ---- the browser ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    missing = _browser_missing()
-    if missing:
-        unavailable(missing)
-    assert sync_playwright is not None
-    with sync_playwright() as playwright:
-        try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except Exception as exc:  # a broken install is as good as a missing one
-            unavailable(f"could not launch /usr/bin/chromium: {exc}")
-        expect.set_options(timeout=WAIT_MS)
-        yield launched
-        launched.close()
-
-
-class Pages:
-    """New contexts and pages for one test; collects console errors and closes it all."""
-
-    def __init__(self, browser: Browser) -> None:
-        self.browser = browser
-        self.contexts: list[BrowserContext] = []
-        self.console: list[str] = []
-
-    def context(self, **options: Any) -> BrowserContext:
-        options.setdefault("viewport", DESKTOP)
-        context = self.browser.new_context(**options)
-        context.set_default_timeout(WAIT_MS)
-        self.contexts.append(context)
-        return context
-
-    def page(self, context: BrowserContext | None = None, **options: Any) -> Page:
-        page = (context or self.context(**options)).new_page()
-        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
-        return page
-
-    def close(self) -> None:
-        for context in self.contexts:
-            with contextlib.suppress(Exception):
-                context.close()
-
-
-@pytest.fixture
-def pages(browser: Browser) -> Iterator[Pages]:
-    p = Pages(browser)
-    yield p
-    p.close()
-    if p.console:
-        print("---- browser console ----\n" + "\n".join(p.console))
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -314,16 +93,6 @@ def exchange(page: Page, text: str, replies_before: int) -> str:
     return reply
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 def load_yaml(path: Path) -> dict[str, Any]:
     loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(loaded, dict)
@@ -332,7 +101,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def archive_with(server: Server, count: int = 1) -> list[Path]:
     return wait_for(
-        lambda: len(server.archived()) >= count and server.archived(), f"{count} archive(s)"
+        lambda: len(server.archived()) >= count and server.archived(),
+        what=f"{count} archive(s)",
+        show=server.archived,
     )
 
 
@@ -359,7 +130,11 @@ def chat_then_close(pages: Pages, server: Server, user: str, texts: list[str]) -
     for n, text in enumerate(texts):
         exchange(page, text, n)
     page.close()
-    new = wait_for(lambda: sorted(set(server.archived()) - before), "the archive after closing")
+    new = wait_for(
+        lambda: sorted(set(server.archived()) - before),
+        what="the archive after closing",
+        show=lambda: (server.archived(), server.log().splitlines()[-8:]),
+    )
     assert len(new) == 1, new
     return Path(new[0])
 
@@ -573,8 +348,10 @@ def test_two_tabs_see_each_message_once_and_closing_one_archives_nothing(
         assert [role for role, _ in rows] == ["user", "assistant"] * 2
 
     tab_b.close()
-    server.wait_for_log("sse.disconnect")  # best effort: the server has seen the tab go
-    deadline = time.monotonic() + GRACE * 8  # observation window: nothing may be archived
+    server.wait_log("sse.disconnect")  # the server has seen the tab go
+    # Observation window: nothing may be archived. Real time, unlike the unit tests' fake
+    # clock: the grace timer runs in a server subprocess whose clock no test can drive.
+    deadline = time.monotonic() + GRACE * 8
     while time.monotonic() < deadline:
         assert server.archived() == [], "closing one of two tabs archived the dialog"
         time.sleep(0.05)
@@ -651,7 +428,11 @@ def test_stop_mid_reply_and_new_conversation(
         messages = load_yaml(files[0]).get("messages") or []
         return len(messages) == 2 and messages[1].get("interrupted") is True
 
-    wait_for(interrupted_on_disk, "the partial reply journaled with interrupted: true")
+    wait_for(
+        interrupted_on_disk,
+        what="the partial reply journaled with interrupted: true",
+        show=lambda: [load_yaml(f).get("messages") for f in server.current()],
+    )
     old_dialog = page.locator("#log .msg").first.get_attribute("data-dialog")
 
     page.get_by_role("button", name="New conversation").click()
@@ -783,9 +564,11 @@ def test_embed_on_a_site_not_allowed_names_the_setting_in_the_panel_and_the_log(
             page.close()
 
     def refused() -> list[str]:
-        return [line for line in server.logs().splitlines() if " widget.framing_refused " in line]
+        return [line for line in server.log().splitlines() if " widget.framing_refused " in line]
 
-    [line] = wait_for(refused, "the widget.framing_refused line")
+    [line] = wait_for(
+        refused, what="the widget.framing_refused line", show=lambda: server.log()[-2000:]
+    )
     assert f"origin={site.origin} " in line and "path=/widget/chat.html" in line
     assert not server.current(), "nothing was journaled"
 
@@ -931,7 +714,8 @@ def test_a_resize_to_a_phone_keeps_the_newest_message_in_view(
     page.set_viewport_size({"width": 360, "height": 640})
     wait_for(
         lambda: page.evaluate("window.innerWidth") == 360 and gap() < 2,
-        "the log scrolled to its end after the resize",
+        what="the log scrolled to its end after the resize",
+        show=lambda: (page.evaluate("window.innerWidth"), gap()),
     )
 
 

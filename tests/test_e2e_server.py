@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import Server, SSEClient, mint, wait_for
+from tests.helpers import Server, SSEClient, mint, sign, wait_for
 
 Make = Callable[..., Server]
 
@@ -93,11 +93,14 @@ def test_two_connections_archive_only_when_both_close(make_server: Make) -> None
         assert client.next("message").data["text"] == "Echo: one"
     first.close()
     wait_for(lambda: server.log_lines("sse.disconnect"), what="the first disconnect")
-    time.sleep(0.6)  # three times the grace: nothing may be archived in it
+    # Three times the grace: nothing may be archived in it. Real time: the grace timer
+    # runs in the server subprocess, whose clock no test can inject (tests/test_sessions.py
+    # drives the same timer with a fake clock).
+    time.sleep(0.6)
     assert server.archives("carol") == []
     second.close()
     wait_for(lambda: server.archives("carol"), what="the archive")
-    time.sleep(0.4)  # two graces: a duplicate timer would have archived again by now
+    time.sleep(0.4)  # two graces: a duplicate timer would have archived again (real time, too)
     assert len(server.archives("carol")) == 1
     assert len(server.log_lines("dialog.archived")) == 1
 
@@ -386,7 +389,6 @@ def test_bad_input_is_refused_with_json_and_writes_nothing(
     status: int,
     error: str,
 ) -> None:
-    import jwt as pyjwt
 
     headers = {"Content-Type": "application/json"}
     token = (
@@ -395,9 +397,7 @@ def test_bad_input_is_refused_with_json_and_writes_nothing(
             "form": mint("mallory"),
             "expired": mint("mallory", ttl=-60),
             "forged": mint("mallory", secret="another-secret-of-enough-length-0123"),
-            "none": pyjwt.encode(
-                {"sub": "mallory", "exp": int(time.time()) + 60}, None, algorithm="none"
-            ),
+            "none": sign({"sub": "mallory", "exp": int(time.time()) + 60}, None, "none"),
             "garbage": "not.a.jwt",
         }.get(auth)
         if isinstance(auth, str)

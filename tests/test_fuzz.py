@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import SECRET, SOAK, Server, mint, remember, soak
+from tests.helpers import SOAK, Server, mint, sign, soak
 from tests.invariants import stray_files
 
 EXAMPLES = soak(600, 10_000)
@@ -77,7 +76,7 @@ def tokens(draw: st.DrawFn) -> str | None:
             st.one_of(st.integers(), st.text(max_size=10), st.none(), st.lists(st.integers()))
         )
     try:
-        return remember(jwt.encode(claims, SECRET, algorithm="HS256"))
+        return sign(claims)
     except (TypeError, ValueError):
         return mint("fallback")
 

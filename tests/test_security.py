@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from archiver.layout import user_dir_name
-from tests.helpers import SECRET, Server, SSEClient, mint, remember, wait_for
+from tests.helpers import SECRET, Server, SSEClient, mint, remember, sign, wait_for
 from tests.invariants import stray_files
 
 AUTH_ERRORS = {
@@ -69,7 +68,7 @@ def claims(sub: Any = "mallory", **extra: Any) -> dict[str, Any]:
 
 
 def hs(payload: dict[str, Any], secret: str = SECRET) -> str:
-    return remember(jwt.encode(payload, secret, algorithm="HS256"))
+    return sign(payload, secret)
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +185,8 @@ HS_CASES: dict[str, Any] = {
     "alg none": lambda k: forge({"alg": "none", "typ": "JWT"}, claims()),
     "alg None": lambda k: forge({"alg": "None"}, claims()),
     "alg nOnE signed": lambda k: forge({"alg": "nOnE"}, claims(), SECRET.encode()),
-    "HS512 with the right secret": lambda k: remember(
-        jwt.encode(claims(), SECRET, algorithm="HS512")
-    ),
-    "RS256 to an HS server": lambda k: remember(
-        jwt.encode(claims(), k["private"], algorithm="RS256")
-    ),
+    "HS512 with the right secret": lambda k: sign(claims(), SECRET, "HS512"),
+    "RS256 to an HS server": lambda k: sign(claims(), k["private"], "RS256"),
     "expired": lambda k: hs(claims(exp=NOW - 60)),
     "nbf in the future": lambda k: hs(claims(nbf=NOW + 3600)),
     "iat in the future": lambda k: hs(claims(iat=NOW + 3600)),
@@ -288,14 +283,14 @@ def test_rs256_server_refuses_key_confusion_and_foreign_keys(
         # The classic: the public key, which everyone may know, used as an HMAC secret.
         "HS256 signed with the public key": forge({"alg": "HS256", "typ": "JWT"}, claims(), public),
         "RS256 header, HMAC signature": forge({"alg": "RS256"}, claims(), public),
-        "RS256 from another key": remember(jwt.encode(claims(), keys["other"], algorithm="RS256")),
+        "RS256 from another key": sign(claims(), keys["other"], "RS256"),
         "alg none": forge({"alg": "none"}, claims()),
         "HS256 with the test secret": hs(claims()),
     }
     for case, token in bad.items():
         got = assert_refused(rs_server, _chat_with(rs_server, bearer(token)), 401, None, token)
         assert got["error"] in ("bad_algorithm", "bad_signature"), (case, got)
-    good = remember(jwt.encode(claims(sub="rs-user"), keys["private"], algorithm="RS256"))
+    good = sign(claims(sub="rs-user"), keys["private"], "RS256")
     response = httpx.post(
         rs_server.url + "/chat", json={"message": "hi"}, headers=bearer(good), timeout=30
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from archiver.journal import Journal
 from archiver.replies import Echo
 from archiver.sessions import Busy, Sessions, parse_event_id
 from archiver.threads import JournalThreads
+from tests.helpers import until
 
 
 @pytest.fixture
@@ -44,14 +45,27 @@ def archives(s: Sessions, user: str) -> list[str]:
     return s.threads.journal.layout.archive_names(user)
 
 
-async def until(condition: Callable[[], object], what: str) -> None:
-    """Poll ``condition`` (files on disk: nothing to wait on) for up to 5 s."""
-    try:
-        with anyio.fail_after(5.0):
-            while not condition():  # noqa: ASYNC110 (the condition is the file system)
-                await anyio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+class FakeClock:
+    """A sleep for :class:`Presence` that returns only when the test moves time on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleepers: list[tuple[float, anyio.Event]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        woken = anyio.Event()
+        entry = (self.now + seconds, woken)
+        self.sleepers.append(entry)
+        try:
+            await woken.wait()
+        finally:
+            self.sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for due, woken in self.sleepers:
+            if due <= self.now:
+                woken.set()
 
 
 @pytest.mark.anyio
@@ -60,7 +74,7 @@ async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> N
     await sessions.chat("a", "hello")
     disconnected = time.time()
     sessions.disconnect(inbox)
-    await until(lambda: archives(sessions, "a"), "the archive after the grace")
+    await until(lambda: archives(sessions, "a"), what="the archive after the grace")
     assert len(archives(sessions, "a")) == 1
     # The archive's own `ended` says the grace was kept, however slow this machine is
     # (a sleep of half the grace followed by "nothing yet" fails when the sleep overruns).
@@ -69,21 +83,38 @@ async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> N
     ended = datetime.fromisoformat(info.ended).timestamp()
     assert ended >= disconnected + 0.2 - 0.001, (disconnected, info.ended)  # ms resolution
     # The counter is updated after the file lands: wait for it too.
-    await until(lambda: sessions.archived == {"disconnect": 1}, "the archive to be counted")
+    await until(lambda: sessions.archived == {"disconnect": 1}, what="the archive to be counted")
     assert "a" not in sessions.archiver.served, "an archived, disconnected user is forgotten"
 
 
 @pytest.mark.anyio
 async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions) -> None:
+    clock = FakeClock()
+    sessions.presence.sleep = clock.sleep  # the grace passes when the test says so
+    gone: list[str] = []
+    on_gone = sessions.presence.on_gone
+
+    async def spy(user: str) -> object:
+        gone.append(user)
+        return await on_gone(user)
+
+    sessions.presence.on_gone = spy
     inbox = sessions.connect("a")
     await sessions.chat("a", "hello")
     sessions.disconnect(inbox)
     # At once: no await between the two, so the grace timer cannot have fired yet.
     again = sessions.connect("a")
-    await anyio.sleep(0.4)  # twice the grace: the cancelled timer must not archive
+    # Twice the grace passes (every task has run to its next wait on either side): the
+    # cancelled timer must not archive, nor even call on_gone (the archive it would start).
+    await anyio.wait_all_tasks_blocked()
+    clock.advance(0.4)
+    await anyio.wait_all_tasks_blocked()
+    assert gone == []
     assert archives(sessions, "a") == []
     sessions.disconnect(again)
-    await until(lambda: archives(sessions, "a"), "the archive after the second disconnect")
+    await until(lambda: clock.sleepers, what="the second grace timer", show=lambda: gone)
+    clock.advance(0.2)
+    await until(lambda: archives(sessions, "a"), what="the archive after the second disconnect")
     assert len(archives(sessions, "a")) == 1
 
 
@@ -97,7 +128,7 @@ async def test_archive_waits_for_the_reply_so_a_dialog_is_never_split(sessions: 
     async with anyio.create_task_group() as tg:
         tg.start_soon(chat)
         # Once the question is journaled, the reply streams (4 words, 20 ms apart).
-        await until(lambda: sessions.threads.journal.current_summary("a"), "the question")
+        await until(lambda: sessions.threads.journal.current_summary("a"), what="the question")
         with pytest.raises(Busy):
             await sessions.chat("a", "again")
         archived = await sessions.archive("a", "user")

@@ -10,6 +10,7 @@ import pytest
 
 from archiver.hub import PING, Event, Inbox
 from archiver.stream import EventStream
+from tests.helpers import until
 
 
 @pytest.fixture
@@ -72,12 +73,6 @@ def scope(method: str = "GET") -> dict[str, Any]:
     return {"type": "http", "method": method, "path": "/subscribe"}
 
 
-async def wait_until(predicate: Any, within: float = 2.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 (polling what the fake client recorded)
-            await asyncio.sleep(0.001)
-
-
 @pytest.mark.anyio
 async def test_head_answers_headers_and_never_opens_a_subscription() -> None:
     recorder, client = Recorder(), Client()
@@ -92,7 +87,7 @@ async def test_head_answers_headers_and_never_opens_a_subscription() -> None:
 async def test_retry_first_then_events_then_a_shutdown_ends_the_response_cleanly() -> None:
     recorder, client = Recorder(), Client()
     task = asyncio.create_task(recorder.stream()(scope(), client.receive, client.send))
-    await wait_until(lambda: b"event: ready" in client.body())
+    await until(lambda: b"event: ready" in client.body(), 2.0, "the ready event", client.body)
     assert recorder.inbox is not None
     recorder.inbox.put(Event("message", {"seq": 1}, id="d-1:1"))
     recorder.inbox.close("shutdown", Event("shutdown", {"reason": "bye"}))
@@ -109,7 +104,7 @@ async def test_retry_first_then_events_then_a_shutdown_ends_the_response_cleanly
 async def test_pings_while_idle() -> None:
     recorder, client = Recorder(ping=0.02), Client()
     task = asyncio.create_task(recorder.stream()(scope(), client.receive, client.send))
-    await wait_until(lambda: client.body().count(b": ping\n\n") >= 3)
+    await until(lambda: client.body().count(b": ping\n\n") >= 3, 2.0, "3 pings", client.body)
     client.gone.set()
     await asyncio.wait_for(task, 2)
     assert PING.name == "ping" and b"event: ping" not in client.body()
@@ -119,7 +114,7 @@ async def test_pings_while_idle() -> None:
 async def test_a_disconnect_ends_the_stream_and_closes_the_inbox_once() -> None:
     recorder, client = Recorder(), Client()
     task = asyncio.create_task(recorder.stream()(scope(), client.receive, client.send))
-    await wait_until(lambda: b"event: ready" in client.body())
+    await until(lambda: b"event: ready" in client.body(), 2.0, "the ready event", client.body)
     client.gone.set()
     await asyncio.wait_for(task, 0.5)
     assert recorder.inbox is not None and recorder.inbox.closed == "client"
@@ -132,7 +127,12 @@ async def test_a_reader_that_stops_reading_is_dropped_after_the_send_timeout() -
     task = asyncio.create_task(
         recorder.stream(send_timeout=0.05)(scope(), client.receive, client.send)
     )
-    await wait_until(lambda: recorder.inbox is not None and len(client.sent) == 3)
+    await until(
+        lambda: recorder.inbox is not None and len(client.sent) == 3,
+        2.0,
+        "the subscription and 3 messages sent",
+        lambda: (recorder.inbox, client.sent),
+    )
     assert recorder.inbox is not None
     recorder.inbox.put(Event("message", {"seq": 1}))
     await asyncio.wait_for(task, 2)  # returns: no exception escapes to the server

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -365,8 +364,9 @@ class Upstream:
             self.thread.join(5)
 
     def wait_closed(self, path: str, timeout: float = 5) -> None:
-        deadline = time.monotonic() + timeout
-        while path not in self.closed:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the upstream stream {path} was never closed")
-            time.sleep(0.02)
+        wait_for(
+            lambda: path in self.closed,
+            timeout,
+            f"the upstream stream {path} to be closed",
+            show=lambda: self.closed,
+        )
