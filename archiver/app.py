@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -31,11 +32,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, redact
+from . import auth, collector, redact, searchapi
 from .auth import Anonymous, JWTBackend, User
 from .config import Settings
 from .feed import Feed
 from .hub import Event, Hub, Inbox
+from .index import Index, Indexer
 from .journal import Fault, Journal, JournalError, parse_dialog
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
@@ -335,6 +337,26 @@ async def user_archives(request: Request) -> Response:
     raise ApiError(404, "not_found", "No such route.")
 
 
+async def search(request: Request) -> Response:
+    """Full-text search over archives (searchapi decides who may see what)."""
+    user = require_user(request)
+    sessions = sessions_of(request)
+    if sessions.index is None:
+        detail = "Full-text search is turned off on this server (ARCHIVER_SEARCH_INDEX)."
+        raise ApiError(503, "search_off", detail)
+    try:
+        wanted, limit, offset = searchapi.read_request(request.query_params, user.id, user.admin)
+    except searchapi.BadSearch as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    try:
+        page = await sessions.store.run(sessions.index.index.search, wanted, limit, offset)
+    except sqlite3.OperationalError as exc:
+        # Busy past the timeout, or a disk error: the files are fine, the index is not.
+        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
+        raise ApiError(503, "search_unavailable", "Search is unavailable; try again.") from None
+    return JSONResponse(searchapi.page_json(page))
+
+
 async def health(request: Request) -> Response:
     body = sessions_of(request).health()
     user = request.user
@@ -458,6 +480,16 @@ def _armed_fault(spec: str) -> Fault:
     return fault
 
 
+def _indexer(settings: Settings) -> Indexer | None:
+    """The search index's worker thread, started: its first job is the start-up
+    catch-up (a full sync), in the background."""
+    if not settings.search_index:
+        return None
+    indexer = Indexer(Index(settings.data_dir, settings.search_index_path))
+    indexer.start()
+    return indexer
+
+
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
@@ -473,6 +505,7 @@ def create_app(settings: Settings) -> Starlette:
         if settings.fault_point:
             journal.fault = _armed_fault(settings.fault_point)
         hub = Hub()
+        indexer = _indexer(settings)
         sessions = Sessions(
             settings=settings,
             store=Store(journal),
@@ -485,6 +518,7 @@ def create_app(settings: Settings) -> Starlette:
             else Breaker(settings.breaker_failures, settings.breaker_cooldown),
             metrics=Metrics(lambda: hub.connections, lambda: len(hub.users()), collector.frozen),
             feed=Feed(journal),
+            index=indexer,
         )
         app.state.sessions = sessions
         log.info(
@@ -508,6 +542,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             collector.stop()
             sessions.store.close()
+            if indexer is not None:
+                indexer.stop()  # after the drain: the shutdown's archives are indexed too
             if client is not None:
                 await client.aclose()
             instance.close()
@@ -542,6 +578,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/users", users),
         Route("/users/{rest:path}", user_archives),
         Route("/admin/feed", admin_feed),
+        Route("/search", search),
         Route("/health", health),
         Route("/metrics", metrics),
     ]

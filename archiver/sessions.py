@@ -37,6 +37,7 @@ from .config import Settings
 from .feed import Feed
 from .hub import Event, Hub, Inbox
 from .incidents import Incidents
+from .index import Indexer
 from .journal import Appended, Archived, Head, JournalError, Message, NotOwner, Repaired
 from .limits import Breaker, RateLimit
 from .logs import log
@@ -114,6 +115,7 @@ class Sessions:
     breaker: Breaker | None = None
     metrics: Metrics | None = None
     feed: Feed | None = None
+    index: Indexer | None = None  # told of every archive that lands or is pruned here
     draining: bool = False
     shutdown_started: float | None = None
     archived: Counter[str] = field(default_factory=Counter)
@@ -265,6 +267,8 @@ class Sessions:
                 reason=what.reason,
                 file=what.path,
             )
+            if self.index is not None:
+                self.index.submit(what.path)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -357,6 +361,8 @@ class Sessions:
             ms=round(ms, 1),
         )
         self.hub.publish(result.user, archived_event(result))
+        if self.index is not None:
+            self.index.submit(result.path)
 
     async def recover(self) -> None:
         """At start-up: repair torn journals, archive orphaned dialogs (reason recovery)."""
@@ -399,6 +405,8 @@ class Sessions:
             if await self.archive(user, "timeout", idle_for=limit, owned=True) is not None:
                 archived += 1
         pruned = await self._prune() if self.settings.retention_days else 0
+        if self.index is not None:
+            self.index.refresh()  # archives other processes wrote or deleted meanwhile
         if self.metrics is not None:
             self.metrics.sweeps.inc()
         log.info(
@@ -423,6 +431,8 @@ class Sessions:
                 ended=item.info.ended,
                 days=days,
             )
+            if self.index is not None:
+                self.index.submit(item.path)
         if self.metrics is not None:
             self.metrics.pruned.inc(len(pruned))
         return len(pruned)
