@@ -593,6 +593,8 @@ def _query_hits(
         yield from query.scan(journal, wanted, on_error=_warn)
         return
     try:
+        for path, error in searchable.damaged(wanted.user):
+            _warn(path, ValueError(error))
         yield from searchable.search(wanted, limit=limit).hits
     finally:
         searchable.close()

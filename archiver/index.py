@@ -49,6 +49,7 @@ from .journal import (
     ARCHIVE_NAME,
     ARCHIVED,
     Dialog,
+    JournalError,
     Message,
     message_from_fields,
     parse_dialog,
@@ -60,7 +61,7 @@ from .query import Search, index_text
 from .review import FILE_ERRORS, Hit, name_time
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -79,6 +80,7 @@ CREATE TABLE files(
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     tokens BLOB NOT NULL,
+    error TEXT,  -- why a file could not be read as a dialog (then it has no messages)
     UNIQUE(udir, name)
 );
 CREATE TABLE msgs(
@@ -117,6 +119,7 @@ class _Parsed:
     ended: str
     reason: str | None
     rows: list[tuple[int, str, int, int, str]]  # seq, role, pos, len, body
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,15 @@ class Index:
             db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
         return synced
 
+    def damaged(self, user: str | None = None) -> list[tuple[Path, str]]:
+        """Archives that could not be read as dialogs (the scan skips them too), with why."""
+        sql = "SELECT udir, name, error FROM files WHERE error IS NOT NULL"
+        args: tuple[str, ...] = ()
+        if user is not None:
+            sql, args = sql + " AND udir = ?", (user_dir_name(user),)
+        rows = self._db().execute(sql + " ORDER BY udir, name", args).fetchall()
+        return [(self.users_dir / u / "dialogs" / ARCHIVED / n, e) for u, n, e in rows]
+
     def counts(self) -> tuple[int, int]:
         """(archives, messages) indexed."""
         db = self._db()
@@ -349,10 +361,10 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
         os.close(fd)
     try:
         dialog = parse_dialog(data)
-    except FILE_ERRORS:
-        return _Parsed(
-            udir, path.name, st.st_size, st.st_mtime_ns, "", name_time(path.name), None, []
-        )
+    except FILE_ERRORS as exc:
+        error = exc.detail if isinstance(exc, JournalError) else str(exc)
+        ended = name_time(path.name)
+        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
     return _Parsed(
         udir,
         path.name,
@@ -426,8 +438,8 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
     _drop(db, item.udir, item.name)
     bodies = [row[4] for row in item.rows]
     cursor = db.execute(
-        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.udir,
             item.name,
@@ -437,6 +449,7 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
             item.size,
             item.mtime_ns,
             zlib.compress("\n".join(bodies).encode("utf-8")),
+            item.error,
         ),
     )
     file_id = cursor.lastrowid

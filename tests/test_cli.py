@@ -216,8 +216,10 @@ def test_show_errors(data: Path, tmp_path: Path) -> None:
 
 
 def test_search_prints_where_each_matching_line_is(data: Path) -> None:
-    result = run(data, "search", "refund")
+    result = run(data, "search", "refund", "--scan")  # the scan: newest archives first
     assert result.exit_code == 0, result.output
+    indexed = run(data, "search", "refund")  # the index: the same, best matches first
+    assert sorted(indexed.stdout.splitlines()) == sorted(result.stdout.splitlines())
     assert result.stdout.splitlines() == [
         "auth0|42  2026-11-21-08-00-00.yaml  #1 user  refund please",
         f"alice  {ALICE_SAME_SECOND}  #1 user  Where is my REFUND for order #1042?",
@@ -246,7 +248,7 @@ def test_search_options(data: Path) -> None:
     assert found("refund", "--limit", "1") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
     assert found(r"ZX-\d+", "--regex") == [("alice", ALICE_SAME_SECOND, 2)]
     assert found("don't forget") == [("alice", ALICE_NEWEST, 1)]
-    assert found("refun", "--current")[:2] == [
+    assert found("refun*", "--current")[:2] == [
         ("a/b", "current.yaml", 1),
         ("alice", "current.yaml", 1),
     ]
@@ -272,10 +274,11 @@ def test_search_exit_codes(data: Path) -> None:
 def test_search_warns_about_an_unreadable_file_and_goes_on(data: Path) -> None:
     broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
     broken.write_bytes(b"user: alice\nmessages: [refund\n")
-    result = run(data, "search", "refund", "--user", "alice")
-    assert result.exit_code == 0
-    assert f"warning: skipped {broken}: " in result.stderr
-    assert len(result.stdout.splitlines()) == 3
+    for scan in ([], ["--scan"]):
+        result = run(data, "search", "refund", "--user", "alice", *scan)
+        assert result.exit_code == 0
+        assert f"warning: skipped {broken}: " in result.stderr
+        assert len(result.stdout.splitlines()) == 3
 
 
 # ---------------------------------------------------------------------------------------
