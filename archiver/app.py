@@ -486,6 +486,8 @@ def _indexer(settings: Settings) -> Indexer | None:
     if not settings.search_index:
         return None
     indexer = Indexer(Index(settings.data_dir, settings.search_index_path))
+    # Made before serving (a few ms, once), so its files exist from the first request.
+    indexer.index.open()
     indexer.start()
     return indexer
 

@@ -144,6 +144,10 @@ class Index:
     def exists(self) -> bool:
         return self.path.is_file()
 
+    def open(self) -> None:
+        """Create the database (or check its version) now, in this thread."""
+        self._db()
+
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
@@ -211,7 +215,7 @@ class Index:
             if not full and known.get(udir) == mtime:
                 continue
             seen = -1 if now - mtime < RACY_NS else mtime
-            indexed, removed, files = self._sync_dir(db, udir, directory, seen)
+            indexed, removed, files = self._sync_dir(db, udir, directory, seen, known.get(udir))
             totals[0] += indexed
             totals[1] += removed
             totals[2] += files
@@ -219,7 +223,7 @@ class Index:
         return Synced(totals[0], totals[1], totals[2], ms)
 
     def _sync_dir(
-        self, db: sqlite3.Connection, udir: str, directory: str, mtime: int
+        self, db: sqlite3.Connection, udir: str, directory: str, mtime: int, known_mtime: int | None
     ) -> tuple[int, int, int]:
         stats: dict[str, tuple[int, int]] = {}
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -232,6 +236,8 @@ class Index:
         indexed = {name: (size, mtime_ns) for name, size, mtime_ns in rows}
         stale = [n for n, st in stats.items() if indexed.get(n) != st]
         gone = [n for n in indexed if n not in stats]
+        if not stale and not gone and known_mtime == mtime:
+            return 0, 0, len(stats)  # nothing to write (a full sync of an index in step)
         for batch in _chunks(stale, BATCH_FILES):
             parsed = [p for n in batch if (p := _parse(udir, Path(directory) / n)) is not None]
             with _write(db):
