@@ -9,16 +9,18 @@ them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shlex
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import archives, render
+from . import archives, query, render
 from . import search as searching
 from .archives import ArchiveInfo
 from .clikit import (
@@ -39,8 +41,10 @@ from .clikit import (
     until_option,
     user_option,
 )
+from .config import Settings
 from .dialogfile import ROLES
 from .errors import JournalError
+from .index import Index
 from .journal import Journal
 from .layout import CURRENT
 
@@ -174,7 +178,8 @@ def _file_or_newest(user_or_path: str, data_dir: Path | None) -> Path:
 
 @main.command()
 @click.argument("text")
-@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (case-sensitive).")
+@click.option("--scan", is_flag=True, help="Read every archive instead of using the index.")
+@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (a scan).")
 @user_option
 @since_option
 @until_option
@@ -188,6 +193,7 @@ def _file_or_newest(user_or_path: str, data_dir: Path | None) -> Path:
 @data_option
 def search(
     text: str,
+    scan: bool,
     regex: bool,
     user: str | None,
     since: str | None,
@@ -199,15 +205,19 @@ def search(
     as_json: bool,
     data_dir: Path | None,
 ) -> None:
-    """Find messages containing TEXT (case-insensitive, any whitespace).
+    """Find messages by words, "phrases" and prefixes (case-insensitive).
 
-    Prints user, archive, seq, role and each matching line, newest archives first, the
-    match highlighted on a terminal. Live dialogs are searched only with --current.
+    TEXT is a query: every word must be in the message; "a phrase" matches its words in
+    a row; refund* matches words that begin so; user:, role:, reason:, since:, until:
+    filter as the options do. Uses the search index (built on first use, brought up to
+    date on every search), best matches first; --scan reads every archive instead
+    (newest first), with the same results.
 
     \b
     archiver search refund
-    archiver search "order #1042" --user alice --role user
-    archiver search 'refund(ed|s)?\b' --regex --since 2026-11-01 --json
+    archiver search '"order 1042" role:user' --user alice
+    archiver search 'refund* since:2026-11-01' --json
+    archiver search 'refund(ed|s)?' --regex --since 2026-11-01
     archiver search invoice --current --limit 5
 
     With --json each element is {"user", "archive", "dialog", "seq", "role", "at", "text",
@@ -215,21 +225,17 @@ def search(
     """
     if not text:
         raise click.UsageError("TEXT is empty")
-    try:
-        query = searching.Query.compile(text, regex=regex)
-    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
-        raise click.UsageError(f"bad regular expression: {exc}") from None
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     with _errors():
-        hits: Iterator[searching.Hit] = searching.search(
-            journal,
-            query,
-            _filter(user, since, before, reason),
-            role=role,
-            current=current,
-            on_error=_warn,
-            workers=SEARCH_WORKERS,
-        )
+        hits: Iterator[query.Hit]
+        if regex:
+            hits = _regex_hits(journal, text, _filter(user, since, before, reason), role, current)
+        else:
+            wanted = _search_query(text, user, since, before, role, reason)
+            if wanted.user is not None:
+                archives.users_of(journal, wanted.user)  # an unknown user is an error
+            hits = _query_hits(settings, journal, wanted, scan, current, limit)
         if limit is not None:
             hits = (hit for _, hit in zip(range(limit), hits, strict=False))
         with _Output() as out:
@@ -243,6 +249,129 @@ def search(
                     count += 1
     if not count:
         _nothing_found(f"no message matches {text!r}")
+
+
+def _search_query(
+    text: str,
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    role: str | None,
+    reason: str | None,
+) -> query.Search:
+    """TEXT parsed, with the options' filters added (a filter given both ways is an error)."""
+    try:
+        wanted = query.parse(text)
+    except query.QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = {"user": user, "since": since, "before": before, "role": role, "reason": reason}
+    changes: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if getattr(wanted, name) is not None:
+            shown = "until" if name == "before" else name
+            raise click.UsageError(f"{shown} is given both in TEXT and as --{shown}")
+        changes[name] = value
+    return dataclasses.replace(wanted, **changes)
+
+
+def _regex_hits(
+    journal: Journal, text: str, where: archives.Filter, role: str | None, current: bool
+) -> Iterator[query.Hit]:
+    try:
+        compiled = searching.Query.compile(text, regex=True)
+    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
+        raise click.UsageError(f"bad regular expression: {exc}") from None
+    return searching.search(
+        journal,
+        compiled,
+        where,
+        role=role,
+        current=current,
+        on_error=_warn,
+        workers=SEARCH_WORKERS,
+    )
+
+
+def _query_hits(
+    settings: Settings,
+    journal: Journal,
+    wanted: query.Search,
+    scan: bool,
+    current: bool,
+    limit: int | None,
+) -> Iterator[query.Hit]:
+    if current:
+        yield from query.scan_current(journal, wanted)
+    searchable = None if scan or not settings.search_index else _fresh_index(settings)
+    if searchable is None:
+        yield from query.scan(journal, wanted, on_error=_warn)
+        return
+    try:
+        for path, error in searchable.damaged(wanted.user):
+            _warn(path, ValueError(error))
+        yield from searchable.search(wanted, limit=limit).hits
+    finally:
+        searchable.close()
+
+
+def _fresh_index(settings: Settings) -> Index | None:
+    """The search index, brought up to date with the files; None (and a warning) if it
+    cannot be written here (a read-only copy of the data directory): then we scan."""
+    found = Index(settings.data_dir, settings.index_path)
+    try:
+        if not found.exists():
+            click.echo("building the search index (once; later searches are fast)", err=True)
+        found.sync()
+    except (sqlite3.Error, OSError) as exc:
+        click.echo(f"warning: search index unusable ({exc}); reading every archive", err=True)
+        found.close()
+        return None
+    return found
+
+
+def index_after(settings: Settings, paths: Iterable[Path] = (), user: str | None = None) -> None:
+    """Tell an existing index about archives this command wrote or deleted (it would
+    catch up by itself later; this keeps it current at once). Never builds one."""
+    found = Index(settings.data_dir, settings.index_path)
+    if not settings.search_index or not found.exists():
+        return
+    try:
+        if user is not None:
+            found.forget_user(user)
+        found.update(paths)
+    except (sqlite3.Error, OSError) as exc:
+        click.echo(f"warning: could not update the search index: {exc}", err=True)
+    finally:
+        found.close()
+
+
+@main.command()
+@data_option
+def reindex(data_dir: Path | None) -> None:
+    """Rebuild the search index from the archive files.
+
+    The index is derived data (the files are the truth): this empties it and reads every
+    archive again. Safe while servers run; their searches see the new index at once.
+
+    \b
+    archiver reindex
+    """
+    settings = _settings(data_dir=data_dir)
+    _journal(settings.data_dir)
+    found = Index(settings.data_dir, settings.index_path)
+    try:
+        done = found.rebuild()
+        counted, messages = found.counts()
+    except (sqlite3.Error, OSError) as exc:
+        raise Failure(f"cannot write the search index: {exc}") from None
+    finally:
+        found.close()
+    click.echo(
+        f"indexed {archives.plural(counted, 'archive')} "
+        f"({archives.plural(messages, 'message')}) in {done.ms / 1000:.1f} s"
+    )
 
 
 @main.command()
@@ -333,12 +462,15 @@ def sweep(older_than: float | None, data_dir: Path | None) -> None:
     journal = _journal(settings.data_dir)
     idle = settings.session_timeout if older_than is None else older_than
     count = 0
+    landed: list[Path] = []
     with _errors():
         for archived in archives.sweep(journal, idle, on_error=_warn):
             user = render.printable(archived.user)
             messages = archives.plural(archived.messages, "message")
             click.echo(f"archived {user} {archived.name} ({messages})")
+            landed.append(archived.path)
             count += 1
+    index_after(settings, landed)
     if not count:
         _nothing_found(f"no live dialog idle for {idle:g} s")
 
@@ -363,15 +495,20 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
     archiver prune --older-than 90 --dry-run
     archiver prune --older-than 90
     """
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     verb = "would remove" if dry_run else "removed"
     count = 0
+    gone: list[Path] = []
     with _errors():
         for pruned in archives.prune(journal, older_than, dry_run=dry_run):
             info = pruned.info
             user = render.printable(info.user)
             click.echo(f"{verb} {user} {info.name} (ended {archives.archive_time(info)})")
+            gone.append(pruned.path)
             count += 1
+    if not dry_run:
+        index_after(settings, gone)
     counted = archives.plural(count, "archive")
     summary = f"{verb} {counted} older than {archives.plural(older_than, 'day')}"
     if not count:

@@ -34,6 +34,7 @@ COMMANDS = [
     "list",
     "show",
     "search",
+    "reindex",
     "watch",
     "export",
     "sweep",

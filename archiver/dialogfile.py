@@ -412,6 +412,30 @@ def _entry_of_fields(text: str) -> Message:
     return message_from_fields(fields)
 
 
+def entry_offsets(data: bytes, count: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of each message entry in a file in our shape (entries are the
+    lines from a column-0 ``- `` to the next column-0 line); None if the file has
+    another shape (then a hit reads the whole file)."""
+    start = data.find(b"\nmessages:\n")
+    if start < 0:
+        return None
+    pos = start + len(b"\nmessages:\n")
+    out: list[tuple[int, int]] = []
+    while data.startswith(b"- ", pos):
+        end = pos
+        while True:
+            newline = data.find(b"\n", end)
+            if newline < 0:
+                end = len(data)
+                break
+            end = newline + 1
+            if end >= len(data) or data[end : end + 1] not in (b" ", b"\n"):
+                break
+        out.append((pos, end - pos))
+        pos = end
+    return out if len(out) == count else None
+
+
 def has_our_header(data: bytes) -> bool:
     """Whether ``data`` starts like a file we wrote (entries can be read one by one)."""
     return data.find(b"\nmessages:\n", 0, 8192) >= 0

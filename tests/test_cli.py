@@ -250,8 +250,10 @@ def test_show_errors(data: Path, tmp_path: Path) -> None:
 
 
 def test_search_prints_where_each_matching_line_is(data: Path) -> None:
-    result = run(data, "search", "refund")
+    result = run(data, "search", "refund", "--scan")  # the scan: newest archives first
     assert result.exit_code == 0, result.output
+    indexed = run(data, "search", "refund")  # the index: the same, best matches first
+    assert sorted(indexed.stdout.splitlines()) == sorted(result.stdout.splitlines())
     assert result.stdout.splitlines() == [
         "auth0|42  2026-11-21-08-00-00.yaml  #1 user  refund please",
         f"alice  {ALICE_SAME_SECOND}  #1 user  Where is my REFUND for order #1042?",
@@ -280,7 +282,7 @@ def test_search_options(data: Path) -> None:
     assert found("refund", "--limit", "1") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
     assert found(r"ZX-\d+", "--regex") == [("alice", ALICE_SAME_SECOND, 2)]
     assert found("don't forget") == [("alice", ALICE_NEWEST, 1)]
-    assert found("refun", "--current")[:2] == [
+    assert found("refun*", "--current")[:2] == [
         ("a/b", "current.yaml", 1),
         ("alice", "current.yaml", 1),
     ]
@@ -290,17 +292,20 @@ def test_search_options(data: Path) -> None:
 
 
 def test_search_a_phrase_across_lines(data: Path) -> None:
-    found = run(data, "search", "way: tracking zx-99", "--json")
-    assert found.exit_code == 0, found.output
-    [hit] = json.loads(found.stdout)
-    assert hit["text"].startswith("It's on its way:\n")
-    assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
+    for scan in ([], ["--scan"]):
+        found = run(data, "search", '"way: tracking zx-99"', "--json", *scan)
+        assert found.exit_code == 0, found.output
+        [hit] = json.loads(found.stdout)
+        assert hit["text"].startswith("It's on its way:\n")
+        assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
 
 
 def test_search_exit_codes(data: Path) -> None:
-    none = run(data, "search", "no such words")
+    none = run(data, "search", "no such words")  # builds the index first, and says so
     assert (none.exit_code, none.stdout) == (1, "")
-    assert none.stderr == "no message matches 'no such words'\n"
+    assert none.stderr.startswith("building the search index"), none.stderr
+    again = run(data, "search", "no such words")
+    assert again.stderr == "no message matches 'no such words'\n"
     assert run(data, "search", "no such words", "--json").stdout == "[]\n"
     bad = run(data, "search", "(unclosed", "--regex")
     assert bad.exit_code == 2 and "bad regular expression" in bad.stderr
@@ -315,10 +320,11 @@ def test_search_exit_codes(data: Path) -> None:
 def test_search_warns_about_an_unreadable_file_and_goes_on(data: Path) -> None:
     broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
     broken.write_bytes(b"user: alice\nmessages: [refund\n")
-    result = run(data, "search", "refund", "--user", "alice")
-    assert result.exit_code == 0
-    assert f"warning: skipped {broken}: " in result.stderr
-    assert len(result.stdout.splitlines()) == 3
+    for scan in ([], ["--scan"]):
+        result = run(data, "search", "refund", "--user", "alice", *scan)
+        assert result.exit_code == 0
+        assert f"warning: skipped {broken}: " in result.stderr
+        assert len(result.stdout.splitlines()) == 3
 
 
 # ---------------------------------------------------------------------------------------
