@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, redact, searchapi
+from . import auth, collector, redact, searchapi, transcripts
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Refused, ShuttingDown
 from .config import Settings
@@ -305,10 +305,24 @@ async def _archive_of(request: Request, user: str, name: str) -> Response:
     data = await sessions_of(request).threads.read_archive(user, name)
     if data is None:
         raise ApiError(404, "not_found", f"There is no archive named {name!r}.")
+    form = request.query_params.get("format", "yaml")
+    if form in ("md", "html"):
+        parsed = await sessions_of(request).threads.run(parse_dialog, data)
+        return _transcript(transcripts.Transcript(user, name, parsed), form)
+    if form != "yaml":
+        raise ApiError(400, "bad_format", "format is one of yaml, md, html.")
     if "application/json" in request.headers.get("accept", ""):
         parsed = await sessions_of(request).threads.run(parse_dialog, data)
         return JSONResponse(parsed.as_json())
     return Response(data, media_type="application/yaml; charset=utf-8")
+
+
+def _transcript(item: transcripts.Transcript, form: str) -> Response:
+    """An archive as a Markdown or printable HTML transcript (transcripts.py)."""
+    if form == "md":
+        return Response(transcripts.markdown(item), media_type="text/markdown; charset=utf-8")
+    page = "".join(transcripts.html_document([item], title=f"Dialog {item.dialog.dialog}"))
+    return Response(page, media_type="text/html; charset=utf-8")
 
 
 async def archives(request: Request) -> Response:

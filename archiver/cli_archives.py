@@ -13,14 +13,15 @@ import dataclasses
 import json
 import shlex
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
-from . import archives, query, render
+from . import archives, logs, query, render, transcripts
 from . import search as searching
 from .archives import ArchiveInfo
 from .clikit import (
@@ -28,6 +29,7 @@ from .clikit import (
     Failure,
     _errors,
     _filter,
+    _interactive,
     _journal,
     _nothing_found,
     _Output,
@@ -47,6 +49,7 @@ from .errors import JournalError
 from .index import Index
 from .journal import Journal
 from .layout import CURRENT
+from .logs import log
 
 
 def _info_json(info: ArchiveInfo) -> dict[str, Any]:
@@ -411,31 +414,126 @@ def _watching(journal: Journal) -> Callable[[], None]:
 @since_option
 @until_option
 @reason_option
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(transcripts.FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="jsonl (for import), csv (a row per dialog), md or html (printable transcripts).",
+)
 @data_option
 def export(
     user: str | None,
     since: str | None,
     before: str | None,
     reason: str | None,
+    form: str,
     data_dir: Path | None,
 ) -> None:
-    """Print archives with their messages as JSON Lines.
+    """Print archives: JSON Lines, CSV, Markdown or HTML.
 
-    One object per archive, newest first: {"user", "name", "dialog", "started", "ended",
-    "reason", "messages": [{"seq", "role", "at", "text"}, ...]}.
+    jsonl: one object per archive, newest first: {"user", "name", "dialog", "started",
+    "ended", "reason", "messages": [{"seq", "role", "at", "text"}, ...]}, what `archiver
+    import` reads back. csv: a header row, then one row per dialog (user, dialog, archive,
+    started, ended, reason, message counts, first user message), RFC 4180. md and html:
+    transcripts a person reads or prints (html is one self-contained page).
 
     \b
     archiver export > archives.jsonl
     archiver export --user alice --since 2026-11-01 --until 2026-11-30 > alice-nov.jsonl
+    archiver export --format csv > dialogs.csv
+    archiver export --user alice --format html > alice.html
     """
     journal = _journal(data_dir)
+    where = _filter(user, since, before, reason)
     count = 0
-    with _errors(), _Output(batch=64) as out:
-        for item in archives.export(journal, _filter(user, since, before, reason), _warn):
-            out.line(_to_json(item))
+
+    def counted() -> Iterator[transcripts.Transcript]:
+        nonlocal count
+        for info, dialog in archives.export_dialogs(journal, where, _warn):
             count += 1
+            yield transcripts.Transcript(info.user, info.name, dialog)
+
+    with _errors():
+        if form == "jsonl":
+            with _Output(batch=64) as out:
+                for item in counted():
+                    out.line(_to_json(archives.export_object(item.user, item.name, item.dialog)))
+        else:
+            _write_out(_formatted(form, counted()))
     if not count:
         _nothing_found("no archive matches")
+
+
+def _formatted(form: str, items: Iterator[transcripts.Transcript]) -> Iterator[str]:
+    if form == "csv":
+        return transcripts.csv_lines(items)
+    if form == "md":
+        return transcripts.markdown_all(items)
+    return transcripts.html_document(items)
+
+
+def _write_out(pieces: Iterable[str]) -> None:
+    """Text to stdout as bytes, exactly (CSV's CRLF stays CRLF), a batch at a time."""
+    sys.stdout.flush()
+    stream = sys.stdout.buffer
+    held: list[bytes] = []
+    for piece in pieces:
+        held.append(piece.encode("utf-8"))
+        if len(held) >= 256:
+            stream.write(b"".join(held))
+            held.clear()
+    stream.write(b"".join(held))
+    stream.flush()
+
+
+@main.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@data_option
+def import_(file: TextIO, data_dir: Path | None) -> None:
+    """Write a JSON Lines export back as archives.
+
+    Reads what `archiver export` printed (FILE, or - for stdin). Every line is checked
+    first; if one cannot be read, or names a dialog the user already has (or another
+    line has), nothing is written. Each archive is written whole, by a rename, under
+    its exported name (the next free name of that second if it is taken): export,
+    forget, import gives back the same files, byte for byte.
+
+    \b
+    archiver export --user alice > alice.jsonl
+    archiver import alice.jsonl
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    items, problems = [], []
+    for number, text in enumerate(file, start=1):
+        if not text.strip():
+            continue
+        try:
+            items.append(archives.read_export_line(number, text))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    with _errors():
+        problems += archives.check_import(journal, items)
+        if problems:
+            shown = problems[:20] + (
+                [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+            )
+            raise Failure("nothing imported:\n" + "\n".join(shown))
+        written = []
+        try:
+            for item in items:
+                path = archives.write_import(journal, item)
+                written.append(path)
+                click.echo(f"imported {render.printable(item.user)} {path.name}")
+        except archives.BadImport as exc:
+            raise Failure(f"{exc} (the {len(written)} archives before it were imported)") from None
+        finally:
+            index_after(settings, written)
+    if not items:
+        _nothing_found("no archive in the file")
+    click.echo(f"imported {archives.plural(len(written), 'archive')}", err=True)
 
 
 @main.command()
@@ -514,3 +612,40 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
     if not count:
         _nothing_found(summary)
     click.echo(summary, err=True)
+
+
+@main.command()
+@click.argument("user")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@data_option
+def rm(user: str, name: str, yes: bool, data_dir: Path | None) -> None:
+    """Delete one archive of USER, and its search index entries.
+
+    Under the user's lock, as forget. Asks first unless --yes is given; without a
+    terminal, --yes is required. Logs archive.deleted.
+
+    \b
+    archiver rm alice 2026-11-21-10-30-00.yaml
+    archiver rm 'auth0|42' 2026-11-21-10-30-00.yaml --yes
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    with _errors():
+        archives.users_of(journal, user)
+        if archives.find_archive(journal, user, name) is None:
+            raise Failure(f"no archive {name!r} for user {user!r}")
+        if not yes:
+            if not _interactive():
+                raise click.UsageError("rm needs --yes when not run from a terminal")
+            click.confirm(
+                f"Delete archive {name} of user {user!r}? This cannot be undone", abort=True
+            )
+        try:
+            done = archives.remove_archive(journal, user, name)
+        except archives.NoSuchArchive as exc:
+            raise Failure(str(exc)) from None
+    index_after(settings, [done.path])
+    with logs.for_command(settings):
+        log.info("archive.deleted", user=user, name=name, dialog=done.dialog)
+    click.echo(f"removed {render.printable(str(done.path))}")

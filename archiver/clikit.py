@@ -37,8 +37,10 @@ COMMANDS = [
     "reindex",
     "watch",
     "export",
+    "import",
     "sweep",
     "prune",
+    "rm",
     "forget",
 ]
 

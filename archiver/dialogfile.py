@@ -170,13 +170,32 @@ def message_text(message: Message) -> str:
     return yamltext.entry_text(fields)
 
 
-def trailer_text(ended: str, reason: str, redaction: dict[str, int] | None = None) -> str:
+def trailer_text(ended: str, reason: str, redaction: dict[str, int] | str | None = None) -> str:
     text = f"ended: {yamltext.quoted(ended)}\nreason: {yamltext.inline(reason)}\n"
     if redaction is not None:
-        # Which patterns ran, and how many spans each replaced: "email=2, card=0".
-        summary = ", ".join(f"{name}={count}" for name, count in redaction.items())
+        # Which patterns ran, and how many spans each replaced: "email=2, card=0" (or that
+        # summary as read back from an archive, by an import).
+        summary = (
+            redaction
+            if isinstance(redaction, str)
+            else ", ".join(f"{name}={count}" for name, count in redaction.items())
+        )
         text += f"redacted: {yamltext.inline(summary or 'none')}\n"
     return text
+
+
+ARCHIVE_EXTRA = ("redacted",)  # header and trailer fields an archive may carry beyond these
+
+
+def archive_bytes(dialog: Dialog) -> bytes:
+    """The bytes the journal writes for ``dialog`` once archived: what ``archiver import``
+    writes back, identical to the original for every archive the journal wrote."""
+    if dialog.ended is None or dialog.reason is None:
+        raise ValueError("an archive needs its ended time and reason")
+    parts = [header_text(dialog.user, dialog.dialog, dialog.started)]
+    parts += [message_text(message) for message in dialog.messages]
+    parts.append(trailer_text(dialog.ended, dialog.reason, dialog.extra.get("redacted")))
+    return "".join(parts).encode("utf-8") + MARKER
 
 
 def trailer_bytes(reason: str, ended: str | None = None) -> bytes:
