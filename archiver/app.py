@@ -33,7 +33,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, redact, searchapi, transcripts
+from . import auth, collector, redact, searchapi, stats, transcripts
+from .archives import Filter, parse_time
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Refused, ShuttingDown
 from .config import Settings
@@ -373,10 +374,7 @@ async def user_archives(request: Request) -> Response:
 async def search(request: Request) -> Response:
     """Full-text search over archives (searchapi decides who may see what)."""
     user = require_user(request)
-    indexer = sessions_of(request).index
-    if indexer is None:
-        detail = "Full-text search is turned off on this server (ARCHIVER_SEARCH_INDEX)."
-        raise ApiError(503, "search_off", detail)
+    indexer = _index_of(request)
     try:
         wanted, limit, offset = searchapi.read_request(request.query_params, user.id, user.admin)
     except searchapi.BadSearch as exc:
@@ -389,6 +387,39 @@ async def search(request: Request) -> Response:
         log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
         raise ApiError(503, "search_unavailable", "Search is unavailable; try again.") from None
     return JSONResponse(searchapi.page_json(page))
+
+
+async def admin_stats(request: Request) -> Response:
+    """``GET /admin/stats[?since=&until=&user=]``: stats.py's figures, from the index."""
+    require_user(request, admin=True)
+    indexer = _index_of(request)
+    params = request.query_params
+    try:
+        since, until = (
+            None if not params.get(k) else parse_time(params[k], end=k == "until")
+            for k in ("since", "until")
+        )
+    except ValueError as exc:
+        raise ApiError(400, "bad_time", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+    where = Filter(user=params.get("user") or None, since=since, before=until)
+
+    def figures() -> dict[str, Any]:
+        return stats.compute(indexer.index.stat_rows(where))
+
+    try:
+        body = await anyio.to_thread.run_sync(figures)
+    except sqlite3.OperationalError as exc:
+        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
+        raise ApiError(503, "search_unavailable", "Stats are unavailable; try again.") from None
+    return JSONResponse(body)
+
+
+def _index_of(request: Request) -> Indexer:
+    indexer = sessions_of(request).index
+    if indexer is None:
+        detail = "The search index is turned off on this server (ARCHIVER_SEARCH_INDEX)."
+        raise ApiError(503, "search_off", detail)
+    return indexer
 
 
 async def health(request: Request) -> Response:
@@ -620,6 +651,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/users/{rest:path}", user_archives),
         Route("/admin/feed", admin_feed),
         Route("/search", search),
+        Route("/admin/stats", admin_stats),
         Route("/health", health),
         Route("/metrics", metrics),
     ]

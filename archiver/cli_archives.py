@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import click
 
-from . import archives, logs, query, render, transcripts
+from . import archives, logs, query, render, stats, transcripts
 from . import search as searching
 from .archives import ArchiveInfo
 from .clikit import (
@@ -649,3 +649,79 @@ def rm(user: str, name: str, yes: bool, data_dir: Path | None) -> None:
     with logs.for_command(settings):
         log.info("archive.deleted", user=user, name=name, dialog=done.dialog)
     click.echo(f"removed {render.printable(str(done.path))}")
+
+
+@main.command("stats")
+@user_option
+@since_option
+@until_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@data_option
+def stats_(
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    as_json: bool,
+    data_dir: Path | None,
+) -> None:
+    """Print figures: archives by reason and day, users, reply times.
+
+    Archives by reason and by day, dialogs and messages per user, the dialog length
+    distribution, reply time (user message to the assistant's) p50/p95, interrupted and
+    failed replies. Read from the search index (brought up to date first); --json prints
+    what GET /admin/stats answers.
+
+    \b
+    archiver stats
+    archiver stats --since 2026-11-01 --user alice --json
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    where = _filter(user, since, before, None)
+    with _errors():
+        if user is not None:
+            archives.users_of(journal, user)
+        found = _fresh_index(settings) if settings.search_index else None
+        try:
+            if found is not None:
+                figures = stats.compute(found.stat_rows(where))
+            else:
+                pairs = archives.export_dialogs(journal, where, _warn)
+                rows = ((i.user, archives.archive_time(i), d) for i, d in pairs)
+                figures = stats.compute(stats.from_dialogs(rows))
+        finally:
+            if found is not None:
+                found.close()
+    if as_json:
+        click.echo(json.dumps(figures, ensure_ascii=False, indent=2))
+    else:
+        click.echo("\n".join(_stats_lines(figures)))
+    if not figures["archives"]:
+        _nothing_found("no archive matches")
+
+
+def _stats_lines(f: dict[str, Any]) -> list[str]:
+    reply, length = f["reply_ms"], f["dialog_length"]
+    reasons = ", ".join(f"{r} {n}" for r, n in f["by_reason"].items()) or "none"
+    out = [
+        f"archives   {f['archives']} ({reasons})",
+        f"messages   {f['messages']} from {archives.plural(f['users'], 'user')}",
+        f"length     p50 {length['p50']}, p95 {length['p95']} messages per dialog",
+        f"replies    {reply['count']}: p50 {_ms(reply['p50'])}, p95 {_ms(reply['p95'])}; "
+        f"{f['interrupted']} interrupted, {f['errors']} failed",
+        "",
+        "day          archives  by reason",
+    ]
+    for day in f["by_day"]:
+        parts = ", ".join(f"{r} {n}" for r, n in day["reasons"].items())
+        out.append(f"{day['day']}  {sum(day['reasons'].values()):8}  {parts}")
+    out += ["", "user                      dialogs  messages"]
+    out += [
+        f"{render.printable(u['user'])[:24]:24}  {u['dialogs']:7}  {u['messages']:8}"
+        for u in f["top_users"]
+    ]
+    return out
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1000:.2f} s"

@@ -38,6 +38,7 @@ COMMANDS = [
     "watch",
     "export",
     "import",
+    "stats",
     "sweep",
     "prune",
     "rm",

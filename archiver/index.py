@@ -45,15 +45,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import yamltext
-from .archives import FILE_ERRORS, name_time
+from .archives import FILE_ERRORS, Filter, name_time
 from .dialogfile import Dialog, Message, entry_offsets, parse_dialog, parse_entry
 from .errors import JournalError
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .logs import log
 from .query import Hit, Search, index_text
+from .stats import StatArchive, stamp_ms
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -81,7 +82,9 @@ CREATE TABLE msgs(
     seq INTEGER NOT NULL,
     role TEXT NOT NULL,
     pos INTEGER NOT NULL,
-    len INTEGER NOT NULL
+    len INTEGER NOT NULL,
+    at INTEGER,  -- the message time in ms since the epoch (for stats), NULL if unreadable
+    interrupted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX msgs_file ON msgs(file);
 CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
@@ -99,6 +102,9 @@ class Synced:
     ms: float = 0.0
 
 
+_Row = tuple[int, str, int, int, str, int | None, int]  # seq role pos len body at interrupted
+
+
 @dataclass(frozen=True)
 class _Parsed:
     """One archive read from disk, ready to be written (outside any transaction)."""
@@ -110,7 +116,7 @@ class _Parsed:
     dialog: str
     ended: str
     reason: str | None
-    rows: list[tuple[int, str, int, int, str]]  # seq, role, pos, len, body
+    rows: list[_Row]
     error: str | None = None
 
 
@@ -309,6 +315,39 @@ class Index:
         msgs = db.execute("SELECT count(*) FROM msgs").fetchone()[0]
         return int(files), int(msgs)
 
+    def stat_rows(self, where: Filter) -> Iterator[StatArchive]:
+        """Every indexed archive that passes ``where``, with its messages' roles and
+        times (what stats.py counts), without reading a file."""
+        sql = [
+            "SELECT f.id, f.udir, f.ended, f.reason, m.role, m.at, m.interrupted",
+            "FROM files f LEFT JOIN msgs m ON m.file = f.id WHERE f.error IS NULL",
+        ]
+        args: list[object] = []
+        for clause, value in (
+            ("AND f.udir = ?", None if where.user is None else user_dir_name(where.user)),
+            ("AND f.reason = ?", where.reason),
+            ("AND f.ended >= ?", where.since),
+            ("AND f.ended < ?", where.before),
+        ):
+            if value is not None:
+                sql.append(clause)
+                args.append(value)
+        sql.append("ORDER BY f.id, m.seq")
+        current: StatArchive | None = None
+        current_id = None
+        for file_id, udir, ended, reason, role, at, interrupted in self._db().execute(
+            " ".join(sql), args
+        ):
+            if file_id != current_id:
+                if current is not None:
+                    yield current
+                current_id = file_id
+                current = StatArchive(user_from_dir_name(udir), ended, reason, [])
+            if role is not None and current is not None:
+                current.messages.append((role, at, bool(interrupted)))
+        if current is not None:
+            yield current
+
     # -- searching ------------------------------------------------------------------
 
     def search(self, search: Search, limit: int | None = 50, offset: int = 0) -> Page:
@@ -384,12 +423,13 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _rows(data: bytes, dialog: Dialog) -> list[tuple[int, str, int, int, str]]:
+def _rows(data: bytes, dialog: Dialog) -> list[_Row]:
     offsets = entry_offsets(data, len(dialog.messages))
-    out = []
-    for i, message in enumerate(dialog.messages):
+    out: list[_Row] = []
+    for i, m in enumerate(dialog.messages):
         pos, length = offsets[i] if offsets is not None else (-1, 0)
-        out.append((message.seq, message.role, pos, length, index_text(message.text)))
+        at = stamp_ms(m.at)
+        out.append((m.seq, m.role, pos, length, index_text(m.text), at, int(m.interrupted)))
     return out
 
 
@@ -432,8 +472,9 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
     first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM msgs").fetchone()[0]
     ids = range(first, first + len(item.rows))
     db.executemany(
-        "INSERT INTO msgs(id, file, seq, role, pos, len) VALUES (?, ?, ?, ?, ?, ?)",
-        [(i, file_id, *row[:4]) for i, row in zip(ids, item.rows, strict=True)],
+        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )
     db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
 
