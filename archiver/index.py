@@ -297,6 +297,7 @@ class Index:
         synced = self.sync(full=True)
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a build's WAL is as big as the index
         return synced
 
     def damaged(self, user: str | None = None) -> list[tuple[Path, str]]:
