@@ -715,9 +715,9 @@ def _stats_lines(f: dict[str, Any]) -> list[str]:
     for day in f["by_day"]:
         parts = ", ".join(f"{r} {n}" for r, n in day["reasons"].items())
         out.append(f"{day['day']}  {sum(day['reasons'].values()):8}  {parts}")
-    out += ["", "user                      dialogs  messages"]
+    out += ["", "user                      archives  messages"]
     out += [
-        f"{render.printable(u['user'])[:24]:24}  {u['dialogs']:7}  {u['messages']:8}"
+        f"{render.printable(u['user'])[:24]:24}  {u['archives']:8}  {u['messages']:8}"
         for u in f["top_users"]
     ]
     return out

@@ -59,6 +59,7 @@ BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
 MAX_LIMIT = 500
+SQLITE_MAX_INT = 2**63
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -405,13 +406,18 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
         error = exc.detail if isinstance(exc, JournalError) else str(exc)
         ended = name_time(path.name)
         return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
+    ended = dialog.ended or name_time(path.name)
+    if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
+        # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
+        error = "a message seq is out of range"
+        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
     return _Parsed(
         udir,
         path.name,
         st.st_size,
         st.st_mtime_ns,
         dialog.dialog,
-        dialog.ended or name_time(path.name),
+        ended,
         dialog.reason,
         _rows(data, dialog),
     )
@@ -599,7 +605,7 @@ class Indexer:
                 self.index.sync()
             if paths:
                 self.index.update(paths)
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # anything: the worker must outlive one bad batch
             # The files are the truth: a failed update only delays what search shows;
             # the next sync catches up.
             log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])

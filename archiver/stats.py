@@ -100,7 +100,7 @@ def compute(archives: Iterable[StatArchive]) -> dict[str, Any]:
             {"day": d, "reasons": dict(sorted(c.items()))} for d, c in sorted(by_day.items())
         ],
         "users": len(users),
-        "top_users": [{"user": u, "dialogs": n, "messages": m} for u, (n, m) in top],
+        "top_users": [{"user": u, "archives": n, "messages": m} for u, (n, m) in top],
         "dialog_length": {
             "p50": percentile(lengths, 0.5),
             "p95": percentile(lengths, 0.95),

@@ -356,3 +356,35 @@ def test_the_indexer_thread_catches_up_then_follows_what_is_submitted(tmp_path: 
     indexer.submit(path)
     wait_for(lambda: not searcher.search(query.parse("after")).hits, what="the deletion")
     indexer.stop()
+
+
+def test_a_seq_sqlite_cannot_hold_marks_the_file_damaged_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Found by test_reliability_crash: a hand-edited seq of 23 digits raised OverflowError
+    in the worker thread, which died, and nothing was indexed after it."""
+    bad = write_archive(
+        tmp_path,
+        "u",
+        "2026-11-21-10-00-00.yaml",
+        [("user", "hi")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    bad.write_bytes(bad.read_bytes().replace(b"- seq: 1\n", b"- seq: 99999999999999999999999\n"))
+    indexer = Indexer(Index(tmp_path))
+    indexer.start()
+    good = write_archive(
+        tmp_path,
+        "u",
+        "2026-11-21-11-00-00.yaml",
+        [("user", "hi")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    indexer.submit(good)
+    indexer.stop()
+    index = Index(tmp_path)
+    assert [(p.name, e) for p, e in index.damaged()] == [
+        (bad.name, "a message seq is out of range")
+    ]
+    assert [h.archive for h in index.search(query.parse("hi")).hits] == [good.name]
+    index.close()

@@ -52,7 +52,7 @@ def test_reply_times_lengths_days_and_failures() -> None:
         {"day": "2026-11-20", "reasons": {"disconnect": 1}},
         {"day": "2026-11-21", "reasons": {"timeout": 2}},
     ]
-    assert f["top_users"][0] == {"user": "a", "dialogs": 2, "messages": 7}
+    assert f["top_users"][0] == {"user": "a", "archives": 2, "messages": 7}
     assert f["reply_ms"]["count"] == 2 and (f["reply_ms"]["p50"], f["reply_ms"]["p95"]) == (
         400,
         1500,
