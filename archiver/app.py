@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import anyio
+import anyio.to_thread
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +33,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, openapi, redact
+from . import auth, collector, openapi, redact, searchapi, stats, transcripts
+from .archives import Filter, parse_time
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Refused, ShuttingDown
 from .config import Settings
@@ -41,6 +44,7 @@ from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
+from .index import Index, Indexer
 from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
@@ -302,10 +306,24 @@ async def _archive_of(request: Request, user: str, name: str) -> Response:
     data = await sessions_of(request).threads.read_archive(user, name)
     if data is None:
         raise ApiError(404, "not_found", f"There is no archive named {name!r}.")
+    form = request.query_params.get("format", "yaml")
+    if form in ("md", "html"):
+        parsed = await sessions_of(request).threads.run(parse_dialog, data)
+        return _transcript(transcripts.Transcript(user, name, parsed), form)
+    if form != "yaml":
+        raise ApiError(400, "bad_format", "format is one of yaml, md, html.")
     if "application/json" in request.headers.get("accept", ""):
         parsed = await sessions_of(request).threads.run(parse_dialog, data)
         return JSONResponse(parsed.as_json())
     return Response(data, media_type="application/yaml; charset=utf-8")
+
+
+def _transcript(item: transcripts.Transcript, form: str) -> Response:
+    """An archive as a Markdown or printable HTML transcript (transcripts.py)."""
+    if form == "md":
+        return Response(transcripts.markdown(item), media_type="text/markdown; charset=utf-8")
+    page = "".join(transcripts.html_document([item], title=f"Dialog {item.dialog.dialog}"))
+    return Response(page, media_type="text/html; charset=utf-8")
 
 
 async def archives(request: Request) -> Response:
@@ -351,6 +369,57 @@ async def user_archives(request: Request) -> Response:
     if len(parts) == 3 and parts[1] == "archives" and parts[0]:
         return await _archive_of(request, parts[0], parts[2])
     raise ApiError(404, "not_found", "No such route.")
+
+
+async def search(request: Request) -> Response:
+    """Full-text search over archives (searchapi decides who may see what)."""
+    user = require_user(request)
+    indexer = _index_of(request)
+    try:
+        wanted, limit, offset = searchapi.read_request(request.query_params, user.id, user.admin)
+    except searchapi.BadSearch as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    try:
+        # anyio's threads, not the journal's: a slow search must not delay an append.
+        page = await anyio.to_thread.run_sync(indexer.index.search, wanted, limit, offset)
+    except sqlite3.OperationalError as exc:
+        # Busy past the timeout, or a disk error: the files are fine, the index is not.
+        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
+        raise ApiError(503, "search_unavailable", "Search is unavailable; try again.") from None
+    return JSONResponse(searchapi.page_json(page))
+
+
+async def admin_stats(request: Request) -> Response:
+    """``GET /admin/stats[?since=&until=&user=]``: stats.py's figures, from the index."""
+    require_user(request, admin=True)
+    indexer = _index_of(request)
+    params = request.query_params
+    try:
+        since, until = (
+            None if not params.get(k) else parse_time(params[k], end=k == "until")
+            for k in ("since", "until")
+        )
+    except ValueError as exc:
+        raise ApiError(400, "bad_time", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+    where = Filter(user=params.get("user") or None, since=since, before=until)
+
+    def figures() -> dict[str, Any]:
+        return stats.compute(indexer.index.stat_rows(where))
+
+    try:
+        body = await anyio.to_thread.run_sync(figures)
+    except sqlite3.OperationalError as exc:
+        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
+        raise ApiError(503, "search_unavailable", "Stats are unavailable; try again.") from None
+    return JSONResponse(body)
+
+
+def _index_of(request: Request) -> Indexer:
+    indexer = sessions_of(request).index
+    if indexer is None:
+        detail = "The search index is turned off on this server (ARCHIVER_SEARCH_INDEX)."
+        raise ApiError(503, "search_off", detail)
+    return indexer
 
 
 async def health(request: Request) -> Response:
@@ -480,6 +549,18 @@ def _armed_fault(spec: str) -> Fault:
     return fault
 
 
+def _indexer(settings: Settings) -> Indexer | None:
+    """The search index's worker thread, started: its first job is the start-up
+    catch-up (a full sync), in the background."""
+    if not settings.search_index:
+        return None
+    indexer = Indexer(Index(settings.data_dir, settings.index_path))
+    # Made before serving (a few ms, once), so its files exist from the first request.
+    indexer.index.open()
+    indexer.start()
+    return indexer
+
+
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
@@ -496,6 +577,7 @@ def create_app(settings: Settings) -> Starlette:
         if settings.fault_point:
             journal.fault = _armed_fault(settings.fault_point)
         hub = Hub()
+        indexer = _indexer(settings)
         sessions = Sessions(
             settings=settings,
             threads=JournalThreads(journal),
@@ -508,6 +590,7 @@ def create_app(settings: Settings) -> Starlette:
             else Breaker(settings.breaker_failures, settings.breaker_cooldown),
             metrics=Metrics(lambda: hub.connections, lambda: len(hub.users()), collector.frozen),
             feed=Feed(journal),
+            index=indexer,
         )
         app.state.sessions = sessions
         log.info(
@@ -531,6 +614,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             collector.stop()
             sessions.threads.close()
+            if indexer is not None:
+                indexer.stop()  # after the drain: the shutdown's archives are indexed too
             if client is not None:
                 await client.aclose()
             instance.close()
@@ -565,6 +650,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/users", users),
         Route("/users/{rest:path}", user_archives),
         Route("/admin/feed", admin_feed),
+        Route("/search", search),
+        Route("/admin/stats", admin_stats),
         Route("/health", health),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi.endpoint),

@@ -20,9 +20,12 @@ server never imports.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,10 +34,29 @@ from pathlib import Path
 from typing import Any
 
 from .commit import Archived
-from .dialogfile import Dialog, complete_part, parse_dialog, read_summary
+from .dialogfile import (
+    ARCHIVE_EXTRA,
+    REASONS,
+    ROLES,
+    Dialog,
+    Message,
+    archive_bytes,
+    complete_part,
+    parse_dialog,
+    read_summary,
+)
 from .errors import JournalError
+from .fsops import fsync_dir, rename_noreplace, write_new_synced
 from .journal import Journal
-from .layout import ARCHIVE_NAME, Layout, archive_sort_key, file_kind, user_dir_name
+from .layout import (
+    ARCHIVE_NAME,
+    Layout,
+    archive_names_for,
+    archive_sort_key,
+    file_kind,
+    tmp_copy_prefix,
+    user_dir_name,
+)
 
 OnError = Callable[[Path, Exception], None]
 # What can go wrong reading one file: it vanished, is unreadable, or is not a dialog.
@@ -270,12 +292,12 @@ def read_dialog(path: Path, *, live: bool = False) -> Dialog:
     return parse_dialog(data)
 
 
-def export(
+def export_dialogs(
     journal: Journal,
     where: Filter | None = None,
     on_error: OnError | None = None,
-) -> Iterator[dict[str, Any]]:
-    """One JSON-ready object per archive, with its messages, newest first."""
+) -> Iterator[tuple[ArchiveInfo, Dialog]]:
+    """Each archive that passes ``where``, parsed, newest first (unreadable ones skipped)."""
     for info in list_archives(journal, where=where, on_error=on_error):
         path = journal.layout.archived_dir(info.user) / info.name
         try:
@@ -286,13 +308,28 @@ def export(
             if on_error is not None:
                 on_error(path, exc)
             continue
-        body = dialog.as_json()
-        # The user is the one whose directory holds the file, whatever its header says.
-        out: dict[str, Any] = {"user": info.user, "name": info.name}
-        out.update((k, v) for k, v in body.items() if k not in ("user", "messages"))
-        out.update(dialog.extra)
-        out["messages"] = body["messages"]
-        yield out
+        yield info, dialog
+
+
+def export(
+    journal: Journal,
+    where: Filter | None = None,
+    on_error: OnError | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One JSON-ready object per archive, with its messages, newest first."""
+    for info, dialog in export_dialogs(journal, where, on_error):
+        yield export_object(info.user, info.name, dialog)
+
+
+def export_object(user: str, name: str, dialog: Dialog) -> dict[str, Any]:
+    """An archive as one JSON Lines object (what ``archiver import`` reads back)."""
+    body = dialog.as_json()
+    # The user is the one whose directory holds the file, whatever its header says.
+    out: dict[str, Any] = {"user": user, "name": name}
+    out.update((k, v) for k, v in body.items() if k not in ("user", "messages"))
+    out.update(dialog.extra)
+    out["messages"] = body["messages"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,3 +525,185 @@ def forget(journal: Journal, user: str) -> Forgotten:
                 os.rmdir(base)
                 done.directories.append(Path(base).relative_to(root))
     return done
+
+
+# ---------------------------------------------------------------------------------------
+# Deleting one archive
+
+
+class NoSuchArchive(LookupError):
+    def __init__(self, user: str, name: str) -> None:
+        super().__init__(f"no archive {name!r} for user {user!r}")
+
+
+@dataclass(frozen=True)
+class Removed:
+    user: str
+    name: str
+    dialog: str  # "" if the file could not be read as a dialog
+    path: Path
+
+
+def remove_archive(journal: Journal, user: str, name: str) -> Removed:
+    """Delete archive ``name`` of ``user``, under the user's lock (as :func:`forget`)."""
+    if not journal.layout.has_user(user):
+        raise UnknownUser(user)
+    path = journal.layout.archive_path(user, name)
+    if path is None or not path.is_file():
+        raise NoSuchArchive(user, name)
+    with journal.locked(user, create=False):
+        try:
+            dialog = read_summary(path).dialog
+        except FileNotFoundError:
+            raise NoSuchArchive(user, name) from None
+        except FILE_ERRORS:
+            dialog = ""  # a damaged file can still be deleted
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise NoSuchArchive(user, name) from None
+        fsync_dir(path.parent)
+    return Removed(user, name, dialog, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Importing an export
+
+
+class BadImport(ValueError):
+    """An export that cannot be imported; the message says which lines and why."""
+
+
+@dataclass(frozen=True)
+class Importable:
+    """One line of an export, checked: the archive it becomes and its exact bytes."""
+
+    line: int
+    user: str
+    name: str
+    dialog: Dialog
+    data: bytes
+
+
+_EXPORT_KEYS = {"user", "name", "dialog", "started", "ended", "reason", "messages"}
+
+
+def read_export_line(number: int, text: str) -> Importable:
+    """One JSON Lines object of ``archiver export``, as an archive; ValueError says why not."""
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    if not isinstance(item, dict):
+        raise ValueError("not a JSON object")
+    missing = sorted(_EXPORT_KEYS - set(item))
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    unknown = sorted(set(item) - _EXPORT_KEYS - set(ARCHIVE_EXTRA))
+    if unknown:
+        raise ValueError(f"unknown field {', '.join(unknown)}")
+    fields = {k: item[k] for k in ("user", "name", "dialog", "started", "ended", "reason")}
+    if not all(isinstance(v, str) and v for v in fields.values()):
+        raise ValueError("user, name, dialog, started, ended and reason must be strings")
+    if ARCHIVE_NAME.match(fields["name"]) is None:
+        raise ValueError(f"{fields['name']!r} is not an archive name")
+    if fields["reason"] not in REASONS:
+        raise ValueError(f"reason {fields['reason']!r} is not one of {', '.join(REASONS)}")
+    user_dir_name(fields["user"])  # BadUserId (a ValueError) for an id we cannot store
+    extra = {k: item[k] for k in ARCHIVE_EXTRA if k in item}
+    if not all(isinstance(v, str) for v in extra.values()):
+        raise ValueError("redacted must be a string")
+    dialog = Dialog(
+        user=fields["user"],
+        dialog=fields["dialog"],
+        started=fields["started"],
+        messages=_messages(item["messages"]),
+        ended=fields["ended"],
+        reason=fields["reason"],
+        extra=extra,
+    )
+    return Importable(number, fields["user"], fields["name"], dialog, archive_bytes(dialog))
+
+
+def _messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("messages must be a non-empty list")
+    out = []
+    for n, m in enumerate(raw, start=1):
+        ok = isinstance(m, dict) and set(m) <= {"seq", "role", "at", "text", "interrupted"}
+        if not ok or not {"seq", "role", "at", "text"} <= set(m):
+            raise ValueError(f"message {n} is not {{seq, role, at, text[, interrupted]}}")
+        if not isinstance(m["seq"], int) or isinstance(m["seq"], bool) or m["seq"] != n:
+            raise ValueError(f"message {n} has seq {m['seq']!r}, not {n}")
+        if m["role"] not in ROLES or not isinstance(m["at"], str):
+            raise ValueError(f"message {n}: role must be one of {', '.join(ROLES)}")
+        if not isinstance(m["text"], str) or m.get("interrupted", False) not in (True, False):
+            raise ValueError(f"message {n}: text must be a string, interrupted true or false")
+        out.append(Message(n, m["role"], m["at"], m["text"], bool(m.get("interrupted"))))
+    return out
+
+
+def check_import(journal: Journal, items: list[Importable]) -> list[str]:
+    """Why these archives cannot be imported (empty: they can): a dialog id that is
+    already there, in an archive or the live dialog, or given twice."""
+    problems = []
+    seen: dict[tuple[str, str], int] = {}
+    known: dict[str, set[str]] = {}
+    for item in items:
+        key = (item.user, item.dialog.dialog)
+        if key in seen:
+            problems.append(f"line {item.line}: dialog {key[1]} is also on line {seen[key]}")
+            continue
+        seen[key] = item.line
+        if item.user not in known:
+            known[item.user] = dialog_ids(journal, item.user)
+        if item.dialog.dialog in known[item.user]:
+            problems.append(
+                f"line {item.line}: user {item.user!r} already has dialog {item.dialog.dialog}"
+            )
+    return problems
+
+
+def dialog_ids(journal: Journal, user: str) -> set[str]:
+    """The dialog ids of the user's archives and live dialog."""
+    layout = journal.layout
+    paths = [layout.archived_dir(user) / n for n in layout.archive_names(user)]
+    paths.append(layout.current_path(user))
+    ids = set()
+    for path in paths:
+        with contextlib.suppress(*FILE_ERRORS):
+            ids.add(read_summary(path).dialog)
+    return ids
+
+
+def write_import(journal: Journal, item: Importable) -> Path:
+    """Write one checked archive under its user's lock, by a rename (never half a file):
+    under its exported name, or the next free name of that second if it is taken."""
+    with journal.locked(item.user, create=True):
+        if item.dialog.dialog in dialog_ids(journal, item.user):
+            raise BadImport(f"user {item.user!r} already has dialog {item.dialog.dialog}")
+        archived = journal.layout.archived_dir(item.user)
+        archived.mkdir(exist_ok=True)
+        tmp = archived / (tmp_copy_prefix(item.dialog.dialog) + secrets.token_hex(3))
+        write_new_synced(tmp, item.data)
+        try:
+            target = _rename_free(tmp, archived, item.name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(archived)
+    return target
+
+
+def _rename_free(tmp: Path, archived: Path, name: str) -> Path:
+    stamp = ARCHIVE_NAME.match(name)
+    assert stamp is not None
+    second = calendar.timegm(time.strptime(stamp.group(1), "%Y-%m-%d-%H-%M-%S"))
+    for candidate in (name, *archive_names_for(second)):
+        try:
+            rename_noreplace(tmp, archived / candidate)
+        except FileExistsError:
+            continue
+        return archived / candidate
+    raise BadImport(f"no free archive name in the second of {name}")

@@ -32,6 +32,7 @@ from .errors import JournalError
 from .events import archived_event
 from .hub import Hub
 from .incidents import Incidents
+from .index import Indexer
 from .journal import NotOwner
 from .logs import log
 from .metrics import Metrics
@@ -54,6 +55,7 @@ class Archiver:
         incidents: Incidents,
         instance: Instance | None = None,
         chatting: Callable[[str], bool] = lambda user: False,
+        index: Indexer | None = None,
     ) -> None:
         self.settings = settings
         self.threads = threads
@@ -62,6 +64,7 @@ class Archiver:
         self.incidents = incidents
         self.instance = instance
         self.chatting = chatting
+        self.index = index  # told of every archive that lands or is pruned here
         # Users whose dialogs this process has served: what a shutdown archives.
         self.served: set[str] = set()
 
@@ -70,7 +73,7 @@ class Archiver:
 
     async def start(self, task_group: TaskGroup) -> None:
         """Recover, then start the sweeper and the tickers in ``task_group``."""
-        self.threads.journal.observer = _observed
+        self.threads.journal.observer = self._observed
         await self.recover()
         task_group.start_soon(self._sweeper)
         if self.instance is not None:
@@ -149,6 +152,8 @@ class Archiver:
             ms=round(ms, 1),
         )
         self.hub.publish(result.user, archived_event(result.dialog, result.name, result.reason))
+        if self.index is not None:
+            self.index.submit(result.path)
 
     # -- many dialogs -------------------------------------------------------------------
 
@@ -241,6 +246,8 @@ class Archiver:
             if await self.archive(user, "timeout", idle_for=limit, owned=True) is not None:
                 archived += 1
         pruned = await self._prune() if self.settings.retention_days else 0
+        if self.index is not None:
+            self.index.refresh()  # archives other processes wrote or deleted meanwhile
         self.metrics.sweeps.inc()
         log.info(
             "sweep.run",
@@ -264,8 +271,21 @@ class Archiver:
                 ended=item.info.ended,
                 days=days,
             )
+            if self.index is not None:
+                self.index.submit(item.path)
         self.metrics.pruned.inc(len(pruned))
         return len(pruned)
+
+    def _observed(self, what: Archived | Repaired) -> None:
+        # Runs in a worker thread: logging and Indexer.submit are thread-safe.
+        if isinstance(what, Repaired):
+            torn, side = what.torn_bytes, what.side_file
+            log.warning("journal.repaired", user=what.user, torn_bytes=torn, side_file=side)
+        else:
+            fields = {"dialog": what.dialog, "reason": what.reason, "file": what.path}
+            log.warning("archive.finished", user=what.user, **fields)
+            if self.index is not None:
+                self.index.submit(what.path)
 
     # -- tickers ------------------------------------------------------------------------
 
@@ -309,16 +329,6 @@ class Archiver:
             else:
                 if synced:
                     self.incidents.succeeded(None)
-
-
-def _observed(what: Archived | Repaired) -> None:
-    # Runs in a worker thread: logging is thread-safe.
-    if isinstance(what, Repaired):
-        torn = what.torn_bytes
-        log.warning("journal.repaired", user=what.user, torn_bytes=torn, side_file=what.side_file)
-    else:
-        fields = {"dialog": what.dialog, "reason": what.reason, "file": what.path}
-        log.warning("archive.finished", user=what.user, **fields)
 
 
 def _attempt(func: Callable[..., _Outcome], *args: Any, **kwargs: Any) -> _Outcome:

@@ -22,7 +22,7 @@ import click
 
 from . import (
     archives,
-    cli_archives,  # noqa: F401 (importing it registers the review commands on main)
+    cli_archives,  # importing it registers the review commands on main
     render,
 )
 from .clikit import (
@@ -245,7 +245,8 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
     archiver forget alice
     archiver forget 'auth0|42' --yes
     """
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     with _errors():
         files = archives.user_contents(journal, user)
         if not yes:
@@ -260,6 +261,7 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
         done = archives.forget(journal, user)
         for path in done.files:
             click.echo(f"removed {render.printable(str(path))}")
+    cli_archives.index_after(settings, user=user)
     click.echo(f"forgot user {render.printable(user)!r}: {done.summary()}", err=True)
 
 

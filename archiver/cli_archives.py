@@ -9,17 +9,20 @@ them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shlex
 import signal
+import sqlite3
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
-from . import archives, render
+from . import archives, logs, query, render, stats, transcripts
 from . import search as searching
 from .archives import ArchiveInfo
 from .clikit import (
@@ -27,6 +30,7 @@ from .clikit import (
     Failure,
     _errors,
     _filter,
+    _interactive,
     _journal,
     _nothing_found,
     _Output,
@@ -40,10 +44,13 @@ from .clikit import (
     until_option,
     user_option,
 )
+from .config import Settings
 from .dialogfile import ROLES
 from .errors import JournalError
+from .index import Index
 from .journal import Journal
 from .layout import CURRENT
+from .logs import log
 
 
 def _info_json(info: ArchiveInfo) -> dict[str, Any]:
@@ -175,7 +182,8 @@ def _file_or_newest(user_or_path: str, data_dir: Path | None) -> Path:
 
 @main.command()
 @click.argument("text")
-@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (case-sensitive).")
+@click.option("--scan", is_flag=True, help="Read every archive instead of using the index.")
+@click.option("--regex", is_flag=True, help="TEXT is a Python regular expression (a scan).")
 @user_option
 @since_option
 @until_option
@@ -189,6 +197,7 @@ def _file_or_newest(user_or_path: str, data_dir: Path | None) -> Path:
 @data_option
 def search(
     text: str,
+    scan: bool,
     regex: bool,
     user: str | None,
     since: str | None,
@@ -200,15 +209,19 @@ def search(
     as_json: bool,
     data_dir: Path | None,
 ) -> None:
-    """Find messages containing TEXT (case-insensitive, any whitespace).
+    """Find messages by words, "phrases" and prefixes (case-insensitive).
 
-    Prints user, archive, seq, role and each matching line, newest archives first, the
-    match highlighted on a terminal. Live dialogs are searched only with --current.
+    TEXT is a query: every word must be in the message; "a phrase" matches its words in
+    a row; refund* matches words that begin so; user:, role:, reason:, since:, until:
+    filter as the options do. Uses the search index (built on first use, brought up to
+    date on every search), best matches first; --scan reads every archive instead
+    (newest first), with the same results.
 
     \b
     archiver search refund
-    archiver search "order #1042" --user alice --role user
-    archiver search 'refund(ed|s)?\b' --regex --since 2026-11-01 --json
+    archiver search '"order 1042" role:user' --user alice
+    archiver search 'refund* since:2026-11-01' --json
+    archiver search 'refund(ed|s)?' --regex --since 2026-11-01
     archiver search invoice --current --limit 5
 
     With --json each element is {"user", "archive", "dialog", "seq", "role", "at", "text",
@@ -216,21 +229,17 @@ def search(
     """
     if not text:
         raise click.UsageError("TEXT is empty")
-    try:
-        query = searching.Query.compile(text, regex=regex)
-    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
-        raise click.UsageError(f"bad regular expression: {exc}") from None
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     with _errors():
-        hits: Iterator[searching.Hit] = searching.search(
-            journal,
-            query,
-            _filter(user, since, before, reason),
-            role=role,
-            current=current,
-            on_error=_warn,
-            workers=SEARCH_WORKERS,
-        )
+        hits: Iterator[query.Hit]
+        if regex:
+            hits = _regex_hits(journal, text, _filter(user, since, before, reason), role, current)
+        else:
+            wanted = _search_query(text, user, since, before, role, reason)
+            if wanted.user is not None:
+                archives.users_of(journal, wanted.user)  # an unknown user is an error
+            hits = _query_hits(settings, journal, wanted, scan, current, limit)
         if limit is not None:
             hits = (hit for _, hit in zip(range(limit), hits, strict=False))
         with _Output() as out:
@@ -244,6 +253,129 @@ def search(
                     count += 1
     if not count:
         _nothing_found(f"no message matches {text!r}")
+
+
+def _search_query(
+    text: str,
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    role: str | None,
+    reason: str | None,
+) -> query.Search:
+    """TEXT parsed, with the options' filters added (a filter given both ways is an error)."""
+    try:
+        wanted = query.parse(text)
+    except query.QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = {"user": user, "since": since, "before": before, "role": role, "reason": reason}
+    changes: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if getattr(wanted, name) is not None:
+            shown = "until" if name == "before" else name
+            raise click.UsageError(f"{shown} is given both in TEXT and as --{shown}")
+        changes[name] = value
+    return dataclasses.replace(wanted, **changes)
+
+
+def _regex_hits(
+    journal: Journal, text: str, where: archives.Filter, role: str | None, current: bool
+) -> Iterator[query.Hit]:
+    try:
+        compiled = searching.Query.compile(text, regex=True)
+    except Exception as exc:  # re.error, and the rare overflow/recursion of a huge pattern
+        raise click.UsageError(f"bad regular expression: {exc}") from None
+    return searching.search(
+        journal,
+        compiled,
+        where,
+        role=role,
+        current=current,
+        on_error=_warn,
+        workers=SEARCH_WORKERS,
+    )
+
+
+def _query_hits(
+    settings: Settings,
+    journal: Journal,
+    wanted: query.Search,
+    scan: bool,
+    current: bool,
+    limit: int | None,
+) -> Iterator[query.Hit]:
+    if current:
+        yield from query.scan_current(journal, wanted)
+    searchable = None if scan or not settings.search_index else _fresh_index(settings)
+    if searchable is None:
+        yield from query.scan(journal, wanted, on_error=_warn)
+        return
+    try:
+        for path, error in searchable.damaged(wanted.user):
+            _warn(path, ValueError(error))
+        yield from searchable.search(wanted, limit=limit).hits
+    finally:
+        searchable.close()
+
+
+def _fresh_index(settings: Settings) -> Index | None:
+    """The search index, brought up to date with the files; None (and a warning) if it
+    cannot be written here (a read-only copy of the data directory): then we scan."""
+    found = Index(settings.data_dir, settings.index_path)
+    try:
+        if not found.exists():
+            click.echo("building the search index (once; later searches are fast)", err=True)
+        found.sync()
+    except (sqlite3.Error, OSError) as exc:
+        click.echo(f"warning: search index unusable ({exc}); reading every archive", err=True)
+        found.close()
+        return None
+    return found
+
+
+def index_after(settings: Settings, paths: Iterable[Path] = (), user: str | None = None) -> None:
+    """Tell an existing index about archives this command wrote or deleted (it would
+    catch up by itself later; this keeps it current at once). Never builds one."""
+    found = Index(settings.data_dir, settings.index_path)
+    if not settings.search_index or not found.exists():
+        return
+    try:
+        if user is not None:
+            found.forget_user(user)
+        found.update(paths)
+    except (sqlite3.Error, OSError) as exc:
+        click.echo(f"warning: could not update the search index: {exc}", err=True)
+    finally:
+        found.close()
+
+
+@main.command()
+@data_option
+def reindex(data_dir: Path | None) -> None:
+    """Rebuild the search index from the archive files.
+
+    The index is derived data (the files are the truth): this empties it and reads every
+    archive again. Safe while servers run; their searches see the new index at once.
+
+    \b
+    archiver reindex
+    """
+    settings = _settings(data_dir=data_dir)
+    _journal(settings.data_dir)
+    found = Index(settings.data_dir, settings.index_path)
+    try:
+        done = found.rebuild()
+        counted, messages = found.counts()
+    except (sqlite3.Error, OSError) as exc:
+        raise Failure(f"cannot write the search index: {exc}") from None
+    finally:
+        found.close()
+    click.echo(
+        f"indexed {archives.plural(counted, 'archive')} "
+        f"({archives.plural(messages, 'message')}) in {done.ms / 1000:.1f} s"
+    )
 
 
 @main.command()
@@ -285,31 +417,126 @@ def _watching(journal: Journal) -> Callable[[], None]:
 @since_option
 @until_option
 @reason_option
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(transcripts.FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="jsonl (for import), csv (a row per dialog), md or html (printable transcripts).",
+)
 @data_option
 def export(
     user: str | None,
     since: str | None,
     before: str | None,
     reason: str | None,
+    form: str,
     data_dir: Path | None,
 ) -> None:
-    """Print archives with their messages as JSON Lines.
+    """Print archives: JSON Lines, CSV, Markdown or HTML.
 
-    One object per archive, newest first: {"user", "name", "dialog", "started", "ended",
-    "reason", "messages": [{"seq", "role", "at", "text"}, ...]}.
+    jsonl: one object per archive, newest first: {"user", "name", "dialog", "started",
+    "ended", "reason", "messages": [{"seq", "role", "at", "text"}, ...]}, what `archiver
+    import` reads back. csv: a header row, then one row per dialog (user, dialog, archive,
+    started, ended, reason, message counts, first user message), RFC 4180. md and html:
+    transcripts a person reads or prints (html is one self-contained page).
 
     \b
     archiver export > archives.jsonl
     archiver export --user alice --since 2026-11-01 --until 2026-11-30 > alice-nov.jsonl
+    archiver export --format csv > dialogs.csv
+    archiver export --user alice --format html > alice.html
     """
     journal = _journal(data_dir)
+    where = _filter(user, since, before, reason)
     count = 0
-    with _errors(), _Output(batch=64) as out:
-        for item in archives.export(journal, _filter(user, since, before, reason), _warn):
-            out.line(_to_json(item))
+
+    def counted() -> Iterator[transcripts.Transcript]:
+        nonlocal count
+        for info, dialog in archives.export_dialogs(journal, where, _warn):
             count += 1
+            yield transcripts.Transcript(info.user, info.name, dialog)
+
+    with _errors():
+        if form == "jsonl":
+            with _Output(batch=64) as out:
+                for item in counted():
+                    out.line(_to_json(archives.export_object(item.user, item.name, item.dialog)))
+        else:
+            _write_out(_formatted(form, counted()))
     if not count:
         _nothing_found("no archive matches")
+
+
+def _formatted(form: str, items: Iterator[transcripts.Transcript]) -> Iterator[str]:
+    if form == "csv":
+        return transcripts.csv_lines(items)
+    if form == "md":
+        return transcripts.markdown_all(items)
+    return transcripts.html_document(items)
+
+
+def _write_out(pieces: Iterable[str]) -> None:
+    """Text to stdout as bytes, exactly (CSV's CRLF stays CRLF), a batch at a time."""
+    sys.stdout.flush()
+    stream = sys.stdout.buffer
+    held: list[bytes] = []
+    for piece in pieces:
+        held.append(piece.encode("utf-8"))
+        if len(held) >= 256:
+            stream.write(b"".join(held))
+            held.clear()
+    stream.write(b"".join(held))
+    stream.flush()
+
+
+@main.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@data_option
+def import_(file: TextIO, data_dir: Path | None) -> None:
+    """Write a JSON Lines export back as archives.
+
+    Reads what `archiver export` printed (FILE, or - for stdin). Every line is checked
+    first; if one cannot be read, or names a dialog the user already has (or another
+    line has), nothing is written. Each archive is written whole, by a rename, under
+    its exported name (the next free name of that second if it is taken): export,
+    forget, import gives back the same files, byte for byte.
+
+    \b
+    archiver export --user alice > alice.jsonl
+    archiver import alice.jsonl
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    items, problems = [], []
+    for number, text in enumerate(file, start=1):
+        if not text.strip():
+            continue
+        try:
+            items.append(archives.read_export_line(number, text))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    with _errors():
+        problems += archives.check_import(journal, items)
+        if problems:
+            shown = problems[:20] + (
+                [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+            )
+            raise Failure("nothing imported:\n" + "\n".join(shown))
+        written = []
+        try:
+            for item in items:
+                path = archives.write_import(journal, item)
+                written.append(path)
+                click.echo(f"imported {render.printable(item.user)} {path.name}")
+        except archives.BadImport as exc:
+            raise Failure(f"{exc} (the {len(written)} archives before it were imported)") from None
+        finally:
+            index_after(settings, written)
+    if not items:
+        _nothing_found("no archive in the file")
+    click.echo(f"imported {archives.plural(len(written), 'archive')}", err=True)
 
 
 @main.command()
@@ -336,12 +563,15 @@ def sweep(older_than: float | None, data_dir: Path | None) -> None:
     journal = _journal(settings.data_dir)
     idle = settings.session_timeout if older_than is None else older_than
     count = 0
+    landed: list[Path] = []
     with _errors():
         for archived in archives.sweep(journal, idle, on_error=_warn):
             user = render.printable(archived.user)
             messages = archives.plural(archived.messages, "message")
             click.echo(f"archived {user} {archived.name} ({messages})")
+            landed.append(archived.path)
             count += 1
+    index_after(settings, landed)
     if not count:
         _nothing_found(f"no live dialog idle for {idle:g} s")
 
@@ -366,17 +596,135 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
     archiver prune --older-than 90 --dry-run
     archiver prune --older-than 90
     """
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     verb = "would remove" if dry_run else "removed"
     count = 0
+    gone: list[Path] = []
     with _errors():
         for pruned in archives.prune(journal, older_than, dry_run=dry_run):
             info = pruned.info
             user = render.printable(info.user)
             click.echo(f"{verb} {user} {info.name} (ended {archives.archive_time(info)})")
+            gone.append(pruned.path)
             count += 1
+    if not dry_run:
+        index_after(settings, gone)
     counted = archives.plural(count, "archive")
     summary = f"{verb} {counted} older than {archives.plural(older_than, 'day')}"
     if not count:
         _nothing_found(summary)
     click.echo(summary, err=True)
+
+
+@main.command()
+@click.argument("user")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@data_option
+def rm(user: str, name: str, yes: bool, data_dir: Path | None) -> None:
+    """Delete one archive of USER, and its search index entries.
+
+    Under the user's lock, as forget. Asks first unless --yes is given; without a
+    terminal, --yes is required. Logs archive.deleted.
+
+    \b
+    archiver rm alice 2026-11-21-10-30-00.yaml
+    archiver rm 'auth0|42' 2026-11-21-10-30-00.yaml --yes
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    with _errors():
+        archives.users_of(journal, user)
+        if archives.find_archive(journal, user, name) is None:
+            raise Failure(f"no archive {name!r} for user {user!r}")
+        if not yes:
+            if not _interactive():
+                raise click.UsageError("rm needs --yes when not run from a terminal")
+            click.confirm(
+                f"Delete archive {name} of user {user!r}? This cannot be undone", abort=True
+            )
+        try:
+            done = archives.remove_archive(journal, user, name)
+        except archives.NoSuchArchive as exc:
+            raise Failure(str(exc)) from None
+    index_after(settings, [done.path])
+    with logs.for_command(settings):
+        log.info("archive.deleted", user=user, name=name, dialog=done.dialog)
+    click.echo(f"removed {render.printable(str(done.path))}")
+
+
+@main.command("stats")
+@user_option
+@since_option
+@until_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@data_option
+def stats_(
+    user: str | None,
+    since: str | None,
+    before: str | None,
+    as_json: bool,
+    data_dir: Path | None,
+) -> None:
+    """Print figures: archives by reason and day, users, reply times.
+
+    Archives by reason and by day, dialogs and messages per user, the dialog length
+    distribution, reply time (user message to the assistant's) p50/p95, interrupted and
+    failed replies. Read from the search index (brought up to date first); --json prints
+    what GET /admin/stats answers.
+
+    \b
+    archiver stats
+    archiver stats --since 2026-11-01 --user alice --json
+    """
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
+    where = _filter(user, since, before, None)
+    with _errors():
+        if user is not None:
+            archives.users_of(journal, user)
+        found = _fresh_index(settings) if settings.search_index else None
+        try:
+            if found is not None:
+                figures = stats.compute(found.stat_rows(where))
+            else:
+                pairs = archives.export_dialogs(journal, where, _warn)
+                rows = ((i.user, archives.archive_time(i), d) for i, d in pairs)
+                figures = stats.compute(stats.from_dialogs(rows))
+        finally:
+            if found is not None:
+                found.close()
+    if as_json:
+        click.echo(json.dumps(figures, ensure_ascii=False, indent=2))
+    else:
+        click.echo("\n".join(_stats_lines(figures)))
+    if not figures["archives"]:
+        _nothing_found("no archive matches")
+
+
+def _stats_lines(f: dict[str, Any]) -> list[str]:
+    reply, length = f["reply_ms"], f["dialog_length"]
+    reasons = ", ".join(f"{r} {n}" for r, n in f["by_reason"].items()) or "none"
+    out = [
+        f"archives   {f['archives']} ({reasons})",
+        f"messages   {f['messages']} from {archives.plural(f['users'], 'user')}",
+        f"length     p50 {length['p50']}, p95 {length['p95']} messages per dialog",
+        f"replies    {reply['count']}: p50 {_ms(reply['p50'])}, p95 {_ms(reply['p95'])}; "
+        f"{f['interrupted']} interrupted, {f['errors']} failed",
+        "",
+        "day          archives  by reason",
+    ]
+    for day in f["by_day"]:
+        parts = ", ".join(f"{r} {n}" for r, n in day["reasons"].items())
+        out.append(f"{day['day']}  {sum(day['reasons'].values()):8}  {parts}")
+    out += ["", "user                      archives  messages"]
+    out += [
+        f"{render.printable(u['user'])[:24]:24}  {u['archives']:8}  {u['messages']:8}"
+        for u in f["top_users"]
+    ]
+    return out
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1000:.2f} s"

@@ -34,10 +34,14 @@ COMMANDS = [
     "list",
     "show",
     "search",
+    "reindex",
     "watch",
     "export",
+    "import",
+    "stats",
     "sweep",
     "prune",
+    "rm",
     "forget",
 ]
 

@@ -108,6 +108,11 @@ class Settings:
     # Built-in redactions applied to archives (email, phone, card), and a file of more.
     redact: tuple[str, ...] = ()
     redact_file: Path | None = None
+    # The full-text search index (archiver.index): derived from the archives, so it can
+    # be turned off (an instance on a shared data directory that is not the review host)
+    # or placed elsewhere (local disk when the data directory is on NFS).
+    search_index: bool = True
+    index_path: Path | None = None
     # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None

@@ -170,13 +170,32 @@ def message_text(message: Message) -> str:
     return yamltext.entry_text(fields)
 
 
-def trailer_text(ended: str, reason: str, redaction: dict[str, int] | None = None) -> str:
+def trailer_text(ended: str, reason: str, redaction: dict[str, int] | str | None = None) -> str:
     text = f"ended: {yamltext.quoted(ended)}\nreason: {yamltext.inline(reason)}\n"
     if redaction is not None:
-        # Which patterns ran, and how many spans each replaced: "email=2, card=0".
-        summary = ", ".join(f"{name}={count}" for name, count in redaction.items())
+        # Which patterns ran, and how many spans each replaced: "email=2, card=0" (or that
+        # summary as read back from an archive, by an import).
+        summary = (
+            redaction
+            if isinstance(redaction, str)
+            else ", ".join(f"{name}={count}" for name, count in redaction.items())
+        )
         text += f"redacted: {yamltext.inline(summary or 'none')}\n"
     return text
+
+
+ARCHIVE_EXTRA = ("redacted",)  # header and trailer fields an archive may carry beyond these
+
+
+def archive_bytes(dialog: Dialog) -> bytes:
+    """The bytes the journal writes for ``dialog`` once archived: what ``archiver import``
+    writes back, identical to the original for every archive the journal wrote."""
+    if dialog.ended is None or dialog.reason is None:
+        raise ValueError("an archive needs its ended time and reason")
+    parts = [header_text(dialog.user, dialog.dialog, dialog.started)]
+    parts += [message_text(message) for message in dialog.messages]
+    parts.append(trailer_text(dialog.ended, dialog.reason, dialog.extra.get("redacted")))
+    return "".join(parts).encode("utf-8") + MARKER
 
 
 def trailer_bytes(reason: str, ended: str | None = None) -> bytes:
@@ -410,6 +429,30 @@ def parse_entry(entry: bytes) -> Message:
 def _entry_of_fields(text: str) -> Message:
     fields, _ = yamltext.parse_mapping_lines(yamltext.split_lines(text), 0, 2)
     return message_from_fields(fields)
+
+
+def entry_offsets(data: bytes, count: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of each message entry in a file in our shape (entries are the
+    lines from a column-0 ``- `` to the next column-0 line); None if the file has
+    another shape (then a hit reads the whole file)."""
+    start = data.find(b"\nmessages:\n")
+    if start < 0:
+        return None
+    pos = start + len(b"\nmessages:\n")
+    out: list[tuple[int, int]] = []
+    while data.startswith(b"- ", pos):
+        end = pos
+        while True:
+            newline = data.find(b"\n", end)
+            if newline < 0:
+                end = len(data)
+                break
+            end = newline + 1
+            if end >= len(data) or data[end : end + 1] not in (b" ", b"\n"):
+                break
+        out.append((pos, end - pos))
+        pos = end
+    return out if len(out) == count else None
 
 
 def has_our_header(data: bytes) -> bool:

@@ -4,6 +4,7 @@
 
     <data>/.jwt-secret                                   the generated HS256 secret
     <data>/.instances/<instance>.lock                    one per running server (owners.py)
+    <data>/.index/search.sqlite3[-wal|-shm]              the search index (index.py; derived)
     <data>/users/<user-dir>/dialogs/.lock                the user's flock, and the owner id
     <data>/users/<user-dir>/dialogs/current.yaml         the journal of the current dialog
     <data>/users/<user-dir>/dialogs/current.yaml.torn-<time>   bytes a crash tore, set aside
@@ -34,6 +35,8 @@ ARCHIVED = "archived"
 LOCK = ".lock"
 INSTANCES = ".instances"
 SECRET_FILE = ".jwt-secret"
+INDEX_DIR = ".index"
+INDEX_FILE = "search.sqlite3"
 TORN_PREFIX = CURRENT + ".torn-"
 TMP_PREFIX = ".tmp-"
 MAX_USER_DIR = 240  # bytes; most filesystems allow 255 per path component
@@ -115,6 +118,11 @@ def secret_path(data_dir: Path) -> Path:
     return Path(data_dir) / SECRET_FILE
 
 
+def index_path(data_dir: Path, override: Path | None = None) -> Path:
+    """The search index's database (``ARCHIVER_INDEX_PATH`` when set)."""
+    return Path(override) if override is not None else Path(data_dir) / INDEX_DIR / INDEX_FILE
+
+
 class Layout:
     """The paths of one data directory's users, dialogs and archives."""
 
@@ -138,6 +146,11 @@ class Layout:
 
     def archived_dir(self, user: str) -> Path:
         return self.dialogs_dir(user) / ARCHIVED
+
+    def archived_dir_named(self, dir_name: str) -> str:
+        """The ``archived/`` directory of the user directory ``dir_name`` (encoded), as
+        text: the index walks directories by their encoded names."""
+        return os.path.join(self._users_str, dir_name, DIALOGS, ARCHIVED)
 
     def archive_path(self, user: str, name: str) -> Path | None:
         """The path of archive ``name``, or None if ``name`` is not an archive name."""

@@ -13,11 +13,13 @@ access log is rewritten to a ``http.request`` event without the query string's s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +208,7 @@ class _FileHandler(_PerLoopTurn, logging.FileHandler):
         self._waiting = []
 
 
-def setup(settings: Settings) -> None:
-    """Route our events and uvicorn's through one formatter to stderr (and the log file)."""
+def _handlers(settings: Settings) -> list[logging.Handler]:
     formatter: logging.Formatter
     formatter = JsonFormatter() if settings.log_format == "json" else LogfmtFormatter()
     handlers: list[logging.Handler] = [_StderrHandler()]
@@ -216,6 +217,32 @@ def setup(settings: Settings) -> None:
         handlers.append(_FileHandler(settings.log_file))
     for handler in handlers:
         handler.setFormatter(formatter)
+    return handlers
+
+
+@contextlib.contextmanager
+def for_command(settings: Settings) -> Iterator[None]:
+    """Our events to stderr and the log file while a CLI command logs one (``archiver
+    rm``: ``archive.deleted``), then the logging the process had before, restored."""
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (logger.handlers, logger.level, logger.propagate)
+    handlers = _handlers(settings)
+    logger.handlers, logger.propagate = list(handlers), False
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+
+
+def setup(settings: Settings) -> None:
+    """Route our events and uvicorn's through one formatter to stderr (and the log file)."""
+    handlers = _handlers(settings)
     # No formatter of ours prints where a call came from, or the thread and process: the
     # logging HOWTO's "Optimization" section turns off what finding them out costs.
     logging._srcfile = None

@@ -121,6 +121,31 @@ SCHEMAS: dict[str, Schema] = {
         archive={"type": "string", "nullable": True, "description": "The archive's name."},
         messages={"type": "integer", "description": "0 when there was nothing to archive."},
     ),
+    "SearchHit": obj(
+        ["user", "archive", "dialog", "seq", "role", "at", "snippet"],
+        user=STR,
+        archive={"type": "string", "description": "The archive's file name."},
+        dialog=STR,
+        seq=INT,
+        role=ROLE,
+        at=TIME,
+        snippet={
+            "type": "array",
+            "items": STR,
+            "description": "Text around the hit; the matched words are at the odd indices.",
+        },
+    ),
+    "SearchPage": obj(
+        ["hits", "next"],
+        hits={"type": "array", "items": ref("SearchHit")},
+        next={"type": "string", "nullable": True, "description": "The cursor of the next page."},
+    ),
+    "Stats": {
+        "type": "object",
+        "description": "Archives by reason and by day, users, dialog lengths and reply times "
+        "(the same figures as `archiver stats --json`).",
+        "additionalProperties": True,
+    },
     "ArchiveInfo": obj(
         ["name", "dialog", "started", "ended", "reason", "messages"],
         name={"type": "string", "description": "The file name, e.g. 2026-11-21-10-30-00.yaml"},
@@ -313,6 +338,10 @@ ARCHIVE_BODY = {
     "description": "The archive: the file's exact bytes, or JSON with Accept: application/json.",
     "content": {"application/yaml": {"schema": STR}, JSON: {"schema": ref("Dialog")}},
 }
+FORMAT = query(
+    "format", "md or html: a transcript a person can read or print, instead of the YAML file."
+)
+BAD_FORMAT = error("A format other than md or html.", "bad_format")
 ARCHIVE_LIST = ok("Newest first.", {"type": "array", "items": ref("ArchiveInfo")})
 ARCHIVE_NAME = path("name", "An archive's file name, as listed.")
 USER = path("user", "The user id, percent-encoded (auth0%7C42).")
@@ -406,9 +435,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/archives/{name}": {
         "get": operation(
             "One of the user's archives",
-            {200: ARCHIVE_BODY, 404: NOT_FOUND},
+            {200: ARCHIVE_BODY, 400: BAD_FORMAT, 404: NOT_FOUND},
             tag="archives",
-            params=[ARCHIVE_NAME],
+            params=[ARCHIVE_NAME, FORMAT],
         )
     },
     "/users": {
@@ -427,10 +456,10 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/users/{user}/archives/{name}": {
         "get": operation(
             "One archive of any user",
-            {200: ARCHIVE_BODY, 404: NOT_FOUND},
+            {200: ARCHIVE_BODY, 400: BAD_FORMAT, 404: NOT_FOUND},
             auth="admin",
             tag="admin",
-            params=[USER, ARCHIVE_NAME],
+            params=[USER, ARCHIVE_NAME, FORMAT],
         )
     },
     "/admin/feed": {
@@ -446,6 +475,41 @@ PATHS: dict[str, dict[str, Schema]] = {
             auth="admin",
             tag="admin",
             params=[query("user", "Only this user's archives.")],
+        )
+    },
+    "/search": {
+        "get": operation(
+            "Full-text search of archives: the user's own; an admin's, everyone's (user: narrows)",
+            {
+                200: ok("Best match first.", ref("SearchPage")),
+                400: error(
+                    "A malformed query, limit or cursor.", "bad_query", "bad_limit", "bad_cursor"
+                ),
+                503: error("Search is off or unavailable.", "search_unavailable"),
+            },
+            tag="archives",
+            params=[
+                query("q", 'Words, "phrases", prefix*, and user: role: reason: since: until:.'),
+                query("limit", "Hits per page, 1 to 500 (default 50)."),
+                query("cursor", "The `next` of the previous page."),
+            ],
+        )
+    },
+    "/admin/stats": {
+        "get": operation(
+            "Counts by reason and day, dialog lengths, reply times",
+            {
+                200: ok("The figures.", ref("Stats")),
+                400: error("A bad since or until.", "bad_time"),
+                503: error("The index is unavailable.", "search_unavailable"),
+            },
+            auth="admin",
+            tag="admin",
+            params=[
+                query("since", "Archives that ended at or after (a date or ISO time)."),
+                query("until", "Archives that ended at or before."),
+                query("user", "Only this user."),
+            ],
         )
     },
     "/health": {

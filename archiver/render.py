@@ -17,7 +17,7 @@ from .archives import plural
 from .dialogfile import Dialog
 
 if TYPE_CHECKING:
-    from .search import Hit
+    from .query import Hit
 
 Style = Callable[..., str]
 

@@ -23,10 +23,10 @@ import pickle
 import re
 import signal
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from . import dialogfile as fmt
 from . import yamltext
@@ -34,8 +34,10 @@ from .archives import FILE_ERRORS, Filter, OnError, users_of, utc_text
 from .dialogfile import Message
 from .journal import Journal
 from .layout import ARCHIVE_NAME, ARCHIVED, CURRENT
+from .query import Hit
 
 CURRENT_LABEL = CURRENT  # what a hit in a live journal names as its archive
+__all__ = ["CURRENT_LABEL", "Hit", "Query", "search"]
 
 # Non-ASCII characters that re.IGNORECASE matches to an ASCII letter; a lower-cased byte
 # search for the letter would miss them.
@@ -97,24 +99,6 @@ class Query:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         return [m.span() for m in self.pattern.finditer(text) if m.end() > m.start()]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One message that matched, and where in its text."""
-
-    user: str
-    archive: str  # the archive's file name, or "current.yaml"
-    dialog: str
-    message: Message
-    spans: list[tuple[int, int]] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"user": self.user, "archive": self.archive}
-        out["dialog"] = self.dialog
-        out.update(self.message.as_json())
-        out["matches"] = [list(span) for span in self.spans]
-        return out
 
 
 class _Source(NamedTuple):

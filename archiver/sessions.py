@@ -31,6 +31,7 @@ from .events import SHUTDOWN_EVENT
 from .feed import Feed
 from .hub import Event, Hub, Inbox
 from .incidents import Incidents
+from .index import Indexer
 from .limits import Breaker, RateLimit
 from .logs import log
 from .metrics import Metrics
@@ -54,6 +55,7 @@ class Sessions:
     breaker: Breaker | None = None
     metrics: Metrics | None = None
     feed: Feed | None = None
+    index: Indexer | None = None  # the search index's worker, told of every archive
     incidents: Incidents = field(default_factory=Incidents)
     started_at: float = field(default_factory=time.time)
     shutdown_started: float | None = None
@@ -80,6 +82,7 @@ class Sessions:
             self.incidents,
             self.instance,
             chatting=self.chats.__contains__,
+            index=self.index,
         )
         self.presence = Presence(
             hub, self.settings.disconnect_grace, self._gone, on_connect=self._serve

@@ -1,4 +1,4 @@
-"""``python -m bench {journal,search,subscriptions,archive,chat,drain,all} [--quick]``.
+"""``python -m bench {journal,search,index,subscriptions,archive,chat,drain,all} [--quick]``.
 
 The live benchmarks (subscriptions, archive, chat, drain) start their servers on
 loopback and drive them from a separate client process; each prints a table with
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from bench import archive, chat, drain, journal, search, subscriptions
+from bench import archive, chat, drain, index, journal, search, subscriptions
 
 BENCHMARKS = {
     "journal": journal.run,
     "search": search.run,
+    "index": index.run,
     "subscriptions": subscriptions.run,
     "archive": archive.run,
     "chat": chat.run,

@@ -24,7 +24,10 @@ _USER_FILE = re.compile(
     r"\A(?:\.lock|current\.yaml|current\.yaml\.torn-\d{8}T\d{6}Z(?:-\d+)?"
     r"|archived/\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(?:-[1-9]\d{0,5})?\.yaml)\Z"
 )
-_TOP_FILE = re.compile(r"\A(?:\.jwt-secret|\.instances/[^/]+\.lock)\Z")
+# The search index (archiver/index.py) is derived data beside the users' directories.
+_TOP_FILE = re.compile(
+    r"\A(?:\.jwt-secret|\.instances/[^/]+\.lock|\.index/search\.sqlite3(?:-wal|-shm)?)\Z"
+)
 
 
 def load_both(path: Path) -> dict[str, Any]:

@@ -53,6 +53,20 @@ def test_importing_and_building_the_app_loads_no_cli_search_or_rendering() -> No
     assert loaded.isdisjoint({"archiver.search", "archiver.render", "archiver.cli"}), loaded
 
 
+async def test_an_archive_as_markdown_or_printable_html(client: httpx.AsyncClient) -> None:
+    auth = bearer("alice")
+    await client.post("/chat", json={"message": "<b>hi</b>"}, headers=auth)
+    name = (await client.post("/dialog/archive", headers=auth)).json()["archive"]
+    md = await client.get(f"/archives/{name}?format=md", headers=auth)
+    assert md.headers["content-type"].startswith("text/markdown")
+    assert "```text\n<b>hi</b>\n```" in md.text
+    page = await client.get(f"/archives/{name}?format=html", headers=auth)
+    assert page.headers["content-type"].startswith("text/html")
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page.text and "<b>hi" not in page.text
+    bad = await client.get(f"/archives/{name}?format=pdf", headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_format"
+
+
 async def test_chat_then_read_the_dialog_archive_it_and_list_it(client: httpx.AsyncClient) -> None:
     auth = bearer("alice")
     sent = await client.post("/chat", json={"message": "hello"}, headers=auth)

@@ -20,6 +20,20 @@ ROOT = Path(__file__).parent.parent
 TABLES = {
     "journal": [r"^\s+msg 10\s+msg 100", r"^archiver\s+\d", r"^os\.write \(floor\)\s+\d"],
     "search": [r"^command\s+seconds", r"^archiver list --json\s+\d", r"^grep -rl \w+\s+\d"],
+    "index": [
+        r"^measure\s+archiver\s+target\s+floor",
+        r"^index build \(reindex\)\s+\d+\.\d s\s+<= 60 s\s+read ",
+        r"^update, per archive\s+\d+\.\d+ ms\s+<= 2 ms\s+parse ",
+        r"^index size\s+\d",
+        r"^GET /health \(floor\)\s+\d",
+        r"^GET /search rare \(\w+\)\s+\d+\.\d / \d+\.\d ms\s+<= 20 / 100 ms\s+grep -rl \d+ ms",
+        r"^GET /search moderate",
+        r"^GET /search common",
+        r"^  common: bm25 over all matches\s+\d",
+        r"^  common: bm25 over newest 5000\s+\d",
+        r"^archiver search \(process\)\s+\d+\.\d+ s\s+<= 0\.3 s\s+start-up",
+        r"^archiver list --json\s+\d",
+    ],
     "subscriptions": [
         r"^idle subscriptions",
         r"^\s+100\s+300\s+RSS at max\s+pings late",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import queue
@@ -16,7 +18,7 @@ import jwt
 import pytest
 from click.testing import CliRunner, Result
 
-from archiver import archives, cli
+from archiver import archives, cli, cli_archives, redact
 from archiver.cli import main
 from archiver.journal import Journal
 from archiver.layout import user_dir_name
@@ -250,8 +252,10 @@ def test_show_errors(data: Path, tmp_path: Path) -> None:
 
 
 def test_search_prints_where_each_matching_line_is(data: Path) -> None:
-    result = run(data, "search", "refund")
+    result = run(data, "search", "refund", "--scan")  # the scan: newest archives first
     assert result.exit_code == 0, result.output
+    indexed = run(data, "search", "refund")  # the index: the same, best matches first
+    assert sorted(indexed.stdout.splitlines()) == sorted(result.stdout.splitlines())
     assert result.stdout.splitlines() == [
         "auth0|42  2026-11-21-08-00-00.yaml  #1 user  refund please",
         f"alice  {ALICE_SAME_SECOND}  #1 user  Where is my REFUND for order #1042?",
@@ -280,7 +284,7 @@ def test_search_options(data: Path) -> None:
     assert found("refund", "--limit", "1") == [("auth0|42", "2026-11-21-08-00-00.yaml", 1)]
     assert found(r"ZX-\d+", "--regex") == [("alice", ALICE_SAME_SECOND, 2)]
     assert found("don't forget") == [("alice", ALICE_NEWEST, 1)]
-    assert found("refun", "--current")[:2] == [
+    assert found("refun*", "--current")[:2] == [
         ("a/b", "current.yaml", 1),
         ("alice", "current.yaml", 1),
     ]
@@ -290,17 +294,20 @@ def test_search_options(data: Path) -> None:
 
 
 def test_search_a_phrase_across_lines(data: Path) -> None:
-    found = run(data, "search", "way: tracking zx-99", "--json")
-    assert found.exit_code == 0, found.output
-    [hit] = json.loads(found.stdout)
-    assert hit["text"].startswith("It's on its way:\n")
-    assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
+    for scan in ([], ["--scan"]):
+        found = run(data, "search", '"way: tracking zx-99"', "--json", *scan)
+        assert found.exit_code == 0, found.output
+        [hit] = json.loads(found.stdout)
+        assert hit["text"].startswith("It's on its way:\n")
+        assert hit["matches"] == [[hit["text"].index("way:"), hit["text"].index("ZX-99") + 5]]
 
 
 def test_search_exit_codes(data: Path) -> None:
-    none = run(data, "search", "no such words")
+    none = run(data, "search", "no such words")  # builds the index first, and says so
     assert (none.exit_code, none.stdout) == (1, "")
-    assert none.stderr == "no message matches 'no such words'\n"
+    assert none.stderr.startswith("building the search index"), none.stderr
+    again = run(data, "search", "no such words")
+    assert again.stderr == "no message matches 'no such words'\n"
     assert run(data, "search", "no such words", "--json").stdout == "[]\n"
     bad = run(data, "search", "(unclosed", "--regex")
     assert bad.exit_code == 2 and "bad regular expression" in bad.stderr
@@ -315,10 +322,11 @@ def test_search_exit_codes(data: Path) -> None:
 def test_search_warns_about_an_unreadable_file_and_goes_on(data: Path) -> None:
     broken = data / "users" / "alice" / "dialogs" / "archived" / "2026-11-19-00-00-00.yaml"
     broken.write_bytes(b"user: alice\nmessages: [refund\n")
-    result = run(data, "search", "refund", "--user", "alice")
-    assert result.exit_code == 0
-    assert f"warning: skipped {broken}: " in result.stderr
-    assert len(result.stdout.splitlines()) == 3
+    for scan in ([], ["--scan"]):
+        result = run(data, "search", "refund", "--user", "alice", *scan)
+        assert result.exit_code == 0
+        assert f"warning: skipped {broken}: " in result.stderr
+        assert len(result.stdout.splitlines()) == 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,6 +489,152 @@ def test_forget_asks_first_and_needs_a_terminal_or_yes(
     assert accepted.exit_code == 0, accepted.output
     assert not (data / "users" / "alice").exists()
     assert (data / "users" / "auth0%7C42").is_dir()
+
+
+# ---------------------------------------------------------------------------------------
+# rm
+
+
+def test_rm_deletes_one_archive_and_its_index_rows(data: Path, tmp_path: Path) -> None:
+    assert run(data, "search", "forget").stdout  # builds the index; the archive is found
+    target = data / "users" / "alice" / "dialogs" / "archived" / ALICE_NEWEST
+    before = everything(data)
+    log_file = tmp_path / "archiver.log"
+    result = run(
+        data, "rm", "alice", ALICE_NEWEST, "--yes", env={"ARCHIVER_LOG_FILE": str(log_file)}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"removed {target}\n"
+    assert everything(data) == before - {target}
+    logged = log_file.read_text()
+    assert " INFO archive.deleted user=alice name=2026-11-20-10-00-00-2.yaml dialog=" in logged
+    # The index forgot it at once: searching finds nothing, and --scan agrees.
+    for scan in ([], ["--scan"]):
+        assert run(data, "search", "forget", *scan).exit_code == 1
+    again = run(data, "rm", "alice", ALICE_NEWEST, "--yes")
+    assert again.exit_code == 2 and "no archive" in again.stderr
+
+
+def test_rm_asks_first_and_needs_a_terminal_or_yes(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = everything(data)
+    refused = run(data, "rm", "alice", ALICE_NEWEST)
+    assert refused.exit_code == 2 and "needs --yes" in refused.stderr
+    assert run(data, "rm", "bob", ALICE_NEWEST, "--yes").exit_code == 2
+    assert run(data, "rm", "alice", "../current.yaml", "--yes").exit_code == 2
+    monkeypatch.setattr(cli_archives, "_interactive", lambda: True)
+    declined = run(data, "rm", "alice", ALICE_NEWEST, input="n\n")
+    assert declined.exit_code == 1 and everything(data) == before
+    accepted = run(data, "rm", "alice", ALICE_NEWEST, input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert len(everything(data)) == len(before) - 1
+
+
+# ---------------------------------------------------------------------------------------
+# export formats, import
+
+
+def test_export_as_csv_markdown_and_html(data: Path) -> None:
+    table = run(data, "export", "--format", "csv", "--user", "alice")
+    assert table.exit_code == 0, table.output
+    assert table.stdout_bytes.count(b"\r\n") == 4  # the header and three dialogs
+    rows = list(csv.reader(io.StringIO(table.stdout_bytes.decode(), newline="")))
+    assert rows[0][:3] == ["user", "dialog", "archive"] and len(rows) == 4
+    assert [r[2] for r in rows[1:]] == [ALICE_NEWEST, ALICE_SAME_SECOND, "2026-10-01-09-00-00.yaml"]
+    assert rows[2][-1] == "Where is my REFUND for order #1042?"
+    md = run(data, "export", "--format", "md", "--user", "alice").stdout
+    assert md.count("# Dialog ") == 3 and "It's on its way:\n  tracking ZX-99\n" in md
+    page = run(data, "export", "--format", "html").stdout
+    assert page.count("<article>") == 4 and page.startswith("<!doctype html>")
+    assert run(data, "export", "--format", "csv", "--reason", "recovery").exit_code == 1
+
+
+def journal_made_archives(data: Path) -> list[Path]:
+    """Archives written by the journal itself: odd texts, an interrupted reply, an error,
+    two in one second, and a redacted one."""
+    journal = Journal(data, fsync="no")
+    texts = [
+        "no",
+        "2026-11-21",
+        "it's: a 'quote' and \"more\"",
+        "multi\nline\n  indented",
+        "ü 😀 \t tab",
+    ]
+    for n, text in enumerate(texts):
+        journal.append("bob", "user", text)
+        journal.append("bob", "assistant", f"reply {n}", interrupted=n == 2)
+        if n == 3:
+            journal.append("bob", "error", "upstream_timeout")
+        journal.archive("bob", "disconnect")
+    redacting = Journal(data, fsync="no")
+    redacting.redactor = redact.load(("email",), None)
+    redacting.append("a/b", "user", "mail me at x@example.com")
+    redacting.archive("a/b", "user")
+    return sorted((data / "users").glob("*/dialogs/archived/*.yaml"))
+
+
+def test_export_forget_import_gives_the_same_bytes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    paths = journal_made_archives(data)
+    assert any(p.name.endswith("-2.yaml") for p in paths), "two archives in one second"
+    original = {p: p.read_bytes() for p in paths}
+    exported = run(data, "export")
+    assert exported.exit_code == 0, exported.output
+    dump = tmp_path / "all.jsonl"
+    dump.write_text(exported.stdout, encoding="utf-8")
+    assert run(data, "search", "reply").exit_code == 0  # an index, to see it follow
+    for user in ("bob", "a/b"):
+        assert run(data, "forget", user, "--yes").exit_code == 0
+    imported = run(data, "import", str(dump))
+    assert imported.exit_code == 0, imported.output
+    assert imported.stderr == f"imported {len(paths)} archives\n"
+    assert {
+        p: p.read_bytes() for p in sorted((data / "users").glob("*/dialogs/archived/*.yaml"))
+    } == original
+    indexed = run(data, "search", "reply", "--json")
+    assert len(json.loads(indexed.stdout)) == 5
+    # Importing it again is refused as a whole: every dialog is already there.
+    again = run(data, "import", str(dump))
+    assert again.exit_code == 2 and "nothing imported" in again.stderr
+    assert "already has dialog" in again.stderr
+    assert {p: p.read_bytes() for p in original} == original
+
+
+def test_import_refuses_a_bad_file_and_writes_nothing(data: Path, tmp_path: Path) -> None:
+    good = json.loads(run(data, "export", "--user", "auth0|42").stdout)
+    good["user"], good["dialog"] = "carol", "d-new"
+    lines_ = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "dialog": "d-other", "reason": "exploded"}),
+        json.dumps(
+            {
+                **good,
+                "dialog": "d-third",
+                "messages": [{"seq": 2, "role": "user", "at": "x", "text": "t"}],
+            }
+        ),
+        json.dumps({**good, "name": "../../x.yaml", "dialog": "d-4"}),
+        json.dumps(good),
+    ]
+    dump = tmp_path / "bad.jsonl"
+    dump.write_text("\n".join(lines_) + "\n")
+    before = everything(data)
+    result = run(data, "import", str(dump))
+    assert result.exit_code == 2 and result.stdout == ""
+    for says in (
+        "line 2: not JSON",
+        "line 3: reason 'exploded'",
+        "line 4: message 1 has seq 2",
+        "line 5: '../../x.yaml' is not an archive name",
+        "line 6: dialog d-new is also on line 1",
+    ):
+        assert says in result.stderr, (says, result.stderr)
+    assert everything(data) == before
+    dump.write_text(json.dumps(good) + "\n")
+    assert run(data, "import", str(dump)).exit_code == 0
+    assert (data / "users" / "carol" / "dialogs" / "archived" / good["name"]).is_file()
 
 
 # ---------------------------------------------------------------------------------------

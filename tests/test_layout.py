@@ -12,6 +12,7 @@ from archiver.layout import (
     ARCHIVED,
     CURRENT,
     DIALOGS,
+    INDEX_DIR,
     INSTANCES,
     LOCK,
     SECRET_FILE,
@@ -27,7 +28,7 @@ from archiver.layout import (
 
 PACKAGE = Path(__file__).parent.parent / "archiver"
 # Components that are nothing but paths: spelt anywhere else, in any string, is a defect.
-ONLY_PATHS = (CURRENT, LOCK, INSTANCES, SECRET_FILE, DIALOGS, ".torn-", ".tmp-")
+ONLY_PATHS = (CURRENT, LOCK, INSTANCES, SECRET_FILE, INDEX_DIR, DIALOGS, ".torn-", ".tmp-")
 # Words that are also JSON keys and SSE event names ("archived", "users"): a defect only
 # where a path is built from them.
 PATH_WORDS = (USERS, ARCHIVED)

@@ -1,6 +1,9 @@
 // The transcript review page: a user's archives (an admin's pick of any user's), filtered in
-// the browser, one opened as a conversation, its raw YAML downloadable. Downloads go through
-// fetch() because a plain link cannot carry the Bearer header.
+// the browser, one opened as a conversation, its raw YAML or Markdown downloadable, printable;
+// a full-text search box (GET /search) whose hits open the transcript at the message; for an
+// admin, charts of GET /admin/stats drawn as inline SVG. Downloads go through fetch() because
+// a plain link cannot carry the Bearer header. Text from archives is only ever set as text
+// (textContent, text nodes), never parsed as HTML.
 
 import {
   Api,
@@ -32,6 +35,16 @@ const ui = {
   listEmpty: $("archives-empty"),
   heading: $("transcript-heading"),
   download: $("download"),
+  downloadMd: $("download-md"),
+  print: $("print"),
+  actions: $("actions"),
+  q: $("q"),
+  hits: $("hits"),
+  hitsStatus: $("hits-status"),
+  stats: $("stats"),
+  statsSummary: $("stats-summary"),
+  chartDays: $("chart-days"),
+  chartReplies: $("chart-replies"),
   facts: $("facts"),
   transcriptEmpty: $("transcript-empty"),
   messages: $("messages"),
@@ -51,7 +64,14 @@ const state = {
   selected: null,
   listRequest: 0,
   openRequest: 0,
+  searchRequest: 0,
+  searchTimer: 0,
+  searchAbort: null,
 };
+
+const SEARCH_DELAY_MS = 250; // typing pauses this long before a search is sent
+const SEARCH_LIMIT = 20;
+const SVG = "http://www.w3.org/2000/svg";
 
 function showAlert(text) {
   ui.alert.textContent = text;
@@ -194,14 +214,14 @@ function clearTranscript() {
   state.selected = null;
   state.openRequest++; // an archive still loading is not shown after all
   ui.heading.textContent = "Transcript";
-  ui.download.hidden = true;
+  ui.actions.hidden = true;
   ui.facts.hidden = true;
   ui.facts.replaceChildren();
   ui.messages.replaceChildren();
   ui.transcriptEmpty.hidden = false;
 }
 
-async function openArchive(name) {
+async function openArchive(name, seq = null) {
   const request = ++state.openRequest;
   state.selected = name;
   for (const button of ui.list.querySelectorAll(".archive")) {
@@ -219,6 +239,14 @@ async function openArchive(name) {
   showAlert("");
   renderTranscript(name, doc);
   remember();
+  const target = seq == null ? null : ui.messages.querySelector(`.tmsg[data-seq="${Number(seq)}"]`);
+  if (target) {
+    target.classList.add("tmsg--hit");
+    target.setAttribute("tabindex", "-1");
+    target.focus({ preventScroll: true });
+    target.scrollIntoView({ block: "center" });
+    return;
+  }
   ui.heading.focus({ preventScroll: true });
   ui.heading.scrollIntoView({ block: "nearest" });
 }
@@ -248,7 +276,7 @@ function renderTranscript(name, doc) {
   ui.messages.replaceChildren(...messages.map(transcriptMessage));
   ui.transcriptEmpty.hidden = messages.length > 0;
   ui.transcriptEmpty.textContent = "This archive has no messages.";
-  ui.download.hidden = false;
+  ui.actions.hidden = false;
 }
 
 function transcriptMessage(m) {
@@ -263,17 +291,22 @@ function transcriptMessage(m) {
   return item;
 }
 
-async function download() {
+function fileName(name, extension) {
+  const base = state.admin ? `${state.user.replace(/[^\w.-]+/g, "_")}--${name}` : name;
+  return extension ? base.replace(/\.yaml$/, extension) : base;
+}
+
+async function downloadAs(button, query, accept, type, extension) {
   const name = state.selected;
   if (!name) return;
-  ui.download.disabled = true;
+  button.disabled = true;
   try {
-    const response = await api.request("GET", archivesPath(name), { accept: "application/yaml" });
-    const blob = new Blob([await response.arrayBuffer()], { type: "application/yaml" });
+    const response = await api.request("GET", archivesPath(name) + query, { accept });
+    const blob = new Blob([await response.arrayBuffer()], { type });
     const url = URL.createObjectURL(blob);
     const link = make("a");
     link.href = url;
-    link.download = state.admin ? `${state.user.replace(/[^\w.-]+/g, "_")}--${name}` : name;
+    link.download = fileName(name, extension);
     document.body.append(link);
     link.click();
     link.remove();
@@ -281,7 +314,191 @@ async function download() {
   } catch (err) {
     showAlert(err.readable);
   } finally {
-    ui.download.disabled = false;
+    button.disabled = false;
+  }
+}
+
+const download = () => downloadAs(ui.download, "", "application/yaml", "application/yaml", "");
+const downloadMarkdown = () =>
+  downloadAs(ui.downloadMd, "?format=md", "text/markdown", "text/markdown", ".md");
+
+// ---- search --------------------------------------------------------------------------
+
+function scheduleSearch() {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(runSearch, SEARCH_DELAY_MS);
+}
+
+async function runSearch() {
+  const text = ui.q.value.trim();
+  const request = ++state.searchRequest;
+  if (state.searchAbort) state.searchAbort.abort();
+  if (!text) {
+    ui.hits.replaceChildren();
+    ui.hitsStatus.textContent = "";
+    return;
+  }
+  state.searchAbort = new AbortController();
+  const query = new URLSearchParams({ q: text, limit: String(SEARCH_LIMIT) });
+  let page;
+  try {
+    const response = await api.request("GET", `/search?${query}`, { signal: state.searchAbort.signal });
+    page = await response.json();
+  } catch (err) {
+    if (request !== state.searchRequest || (err && err.name === "AbortError")) return;
+    ui.hits.replaceChildren();
+    ui.hitsStatus.textContent = err.readable || "The search failed.";
+    ui.hitsStatus.dataset.kind = "error";
+    return;
+  }
+  if (request !== state.searchRequest) return;
+  const hits = Array.isArray(page.hits) ? page.hits : [];
+  ui.hitsStatus.dataset.kind = "";
+  ui.hitsStatus.textContent = hits.length
+    ? `${hits.length}${page.next ? "+" : ""} matching message${hits.length === 1 ? "" : "s"}, best first`
+    : "No message matches.";
+  ui.hits.replaceChildren(...hits.map(hitItem));
+}
+
+/** A snippet alternates plain and matched text: matched pieces (odd indices) are marked. */
+function snippetNodes(parts) {
+  return (Array.isArray(parts) ? parts : []).map((part, i) =>
+    i % 2 ? make("mark", "hit__mark", String(part)) : document.createTextNode(String(part)),
+  );
+}
+
+function hitItem(hit) {
+  const button = make("button", "hit");
+  button.type = "button";
+  button.dataset.archive = hit.archive;
+  button.dataset.seq = String(hit.seq);
+  const meta = make("span", "hit__meta");
+  if (state.admin) meta.append(make("span", "hit__user", hit.user));
+  meta.append(
+    make("span", "hit__who", `${WHO[hit.role] || hit.role} #${hit.seq}`),
+    timeElement(hit.at, longTime),
+    make("span", "hit__archive", hit.archive),
+  );
+  const text = make("span", "hit__snippet");
+  text.append(...snippetNodes(hit.snippet));
+  button.append(meta, text);
+  button.addEventListener("click", () => openHit(hit));
+  const item = make("li", "search__item");
+  item.append(button);
+  return item;
+}
+
+async function openHit(hit) {
+  if (state.admin && hit.user !== state.user) {
+    state.user = hit.user;
+    ui.user.value = hit.user;
+    await loadArchives();
+  }
+  // The filters must not hide the archive the hit is in.
+  if (!matching().some((a) => a.name === hit.archive)) {
+    ui.from.value = "";
+    ui.to.value = "";
+    ui.reason.value = "";
+    renderList();
+  }
+  await openArchive(hit.archive, hit.seq);
+}
+
+// ---- stats (admin) -------------------------------------------------------------------
+
+const REASON_COLORS = {
+  disconnect: "#2563eb",
+  timeout: "#d97706",
+  shutdown: "#7c3aed",
+  recovery: "#dc2626",
+  user: "#16a34a",
+};
+
+function svg(tag, attrs = {}, text = null) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, String(value));
+  if (text != null) el.textContent = text;
+  return el;
+}
+
+/** Bars (stacked when a bar has several parts), one per label, scaled to the tallest. */
+function barChart(bars, { height = 140, label = "" } = {}) {
+  const width = Math.max(240, bars.length * 14);
+  const top = Math.max(1, ...bars.map((b) => b.parts.reduce((n, p) => n + p.value, 0)));
+  const chart = svg("svg", {
+    viewBox: `0 0 ${width} ${height + 18}`,
+    role: "img",
+    "aria-label": label,
+    class: "chart__svg",
+  });
+  const step = width / Math.max(1, bars.length);
+  bars.forEach((bar, i) => {
+    let y = height;
+    const group = svg("g", { class: "chart__bar" });
+    group.append(svg("title", {}, `${bar.label}: ${bar.parts.map((p) => `${p.name} ${p.value}`).join(", ")}`));
+    for (const part of bar.parts) {
+      const h = (part.value / top) * (height - 4);
+      y -= h;
+      group.append(svg("rect", { x: i * step + 1, y, width: Math.max(1, step - 2), height: h, fill: part.color }));
+    }
+    chart.append(group);
+  });
+  if (bars.length) {
+    chart.append(svg("text", { x: 0, y: height + 14, class: "chart__axis" }, bars[0].label));
+    const last = bars[bars.length - 1].label;
+    chart.append(svg("text", { x: width, y: height + 14, "text-anchor": "end", class: "chart__axis" }, last));
+  }
+  return chart;
+}
+
+function legend(names) {
+  const list = make("ul", "chart__legend");
+  for (const name of names) {
+    const item = make("li");
+    const swatch = make("span", "chart__swatch");
+    swatch.style.background = REASON_COLORS[name] || "#6b7280";
+    item.append(swatch, document.createTextNode(reasonLabel(name)));
+    list.append(item);
+  }
+  return list;
+}
+
+function replyLabel(le) {
+  if (le == null) return "more";
+  return le < 1000 ? `≤${le} ms` : `≤${le / 1000} s`;
+}
+
+function drawStats(f) {
+  const days = Array.isArray(f.by_day) ? f.by_day : [];
+  const reasons = [...new Set(days.flatMap((d) => Object.keys(d.reasons || {})))].sort();
+  const dayBars = days.map((d) => ({
+    label: d.day,
+    parts: reasons.map((r) => ({ name: r, value: d.reasons[r] || 0, color: REASON_COLORS[r] || "#6b7280" })),
+  }));
+  ui.chartDays.replaceChildren(
+    make("figcaption", "", "Archives per day, by reason"),
+    barChart(dayBars, { label: "Archives per day, by reason" }),
+    legend(reasons),
+  );
+  const reply = f.reply_ms || {};
+  const replyBars = (reply.histogram || []).map((b) => ({
+    label: replyLabel(b.le),
+    parts: [{ name: "replies", value: b.count, color: "#0f766e" }],
+  }));
+  const seconds = (ms) => (ms == null ? "—" : `${(ms / 1000).toFixed(2)} s`);
+  ui.chartReplies.replaceChildren(
+    make("figcaption", "", `Reply time: p50 ${seconds(reply.p50)}, p95 ${seconds(reply.p95)}`),
+    barChart(replyBars, { label: "Reply time distribution" }),
+  );
+  ui.statsSummary.textContent = `(${f.archives} archives, ${f.messages} messages, ${f.interrupted} interrupted, ${f.errors} failed)`;
+  ui.stats.hidden = false;
+}
+
+async function loadStats() {
+  try {
+    drawStats(await api.get("/admin/stats"));
+  } catch {
+    ui.stats.hidden = true; // the index is off here, or not an admin: no charts
   }
 }
 
@@ -308,6 +525,15 @@ function wire() {
     await loadArchives();
   });
   ui.download.addEventListener("click", download);
+  ui.downloadMd.addEventListener("click", downloadMarkdown);
+  ui.print.addEventListener("click", () => window.print());
+  ui.q.addEventListener("input", scheduleSearch);
+  ui.q.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      clearTimeout(state.searchTimer);
+      runSearch();
+    }
+  });
 }
 
 async function boot() {
@@ -321,6 +547,7 @@ async function boot() {
   const query = new URLSearchParams(location.search);
   if (claims.role === "admin") await loadUsers(query.get("user"));
   await loadArchives();
+  if (state.admin) loadStats();
   const wanted = query.get("archive");
   if (wanted && state.archives.some((a) => a.name === wanted)) await openArchive(wanted);
 }

@@ -1,0 +1,611 @@
+"""The full-text index: SQLite FTS5, derived from the archive files, never their master.
+
+The files are the truth. The index is a cache of them (``<data>/.index/search.sqlite3``
+unless ``ARCHIVER_INDEX_PATH`` says otherwise): deleting it loses nothing, and
+:meth:`Index.sync` or ``archiver reindex`` rebuilds it. A hit's text is read back from
+the archive file (at the byte offset of its entry), so the index holds no copy of it,
+only the tokens (:func:`archiver.query.index_text`) FTS5 needs to find and delete rows.
+
+How it stays current:
+
+* ``files`` records each indexed archive with the ``(size, mtime_ns)`` it had; ``dirs``
+  records each ``archived/`` directory's ``mtime_ns``. :meth:`Index.sync` lists only the
+  directories whose mtime moved (an archive lands by a rename, which moves it; a deletion
+  too) and (re)indexes the files whose size or mtime differ, dropping the rows of files
+  that are gone; ``full=True`` looks at every directory (start-up, ``reindex``). A
+  directory changed in the last second is not recorded as seen: its mtime can still
+  hide a rename in the same clock tick (git's "racily clean" problem).
+* :meth:`Index.update` reconciles named files (an archive that just landed or was
+  deleted), which the server does from a worker thread in batches
+  (:class:`Indexer`), as do the CLI commands that archive or delete.
+* Several processes may update it at once: WAL, a busy timeout, and every write in one
+  ``BEGIN IMMEDIATE`` transaction per batch; files are read and parsed outside it.
+* A crash between an archive's rename and its index row leaves the directory's mtime
+  unrecorded (or newer than recorded), so the next sync finds the file.
+
+Search: one FTS5 ``MATCH`` (every term quoted, so no query can inject FTS syntax), joined
+to the archive's metadata for the filters, ranked by ``bm25`` and then by recency
+(``ended``, newest first). ``PRAGMA secure_delete`` overwrites deleted rows, so a
+forgotten user's words do not linger in free pages.
+
+Do not put the index on NFS: SQLite's locking is not safe there (see the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import yamltext
+from .archives import FILE_ERRORS, Filter, name_time
+from .dialogfile import Dialog, Message, entry_offsets, parse_dialog, parse_entry
+from .errors import JournalError
+from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
+from .logs import log
+from .query import Hit, Search, index_text
+from .stats import StatArchive, stamp_ms
+
+# Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
+SCHEMA_VERSION = "3"
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+BATCH_FILES = 500  # files per write transaction
+RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
+MAX_LIMIT = 500
+SQLITE_MAX_INT = 2**63
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE dirs(udir TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL);
+CREATE TABLE files(
+    id INTEGER PRIMARY KEY,
+    udir TEXT NOT NULL,
+    name TEXT NOT NULL,
+    dialog TEXT NOT NULL,
+    ended TEXT NOT NULL,
+    reason TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    tokens BLOB NOT NULL,
+    error TEXT,  -- why a file could not be read as a dialog (then it has no messages)
+    UNIQUE(udir, name)
+);
+CREATE TABLE msgs(
+    id INTEGER PRIMARY KEY,
+    file INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    at INTEGER,  -- the message time in ms since the epoch (for stats), NULL if unreadable
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX msgs_file ON msgs(file);
+CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
+"""
+_TABLES = ("meta", "dirs", "files", "msgs", "fts")
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What one sync or update did."""
+
+    indexed: int = 0  # files (re)indexed
+    removed: int = 0  # files whose rows were dropped
+    seen: int = 0  # files looked at
+    ms: float = 0.0
+
+
+_Row = tuple[int, str, int, int, str, int | None, int]  # seq role pos len body at interrupted
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """One archive read from disk, ready to be written (outside any transaction)."""
+
+    udir: str
+    name: str
+    size: int
+    mtime_ns: int
+    dialog: str
+    ended: str
+    reason: str | None
+    rows: list[_Row]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    hits: list[Hit]
+    next_offset: int | None  # where the next page starts, None if this is the last
+
+
+class Index:
+    """One SQLite database; a connection per thread (sqlite3 objects are per thread)."""
+
+    def __init__(self, data_dir: Path, path: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.layout = Layout(data_dir)
+        self.users_dir = self.layout.users_dir
+        self.path = index_path(data_dir, path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    # -- connections ----------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def open(self) -> None:
+        """Create the database (or check its version) now, in this thread."""
+        self._db()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # derived data: a lost commit is re-synced
+            db.execute("PRAGMA secure_delete=ON")
+            db.execute("PRAGMA journal_size_limit=8388608")  # a build's WAL shrinks back
+            self._ensure_schema(db)
+            self._local.db = db
+            with self._guard:
+                self._connections.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    @staticmethod
+    def _ensure_schema(db: sqlite3.Connection) -> None:
+        with _write(db):
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+                if row is not None and row[0] == SCHEMA_VERSION:
+                    return
+            for table in _TABLES:  # another version, or a half-made one: start again
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            # One statement at a time: executescript() would COMMIT our transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+
+    # -- keeping current ------------------------------------------------------------
+
+    def sync(self, full: bool = False) -> Synced:
+        """Catch up with the files: every directory whose mtime moved (all with ``full``)."""
+        started = time.monotonic()
+        db = self._db()
+        known = dict(db.execute("SELECT udir, mtime_ns FROM dirs").fetchall())
+        try:
+            on_disk = os.listdir(self.users_dir)
+        except FileNotFoundError:
+            on_disk = []
+        totals = [0, 0, 0]
+        for udir in set(known) - set(on_disk):  # a user forgotten: drop everything of theirs
+            totals[1] += self._drop_dir(db, udir)
+        now = time.time_ns()
+        for udir in sorted(on_disk):
+            directory = self.layout.archived_dir_named(udir)
+            try:
+                mtime = os.stat(directory).st_mtime_ns
+            except (FileNotFoundError, NotADirectoryError):
+                if udir in known:
+                    totals[1] += self._drop_dir(db, udir)
+                continue
+            if not full and known.get(udir) == mtime:
+                continue
+            seen = -1 if now - mtime < RACY_NS else mtime
+            indexed, removed, files = self._sync_dir(db, udir, directory, seen, known.get(udir))
+            totals[0] += indexed
+            totals[1] += removed
+            totals[2] += files
+        ms = (time.monotonic() - started) * 1000
+        return Synced(totals[0], totals[1], totals[2], ms)
+
+    def _sync_dir(
+        self, db: sqlite3.Connection, udir: str, directory: str, mtime: int, known_mtime: int | None
+    ) -> tuple[int, int, int]:
+        stats: dict[str, tuple[int, int]] = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(directory):
+                if ARCHIVE_NAME.match(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        stats[entry.name] = (st.st_size, st.st_mtime_ns)
+        rows = db.execute("SELECT name, size, mtime_ns FROM files WHERE udir=?", (udir,))
+        indexed = {name: (size, mtime_ns) for name, size, mtime_ns in rows}
+        stale = [n for n, st in stats.items() if indexed.get(n) != st]
+        gone = [n for n in indexed if n not in stats]
+        if not stale and not gone and known_mtime == mtime:
+            return 0, 0, len(stats)  # nothing to write (a full sync of an index in step)
+        for batch in _chunks(stale, BATCH_FILES):
+            parsed = [p for n in batch if (p := _parse(udir, Path(directory) / n)) is not None]
+            with _write(db):
+                for item in parsed:
+                    _store(db, item)
+        with _write(db):
+            for name in gone:
+                _drop(db, udir, name)
+            db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (udir, mtime))
+        return len(stale), len(gone), len(stats)
+
+    @staticmethod
+    def _drop_dir(db: sqlite3.Connection, udir: str) -> int:
+        with _write(db):
+            names = [r[0] for r in db.execute("SELECT name FROM files WHERE udir=?", (udir,))]
+            for name in names:
+                _drop(db, udir, name)
+            db.execute("DELETE FROM dirs WHERE udir=?", (udir,))
+        return len(names)
+
+    def update(self, paths: Iterable[Path | str]) -> Synced:
+        """Reconcile these archive files: index the ones that are there (if changed), drop
+        the rows of the ones that are not. One transaction for all of them."""
+        started = time.monotonic()
+        db = self._db()
+        parsed: list[_Parsed] = []
+        missing: list[tuple[str, str]] = []
+        for raw in paths:
+            path = Path(raw)
+            user = self.layout.archive_of(path)
+            if user is None:
+                continue
+            udir = user_dir_name(user)
+            item = _parse(udir, path)
+            if item is None:
+                missing.append((udir, path.name))
+            else:
+                parsed.append(item)
+        with _write(db):
+            for item in parsed:
+                _store(db, item)
+            for udir, name in missing:
+                _drop(db, udir, name)
+        ms = (time.monotonic() - started) * 1000
+        return Synced(len(parsed), len(missing), len(parsed) + len(missing), ms)
+
+    def forget_user(self, user: str) -> int:
+        """Drop every row of ``user`` (after :func:`archiver.review.forget`)."""
+        return self._drop_dir(self._db(), user_dir_name(user))
+
+    def rebuild(self) -> Synced:
+        """Empty the index and index every archive again (``archiver reindex``)."""
+        db = self._db()
+        with _write(db):
+            db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")  # contentless: allowed
+            for table in ("msgs", "files", "dirs"):
+                db.execute(f"DELETE FROM {table}")
+        synced = self.sync(full=True)
+        with _write(db):
+            db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a build's WAL is as big as the index
+        return synced
+
+    def damaged(self, user: str | None = None) -> list[tuple[Path, str]]:
+        """Archives that could not be read as dialogs (the scan skips them too), with why."""
+        sql = "SELECT udir, name, error FROM files WHERE error IS NOT NULL"
+        args: tuple[str, ...] = ()
+        if user is not None:
+            sql, args = sql + " AND udir = ?", (user_dir_name(user),)
+        rows = self._db().execute(sql + " ORDER BY udir, name", args).fetchall()
+        return [(Path(self.layout.archived_dir_named(u), n), e) for u, n, e in rows]
+
+    def counts(self) -> tuple[int, int]:
+        """(archives, messages) indexed."""
+        db = self._db()
+        files = db.execute("SELECT count(*) FROM files").fetchone()[0]
+        msgs = db.execute("SELECT count(*) FROM msgs").fetchone()[0]
+        return int(files), int(msgs)
+
+    def stat_rows(self, where: Filter) -> Iterator[StatArchive]:
+        """Every indexed archive that passes ``where``, with its messages' roles and
+        times (what stats.py counts), without reading a file."""
+        sql = [
+            "SELECT f.id, f.udir, f.ended, f.reason, m.role, m.at, m.interrupted",
+            "FROM files f LEFT JOIN msgs m ON m.file = f.id WHERE f.error IS NULL",
+        ]
+        args: list[object] = []
+        for clause, value in (
+            ("AND f.udir = ?", None if where.user is None else user_dir_name(where.user)),
+            ("AND f.reason = ?", where.reason),
+            ("AND f.ended >= ?", where.since),
+            ("AND f.ended < ?", where.before),
+        ):
+            if value is not None:
+                sql.append(clause)
+                args.append(value)
+        sql.append("ORDER BY f.id, m.seq")
+        current: StatArchive | None = None
+        current_id = None
+        for file_id, udir, ended, reason, role, at, interrupted in self._db().execute(
+            " ".join(sql), args
+        ):
+            if file_id != current_id:
+                if current is not None:
+                    yield current
+                current_id = file_id
+                current = StatArchive(user_from_dir_name(udir), ended, reason, [])
+            if role is not None and current is not None:
+                current.messages.append((role, at, bool(interrupted)))
+        if current is not None:
+            yield current
+
+    # -- searching ------------------------------------------------------------------
+
+    def search(self, search: Search, limit: int | None = 50, offset: int = 0) -> Page:
+        """One page of hits, best first (bm25, then the newest archive, then seq)."""
+        sql = [
+            "SELECT f.udir, f.name, f.dialog, m.seq, m.pos, m.len, f.size, f.mtime_ns",
+            "FROM fts JOIN msgs m ON m.id = fts.rowid JOIN files f ON f.id = m.file",
+            "WHERE fts MATCH ?",
+        ]
+        args: list[object] = [search.fts()]
+        if search.user is not None:
+            sql.append("AND f.udir = ?")
+            args.append(user_dir_name(search.user))
+        for column, value in (("m.role", search.role), ("f.reason", search.reason)):
+            if value is not None:
+                sql.append(f"AND {column} = ?")
+                args.append(value)
+        if search.since is not None:
+            sql.append("AND f.ended >= ?")
+            args.append(search.since)
+        if search.before is not None:
+            sql.append("AND f.ended < ?")
+            args.append(search.before)
+        sql.append("ORDER BY bm25(fts), f.ended DESC, f.name DESC, m.seq")
+        if limit is not None:
+            sql.append("LIMIT ? OFFSET ?")
+            args += [limit + 1, offset]
+        rows = self._db().execute(" ".join(sql), args).fetchall()
+        more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if limit is not None else rows
+        hits = [hit for row in rows if (hit := _hit(self.layout, search, row)) is not None]
+        return Page(hits, offset + len(rows) if more else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading an archive for the index
+
+
+def _parse(udir: str, path: Path) -> _Parsed | None:
+    """The archive at ``path`` as rows; None if it is gone. A file that cannot be read as
+    a dialog is recorded with no messages, as the scan skips it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        st = os.fstat(fd)
+        data = _read_all(fd)
+    finally:
+        os.close(fd)
+    try:
+        dialog = parse_dialog(data)
+    except FILE_ERRORS as exc:
+        error = exc.detail if isinstance(exc, JournalError) else str(exc)
+        ended = name_time(path.name)
+        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
+    ended = dialog.ended or name_time(path.name)
+    if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
+        # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
+        error = "a message seq is out of range"
+        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
+    return _Parsed(
+        udir,
+        path.name,
+        st.st_size,
+        st.st_mtime_ns,
+        dialog.dialog,
+        ended,
+        dialog.reason,
+        _rows(data, dialog),
+    )
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rows(data: bytes, dialog: Dialog) -> list[_Row]:
+    offsets = entry_offsets(data, len(dialog.messages))
+    out: list[_Row] = []
+    for i, m in enumerate(dialog.messages):
+        pos, length = offsets[i] if offsets is not None else (-1, 0)
+        at = stamp_ms(m.at)
+        out.append((m.seq, m.role, pos, length, index_text(m.text), at, int(m.interrupted)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def _write(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _store(db: sqlite3.Connection, item: _Parsed) -> None:
+    """Index one archive. The FTS table is contentless (it keeps no text); deleting a row
+    from it needs the tokens it was given, which ``files.tokens`` keeps, compressed."""
+    _drop(db, item.udir, item.name)
+    bodies = [row[4] for row in item.rows]
+    cursor = db.execute(
+        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            item.udir,
+            item.name,
+            item.dialog,
+            item.ended,
+            item.reason,
+            item.size,
+            item.mtime_ns,
+            zlib.compress("\n".join(bodies).encode("utf-8")),
+            item.error,
+        ),
+    )
+    file_id = cursor.lastrowid
+    first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM msgs").fetchone()[0]
+    ids = range(first, first + len(item.rows))
+    db.executemany(
+        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
+    )
+    db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
+
+
+def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
+    row = db.execute(
+        "SELECT id, tokens FROM files WHERE udir=? AND name=?", (udir, name)
+    ).fetchone()
+    if row is None:
+        return
+    file_id, packed = row
+    ids = [r[0] for r in db.execute("SELECT id FROM msgs WHERE file=? ORDER BY id", (file_id,))]
+    bodies = zlib.decompress(packed).decode("utf-8").split("\n") if ids else []
+    db.executemany(
+        "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)", zip(ids, bodies, strict=True)
+    )
+    db.execute("DELETE FROM msgs WHERE file = ?", (file_id,))
+    db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------------------
+# Hits: the text comes from the file
+
+
+def _hit(layout: Layout, search: Search, row: tuple[object, ...]) -> Hit | None:
+    udir, name, dialog, seq, pos, length, _size, _mtime = row
+    assert isinstance(udir, str) and isinstance(name, str) and isinstance(dialog, str)
+    assert isinstance(seq, int) and isinstance(pos, int) and isinstance(length, int)
+    path = Path(layout.archived_dir_named(udir), name)
+    try:
+        message = _message_at(path, seq, pos, length)
+    except FILE_ERRORS:
+        return None  # changed or gone since it was indexed: the next sync fixes the row
+    if message is None:
+        return None
+    return Hit(user_from_dir_name(udir), name, dialog, message, search.spans(message.text))
+
+
+def _message_at(path: Path, seq: int, pos: int, length: int) -> Message | None:
+    if pos >= 0:
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            entry = fh.read(length)
+        with contextlib.suppress(yamltext.ParseError, UnicodeDecodeError, KeyError, ValueError):
+            message = parse_entry(entry)
+            if message.seq == seq:
+                return message
+    dialog = parse_dialog(path.read_bytes())
+    return next((m for m in dialog.messages if m.seq == seq), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Inside the server
+
+
+class Indexer:
+    """Keeps an :class:`Index` current from one worker thread, off the event loop.
+
+    ``submit(path)`` queues an archive that landed or was deleted; ``refresh()`` queues a
+    sync (archives other processes wrote). The thread takes whatever is queued and
+    applies it in one transaction. The first job is a full sync: the start-up catch-up.
+    """
+
+    _SYNC = "sync"
+    _FULL = "full"
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._queue.put(self._FULL)
+        self._thread = threading.Thread(target=self._run, name="archiver-index", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path | str) -> None:
+        self._queue.put(str(path))
+
+    def refresh(self) -> None:
+        self._queue.put(self._SYNC)
+
+    def stop(self) -> None:
+        """Apply what is queued, then end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self.index.close()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < BATCH_FILES:
+                    batch.append(self._queue.get_nowait())
+            stop = None in batch
+            jobs = [job for job in batch if job is not None]
+            self._apply(jobs)
+            if stop:
+                return
+
+    def _apply(self, jobs: list[str]) -> None:
+        paths = [job for job in jobs if job not in (self._SYNC, self._FULL)]
+        try:
+            if self._FULL in jobs:
+                done = self.index.sync(full=True)
+                log.info(
+                    "index.sync",
+                    indexed=done.indexed,
+                    removed=done.removed,
+                    files=done.seen,
+                    ms=round(done.ms, 1),
+                )
+            elif self._SYNC in jobs:
+                self.index.sync()
+            if paths:
+                self.index.update(paths)
+        except Exception as exc:  # anything: the worker must outlive one bad batch
+            # The files are the truth: a failed update only delays what search shows;
+            # the next sync catches up.
+            log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])

@@ -1,0 +1,275 @@
+"""The search index at scale: every figure issue 14's Targets name, beside a floor from
+the same run, on a generated data directory (bench/search.py's generator).
+
+* **build**: ``Index.rebuild()`` from scratch (what ``archiver reindex`` does); floor:
+  reading every archive file (``cat``) and parsing each (``parse_dialog``).
+* **keeping current**: ms per archive for ``Index.update([path])`` of new archives, one
+  call each (the worst case; the server's worker batches); floor: parsing the file.
+* **GET /search** p50/p99 for a rare, a moderate and a common word, first page of 50
+  hits, against a real ``archiver serve`` on loopback; floors: ``GET /health`` on the
+  same server, and ``grep -rl WORD`` over the files (target: at least 10x faster).
+* The common word once more with bm25 over only the newest 5,000 matching rows
+  (rowids in descending order need no scoring): the recency-rowid idea, measured.
+* **archiver search WORD --json** end to end, a fresh process (target <= 0.3 s);
+  floor: ``python -c 'import archiver.cli'``.
+* **index size** against the archives' size; **archiver list --json** (target <= 1 s).
+
+Run: ``python -m bench index`` (100,000 archives; ``--quick`` for 300,
+``--archives N`` for another size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import jwt
+
+from archiver import query
+from archiver.dialogfile import parse_dialog
+from archiver.index import Index
+from bench.search import WORDS, generate, timed
+
+ARCHIVES = 100_000
+QUICK_ARCHIVES = 300
+UPDATES = 200  # new archives indexed one call each
+SECRET = "bench-secret-" + "x" * 32
+NEWEST = 5000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _floor_read(files: list[Path]) -> tuple[float, float]:
+    """Seconds to read every file, and to read and parse every file."""
+    started = time.perf_counter()
+    subprocess.run(["cat", *map(str, files[:1])], capture_output=True, check=False)
+    for path in files:
+        path.read_bytes()
+    read = time.perf_counter() - started
+    started = time.perf_counter()
+    for path in files:
+        parse_dialog(path.read_bytes())
+    return read, time.perf_counter() - started
+
+
+def _updates(data: Path, index: Index, count: int) -> tuple[float, float]:
+    """ms per archive: Index.update of ``count`` new archives one at a time; parse only."""
+    fresh = Path(tempfile.mkdtemp(dir=data.parent))
+    generate(fresh, count, seed=99)
+    moved = []
+    for path in sorted(fresh.rglob("*.yaml")):
+        target = data / path.relative_to(fresh)
+        target = target.with_name("2099" + target.name[4:])  # no clash with existing names
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        moved.append(target)
+    shutil.rmtree(fresh)
+    started = time.perf_counter()
+    for path in moved:
+        parse_dialog(path.read_bytes())
+    floor = (time.perf_counter() - started) * 1000 / len(moved)
+    started = time.perf_counter()
+    for path in moved:
+        index.update([path])
+    return (time.perf_counter() - started) * 1000 / len(moved), floor
+
+
+def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env |= {"ARCHIVER_JWT_SECRET": SECRET, "ARCHIVER_ACCESS_LOG": "false"}
+    env["ARCHIVER_LOG_LEVEL"] = "WARNING"
+    args = [sys.executable, "-m", "archiver", "serve", "--port", str(port), "--data", str(data)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _latencies(client: httpx.Client, path: str, runs: int) -> list[float]:
+    client.get(path).raise_for_status()  # warm
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        client.get(path).raise_for_status()
+        samples.append((time.perf_counter() - started) * 1000)
+    return sorted(samples)
+
+
+def _p(samples: list[float], fraction: float) -> float:
+    return samples[min(len(samples) - 1, int(len(samples) * fraction))]
+
+
+def _query_ms(index: Index, word: str, runs: int) -> tuple[float, float]:
+    """The ranking query alone, in process (no join, no file read): bm25 over every
+    match, and the recency-rowid idea: bm25 over only the NEWEST highest rowids (FTS5
+    walks rowids in descending order without scoring; bm25 runs for those rows only)."""
+    fts = query.parse(word).fts()
+    every = "SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY bm25(fts) LIMIT 50"
+    newest = (
+        "SELECT rowid FROM (SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ?"
+        " ORDER BY rowid DESC LIMIT ?) ORDER BY score LIMIT 50"
+    )
+    db = index._db()
+    out = []
+    for sql, args in ((every, (fts,)), (newest, (fts, NEWEST))):
+        samples = []
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            db.execute(sql, args).fetchall()
+            samples.append((time.perf_counter() - started) * 1000)
+        out.append(statistics.median(samples[1:]))
+    return out[0], out[1]
+
+
+def run(
+    quick: bool = False, out: Callable[[str], None] = print, archives: int | None = None
+) -> dict[str, float]:
+    count = archives or (QUICK_ARCHIVES if quick else ARCHIVES)
+    runs = 3 if quick else 5
+    requests = 20 if quick else 200
+    figures: dict[str, float] = {}
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        started = time.perf_counter()
+        archived, messages = generate(data, count)
+        files = sorted(data.rglob("*.yaml"))
+        size = sum(p.stat().st_size for p in files)
+        out(
+            f"{archived:,} archives, {messages:,} messages, {size / 1e6:.1f} MB "
+            f"(generated in {time.perf_counter() - started:.1f} s); {os.cpu_count()} cores"
+        )
+        read, parsed = _floor_read(files)
+        index = Index(data)
+        built = index.rebuild()
+        figures["build"] = built.ms / 1000
+        rows.append(
+            (
+                "index build (reindex)",
+                f"{built.ms / 1000:.1f} s",
+                "<= 60 s",
+                f"read {read:.1f} s, read+parse {parsed:.1f} s",
+            )
+        )
+        per, floor = _updates(data, index, min(UPDATES, count))
+        figures["update_ms"] = per
+        rows.append(("update, per archive", f"{per:.2f} ms", "<= 2 ms", f"parse {floor:.2f} ms"))
+        index._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL is transient
+        db_size = sum(p.stat().st_size for p in index.path.parent.iterdir())
+        figures["size_ratio"] = db_size / size
+        rows.append(
+            (
+                "index size",
+                f"{db_size / 1e6:.1f} MB",
+                f"<= {size / 1e6:.1f} MB",
+                f"{db_size / size:.0%} of the archives",
+            )
+        )
+        common_all, common_newest = _query_ms(index, WORDS["common"], runs)
+        index.close()
+
+        port = _free_port()
+        server = _serve(data, port)
+        token = jwt.encode(
+            {"sub": "bench", "role": "admin", "exp": time.time() + 3600}, SECRET, algorithm="HS256"
+        )
+        try:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=60,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        client.get("/health").raise_for_status()
+                        break
+                    except httpx.HTTPError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+                health = _latencies(client, "/health", requests)
+                rows.append(
+                    (
+                        "GET /health (floor)",
+                        f"{_p(health, 0.5):.1f} / {_p(health, 0.99):.1f} ms",
+                        "",
+                        "p50 / p99",
+                    )
+                )
+                for label, word in WORDS.items():
+                    lat = _latencies(client, f"/search?q={word}&limit=50", requests)
+                    grep, _, listed = timed(["grep", "-rl", word, str(data)], runs)
+                    p50, p99 = _p(lat, 0.5), _p(lat, 0.99)
+                    figures[f"search {label} p50"], figures[f"search {label} p99"] = p50, p99
+                    rows.append(
+                        (
+                            f"GET /search {label} ({word})",
+                            f"{p50:.1f} / {p99:.1f} ms",
+                            "<= 20 / 100 ms",
+                            f"grep -rl {grep * 1000:.0f} ms ({len(listed.splitlines())} files):"
+                            f" {grep * 1000 / p50:.0f}x (>= 10x)",
+                        )
+                    )
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        rows.append(("  common: bm25 over all matches", f"{common_all:.1f} ms", "", "query alone"))
+        rows.append(
+            (f"  common: bm25 over newest {NEWEST}", f"{common_newest:.1f} ms", "", "query alone")
+        )
+        startup, _, _ = timed([sys.executable, "-c", "import archiver.cli"], runs)
+        search, _, _ = timed(
+            [
+                sys.executable,
+                "-m",
+                "archiver",
+                "search",
+                WORDS["rare"],
+                "--json",
+                "--data",
+                str(data),
+            ],
+            runs,
+        )
+        figures["cli search"] = search
+        rows.append(
+            (
+                "archiver search (process)",
+                f"{search:.3f} s",
+                "<= 0.3 s",
+                f"start-up {startup:.3f} s",
+            )
+        )
+        listing, _, _ = timed(
+            [sys.executable, "-m", "archiver", "list", "--json", "--data", str(data)], runs
+        )
+        figures["list"] = listing
+        rows.append(("archiver list --json", f"{listing:.3f} s", "<= 1 s", ""))
+    out(f"{'measure':34}{'archiver':>18}  {'target':<16}floor")
+    for measure, value, target, floor_text in rows:
+        out(f"{measure:34}{value:>18}  {target:<16}{floor_text}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small and fast")
+    parser.add_argument("--archives", type=int, default=None, help="how many archives")
+    args = parser.parse_args()
+    run(quick=args.quick, archives=args.archives)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archiver import query
+from archiver.dialogfile import entry_offsets
+from archiver.index import Index, Indexer
+from archiver.journal import Journal
+from archiver.layout import user_dir_name
+from archiver.query import Hit
+from tests.helpers import wait_for
+from tests.test_review import write_archive
+
+# Words chosen to make the two sides disagree if either got the folding wrong: case,
+# NFKC (the fi ligature, fullwidth letters), casefold (ß, the dotted I), a decomposed
+# accent, digits glued to punctuation, and underscores (a separator).
+WORDS = [
+    "refund",
+    "Refunded",
+    "REFUNDS",
+    "order",
+    "#1042",
+    "1042",
+    "don't",
+    "e-bike",
+    "Straße",
+    "STRASSE",
+    "\ufb01le",
+    "file",
+    "\uff32efund",
+    "cafe\u0301",
+    "café",
+    "İstanbul",
+    "istanbul",
+    "snake_case",
+    "Zürich",
+    "ZÜRICH",
+    "naïve",
+    "42",
+    "ok",
+    "no",
+    "OR",
+]
+USERS = ["alice", "auth0|42", "Bob Smith", "team/ops"]
+ROLES = ["user", "assistant", "error"]
+REASONS = ["disconnect", "timeout", "user"]
+
+message_text = st.one_of(
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=8).map(lambda words: " ".join(words)),
+    st.lists(
+        st.sampled_from(WORDS) | st.sampled_from([" ", "\n", ", ", "...", "  \n  ", "_"]),
+        min_size=1,
+        max_size=12,
+    ).map("".join),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
+)
+archive = st.tuples(
+    st.sampled_from(USERS),
+    st.integers(1, 28),  # day of November
+    st.sampled_from(REASONS),
+    st.lists(st.tuples(st.sampled_from(ROLES), message_text), min_size=1, max_size=5),
+)
+corpus = st.lists(archive, min_size=1, max_size=12)
+
+
+Archive = tuple[str, int, str, list[tuple[str, str]]]
+
+
+def write_corpus(data: Path, archives: list[Archive], first: int = 0) -> list[Path]:
+    """Archive files as the journal writes them; the n-th is named after second n."""
+    paths = []
+    for n, (user, day, reason, texts) in enumerate(archives, start=first):
+        name = f"2026-11-{day:02d}-10-{n // 60:02d}-{n % 60:02d}.yaml"
+        ended = f"2026-11-{day:02d}T10:{n // 60:02d}:{n % 60:02d}.000Z"
+        paths.append(write_archive(data, user, name, texts, ended=ended, reason=reason))
+    return paths
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> str:
+    terms = []
+    for _ in range(draw(st.integers(1, 2))):
+        kind = draw(st.sampled_from(["word", "prefix", "phrase", "phrase_prefix"]))
+        word = draw(st.sampled_from(WORDS))
+        if kind == "word":
+            terms.append(word)
+        elif kind == "prefix":
+            tokens = query.tokens(word)
+            cut = draw(st.integers(1, len(tokens[-1])))
+            terms.append(tokens[-1][:cut] + "*")
+        else:
+            other = draw(st.sampled_from(WORDS))
+            gap = draw(st.sampled_from([" ", "  ", "\t", " , "]))
+            terms.append(f'"{word}{gap}{other}"' + ("*" if kind == "phrase_prefix" else ""))
+    filters = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    'user:"auth0|42"',
+                    "user:alice",
+                    'user:"Bob Smith"',
+                    "role:user",
+                    "role:assistant",
+                    "reason:timeout",
+                    "since:2026-11-10",
+                    "until:2026-11-20",
+                    "until:2026-11-05T10:00:03Z",
+                ]
+            ),
+            max_size=2,
+            unique_by=lambda f: f.split(":")[0],
+        )
+    )
+    return " ".join(terms + filters)
+
+
+def found(hits: list[Hit]) -> set[tuple[str, str, int]]:
+    return {(h.user, h.archive, h.message.seq) for h in hits}
+
+
+def assert_agree(data: Path, index: Index, texts: list[str]) -> None:
+    journal = Journal(data)
+    for text in texts:
+        wanted = query.parse(text)
+        indexed = found(index.search(wanted, limit=None).hits)
+        scanned = found(list(query.scan(journal, wanted)))
+        assert indexed == scanned, f"query {text!r}: index {indexed} != scan {scanned}"
+
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(corpus, st.lists(queries(), min_size=1, max_size=4))
+def test_index_finds_what_the_scan_finds(archives: list[Archive], texts: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_corpus(data, archives)
+        index = Index(data)
+        index.sync()
+        assert_agree(data, index, texts)
+        index.close()
+
+
+@PROPERTY
+@given(corpus, corpus, st.integers(0, 12), st.lists(queries(), min_size=1, max_size=3))
+def test_catching_up_after_a_crash_mid_update(
+    first: list[Archive], later: list[Archive], indexed: int, texts: list[str]
+) -> None:
+    """Some archives indexed one by one, then a "crash" (the process ends with the rest
+    never indexed, the index left as it was); a new process catches up at start-up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        paths = write_corpus(data, first)
+        index = Index(data)
+        index.sync()
+        more = write_corpus(data, later, first=len(paths))
+        index.update(more[:indexed])
+        index.close()  # the crash: nothing else of the batch reached the index
+        again = Index(data)
+        again.sync(full=True)
+        assert_agree(data, again, texts)
+        again.close()
+
+
+@PROPERTY
+@given(corpus, st.data(), st.lists(queries(), min_size=1, max_size=3))
+def test_catching_up_after_archives_are_deleted_or_forgotten(
+    archives: list[Archive], data_draw: st.DataObject, texts: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        paths = write_corpus(data, archives)
+        index = Index(data)
+        index.sync()
+        for path in data_draw.draw(st.lists(st.sampled_from(paths), unique=True)):
+            path.unlink()  # deleted by hand, or pruned by another process
+        if data_draw.draw(st.booleans()):
+            forgotten = data_draw.draw(st.sampled_from(USERS))
+            shutil.rmtree(data / "users" / user_dir_name(forgotten), ignore_errors=True)
+        index.sync()
+        assert_agree(data, index, texts)
+        index.close()
+
+
+def test_a_query_is_parsed_into_terms_and_filters() -> None:
+    wanted = query.parse('Refund* "order  #1042" user:"auth0|42" role:user since:2026-11-01')
+    assert wanted.terms == (
+        query.Term(("refund",), prefix=True),
+        query.Term(("order", "1042")),
+    )
+    assert (wanted.user, wanted.role) == ("auth0|42", "user")
+    assert wanted.since == "2026-11-01T00:00:00.000Z"
+    assert wanted.fts() == '"refund" * AND "order 1042"'
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "at least one word"),
+        ("user:alice", "at least one word"),
+        ('"refund', "not closed"),
+        ("re*fund", "may only end a word"),
+        ("!!!", "no letters or digits"),
+        ("refund role:robot", "role: is one of"),
+        ("refund reason:bored", "reason: is one of"),
+        ("refund since:soon", "neither a date"),
+        ("refund user:", "needs a value"),
+        ("refund user:a user:b", "given twice"),
+        ('ab"cd', "quotes go around"),
+    ],
+)
+def test_a_malformed_query_says_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(query.QueryError, match=says):
+        query.parse(text)
+
+
+def test_fts_syntax_in_a_query_is_only_words(tmp_path: Path) -> None:
+    """NEAR, OR, NOT, column filters and parentheses are plain words here."""
+    wanted = query.parse("NEAR(a b) OR body:x -y ^z")
+    assert wanted.fts() == '"near a" AND "b" AND "or" AND "body x" AND "y" AND "z"'
+    data = tmp_path / "data"
+    write_corpus(data, [("alice", 1, "user", [("user", "near a b or body x y z")])])
+    index = Index(data)
+    index.sync()
+    assert len(index.search(wanted).hits) == 1
+
+
+def test_tokens_fold_case_and_compatibility_forms() -> None:
+    assert query.tokens("Straße \ufb01le \uff32efund cafe\u0301 snake_case") == [
+        "strasse",
+        "file",
+        "refund",
+        "café",
+        "snake",
+        "case",
+    ]
+
+
+def test_spans_and_snippet_mark_the_words() -> None:
+    text = "Hello.\nMy Refund for order #1042 is late; refunds take long."
+    wanted = query.parse('refund* "order 1042"')
+    spans = wanted.spans(text)
+    assert [text[s:e] for s, e in spans] == ["Refund", "order #1042", "refunds"]
+    pieces = query.snippet(text, spans)
+    assert pieces[1::2] == ["Refund", "order #1042", "refunds"]
+    assert "".join(pieces) == text.replace("\n", " ")
+
+
+def test_entry_offsets_cut_the_file_into_its_entries(tmp_path: Path) -> None:
+    path = write_archive(
+        tmp_path,
+        "a",
+        "2026-11-21-10-00-00.yaml",
+        [("user", "one"), ("assistant", "two\nlines\n\nwith a gap"), ("user", "three")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    data = path.read_bytes()
+    offsets = entry_offsets(data, 3)
+    assert offsets is not None
+    entries = [data[p : p + n] for p, n in offsets]
+    assert [e.split(b"\n")[0] for e in entries] == [b"- seq: 1", b"- seq: 2", b"- seq: 3"]
+    assert entries[-1].endswith(b"text: three\n")
+
+
+def test_a_changed_file_is_indexed_again_and_a_damaged_one_finds_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    path = write_archive(
+        data,
+        "a",
+        "2026-11-21-10-00-00.yaml",
+        [("user", "refund")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    index = Index(data)
+    index.sync()
+    write_archive(
+        data,
+        "a",
+        "2026-11-21-10-00-00.yaml",
+        [("user", "invoice")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    os.utime(path, ns=(1, 1))  # a different mtime even on a coarse clock
+    index.update([path])
+    assert not index.search(query.parse("refund")).hits
+    assert [h.message.text for h in index.search(query.parse("invoice")).hits] == ["invoice"]
+    path.write_bytes(b"\xff\xfe not yaml")
+    index.update([path])
+    assert not index.search(query.parse("invoice")).hits
+    assert index.counts() == (1, 0)
+
+
+def test_two_processes_index_at_once_without_losing_a_file(tmp_path: Path) -> None:
+    """Two Index objects (two connections, as two processes have) sync the same
+    directory concurrently: WAL and the busy timeout serialize their transactions."""
+    data = tmp_path / "data"
+    paths = write_corpus(
+        data, [("alice", d % 28 + 1, "user", [("user", f"word{d}")]) for d in range(60)]
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Index(data).update(paths)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    index = Index(data)
+    assert index.counts() == (60, 60)
+    assert len(index.search(query.parse("word*"), limit=None).hits) == 60
+
+
+def test_the_index_is_rebuilt_when_its_version_is_another(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_corpus(data, [("alice", 1, "user", [("user", "refund")])])
+    index = Index(data)
+    index.sync()
+    index.close()
+    db = sqlite3.connect(index.path)
+    db.execute("UPDATE meta SET value='0' WHERE key='version'")
+    db.commit()
+    db.close()
+    again = Index(data)
+    assert again.counts() == (0, 0)  # rebuilt empty: the next sync fills it
+    again.sync()
+    assert len(again.search(query.parse("refund")).hits) == 1
+
+
+def test_the_indexer_thread_catches_up_then_follows_what_is_submitted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_corpus(data, [("alice", 1, "user", [("user", "before start")])])
+    indexer = Indexer(Index(data))
+    indexer.start()
+    searcher = Index(data)
+    wait_for(lambda: searcher.search(query.parse("before")).hits, what="the start-up catch-up")
+    [path] = write_corpus(data, [("bob", 2, "user", [("user", "after start")])])[-1:]
+    indexer.submit(path)
+    wait_for(lambda: searcher.search(query.parse("after")).hits, what="the submitted archive")
+    path.unlink()
+    indexer.submit(path)
+    wait_for(lambda: not searcher.search(query.parse("after")).hits, what="the deletion")
+    indexer.stop()
+
+
+def test_a_seq_sqlite_cannot_hold_marks_the_file_damaged_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Found by test_reliability_crash: a hand-edited seq of 23 digits raised OverflowError
+    in the worker thread, which died, and nothing was indexed after it."""
+    bad = write_archive(
+        tmp_path,
+        "u",
+        "2026-11-21-10-00-00.yaml",
+        [("user", "hi")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    bad.write_bytes(bad.read_bytes().replace(b"- seq: 1\n", b"- seq: 99999999999999999999999\n"))
+    indexer = Indexer(Index(tmp_path))
+    indexer.start()
+    good = write_archive(
+        tmp_path,
+        "u",
+        "2026-11-21-11-00-00.yaml",
+        [("user", "hi")],
+        ended="2026-11-21T10:00:00.000Z",
+    )
+    indexer.submit(good)
+    indexer.stop()
+    index = Index(tmp_path)
+    assert [(p.name, e) for p, e in index.damaged()] == [
+        (bad.name, "a message seq is out of range")
+    ]
+    assert [h.archive for h in index.search(query.parse("hi")).hits] == [good.name]
+    index.close()
