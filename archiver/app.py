@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import auth, collector, redact
 from .auth import Anonymous, JWTBackend, User
-from .chats import Busy, Refused, ShuttingDown
+from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
 from .dialogfile import parse_dialog
 from .errors import JournalError
@@ -41,6 +41,7 @@ from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
+from .idempotency import BadKey, parse_key
 from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
@@ -236,12 +237,42 @@ async def metrics(request: Request) -> Response:
     return Response(sessions.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def idempotency_key(request: Request) -> str | None:
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return None
+    try:
+        return parse_key(header)
+    except BadKey as exc:
+        raise ApiError(400, "bad_idempotency_key", exc.detail) from None
+
+
 async def chat(request: Request) -> Response:
     user = require_user(request)
     settings: Settings = request.app.state.settings
+    key = idempotency_key(request)
     text = await read_message(request, settings.max_message_bytes)
     try:
-        result = await sessions_of(request).chat(user.id, text)
+        result = await sessions_of(request).chat(user.id, text, key)
+    except KeyReused:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different message; "
+            "use a new key for a new message.",
+        ) from None
+    except Unanswered as exc:
+        where = f"archive {exc.found.archive}" if exc.found.archive else "this conversation"
+        raise ApiError(
+            409,
+            "idempotency_key_unanswered",
+            f"This message was saved already (in {where}), but its reply was lost when "
+            "the server stopped; it will not be saved again.",
+        ) from None
+    except Failed as exc:
+        raise ApiError(
+            502, "reply_failed", f"The reply to this message failed: {exc.detail}"
+        ) from None
     except Busy:
         raise ApiError(
             409, "reply_in_progress", "A reply is still being written; wait for it or stop it."

@@ -34,7 +34,9 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         # The same bytes as uvicorn's, but JSON; and nothing of the request is logged (the
         # request line is what was too large, and it may hold a token).
         client = self.client[0] if self.client else None
-        log.info("request.rejected", error="bad_request", status=400, reason="unparseable", client=client)
+        log.info(
+            "request.rejected", error="bad_request", status=400, reason="unparseable", client=client
+        )
         head = [b"HTTP/1.1 400 Bad Request\r\n"]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])

@@ -40,6 +40,7 @@ from .dialogfile import MARKER, Dialog, Message, Summary
 from .errors import READ_ONLY_ERRNOS, JournalError, journal_error
 from .faults import Fault, reach
 from .fsops import Dirty, fsync_dir, pread_tail, reserve, sync_filesystem, write_all
+from .idempotency import KeyIndex, Repeated
 from .layout import CURRENT, Layout
 from .repair import Repaired, cut_torn_tail, finish_archive
 
@@ -98,6 +99,8 @@ class Journal:
         # finished, so the caller can log it.
         self.observer: Callable[[Archived | Repaired], None] | None = None
         self.fault: Fault | None = None  # test-only crash injection
+        # The Idempotency-Keys of each user's recent chats, read from the files lazily.
+        self.keys = KeyIndex()
 
     def _observed(self, what: _Found) -> _Found:
         if self.observer is not None:
@@ -134,22 +137,40 @@ class Journal:
     # -- append -------------------------------------------------------------------------
 
     def append(
-        self, user: str, role: str, text: str, *, interrupted: bool = False, history: int = 0
+        self,
+        user: str,
+        role: str,
+        text: str,
+        *,
+        interrupted: bool = False,
+        history: int = 0,
+        key: str | None = None,
     ) -> Appended:
         """Append one message to the user's current dialog, starting one if needed; with
-        ``history``, also return the dialog's last ``history`` messages (this one too)."""
+        ``history``, also return the dialog's last ``history`` messages (this one too).
+
+        With ``key`` (a user message's Idempotency-Key), raise
+        :class:`~archiver.idempotency.Repeated` instead if the user sent that key before,
+        in this dialog or a recent archive: checked under the same lock as the write."""
         if role not in fmt.ROLES:
             raise ValueError(f"unknown role {role!r}")
         with self._locked(user, create=True) as held:
             assert held is not None
             directory, lock_fd = held
             path = os.path.join(directory, CURRENT)
-            appended = self._append_locked(user, path, role, text, interrupted, history)
+            appended = self._append_locked(user, path, role, text, interrupted, history, key)
             userlock.record_owner(lock_fd, self._owner_bytes)
             return appended
 
     def _append_locked(
-        self, user: str, path: str, role: str, text: str, interrupted: bool, history: int
+        self,
+        user: str,
+        path: str,
+        role: str,
+        text: str,
+        interrupted: bool,
+        history: int,
+        key: str | None = None,
     ) -> Appended:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -163,7 +184,7 @@ class Journal:
                 os.close(fd)
                 fd = -1
                 self._finish_crashed(user, Path(path))
-                return self._append_locked(user, path, role, text, interrupted, history)
+                return self._append_locked(user, path, role, text, interrupted, history, key)
             now = time.time()
             if size == 0:
                 dialog, seq, offset = fmt.new_dialog_id(now), 1, 0
@@ -171,8 +192,21 @@ class Journal:
                 dialog = fmt.dialog_id_of(fd)
                 seq = fmt.last_seq(fd, size, tail) + 1
                 offset = size - len(MARKER)
+            if key is not None:
+                archived = self.layout.archived_dir(user)
+                found = self.keys.lookup(user, fd, size, dialog if size else None, key, archived)
+                if found is not None:
+                    if size == 0:  # opened with O_CREAT: leave no empty journal behind
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                    raise Repeated(found)
             message = Message(
-                seq=seq, role=role, at=fmt.utc_stamp(now), text=text, interrupted=interrupted
+                seq=seq,
+                role=role,
+                at=fmt.utc_stamp(now),
+                text=text,
+                interrupted=interrupted,
+                key=key,
             )
             body = fmt.message_text(message).encode("utf-8")
             if size == 0:
@@ -185,6 +219,7 @@ class Journal:
                         os.unlink(path)
                 raise
             reach(self.fault, "append.written")
+            self.keys.noted(user, dialog, size, offset + len(body) + len(MARKER), message)
             self._after_write(fd, path, new_file=size == 0)
             last = _history(fd, offset + len(body) + len(MARKER), history)
             return Appended(user, dialog, message, new_dialog=size == 0, history=last)

@@ -38,7 +38,7 @@ def test_garbage_is_refused_with_a_sentence(bad: str) -> None:
 
 def test_a_forged_user_breaks_the_signature() -> None:
     tickets = Tickets(b"k" * 32)
-    body, mac = tickets.issue("alice", now=0.0).split(".")
+    _body, mac = tickets.issue("alice", now=0.0).split(".")
     forged = tickets.issue("mallory", now=0.0).split(".")[0] + "." + mac
     with pytest.raises(BadTicket, match="not one of ours"):
         tickets.redeem(forged, now=1.0)
