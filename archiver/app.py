@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import auth, collector, redact
+from .admission import Admission
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
@@ -66,6 +67,7 @@ ERROR_STATUS = {
     "upstream_timeout": 504,
 }
 UPSTREAM_STATUS = 502  # every other upstream failure: a bad gateway
+ADMISSION_CODES = frozenset({"too_many_connections", "too_many_streams", "rate_limited_address"})
 
 
 class ApiError(Exception):
@@ -118,10 +120,19 @@ async def read_message(request: Request, limit: int) -> str:
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise too_large()
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > body_limit:
-            raise too_large()
+    settings: Settings = request.app.state.settings
+    # A client sending one byte a second holds a task and a descriptor: cut it.
+    with anyio.move_on_after(settings.body_timeout) as reading:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > body_limit:
+                raise too_large()
+    if reading.cancelled_caught:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"The request body did not arrive within {settings.body_timeout:g} seconds.",
+        )
     try:
         data = json.loads(bytes(body).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -163,19 +174,42 @@ def _journal_api_error(exc: JournalError) -> ApiError:
 # Endpoints
 
 
+def client_of(request: Request) -> str | None:
+    """The client's address: behind a trusted proxy, the forwarded one (uvicorn sets it)."""
+    return request.client.host if request.client else None
+
+
+def admission_of(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
+def admit(request: Request, stream: bool) -> None:
+    """Refuse, before it costs anything, a request over an address's or the process's limits."""
+    admission = admission_of(request)
+    client = client_of(request)
+    now = time.monotonic()
+    refusal = admission.admit_stream(client, now) if stream else admission.admit_chat(client, now)
+    if refusal is not None:
+        raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
+
+
 async def subscribe(request: Request) -> Response | EventStream:
     user = require_user(request)
     sessions = sessions_of(request)
     if sessions.draining:
         raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
+    admit(request, stream=True)
+    admission = admission_of(request)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
     settings: Settings = request.app.state.settings
-    client = request.client.host if request.client else None
+    client = client_of(request)
     started = time.monotonic()
 
     def open_inbox() -> Inbox:
+        admission.opened(client)
         inbox = sessions.connect(user.id)
         log.info(
             "sse.connect",
@@ -190,6 +224,7 @@ async def subscribe(request: Request) -> Response | EventStream:
         return sessions.stream(inbox, last_event_id, ping=settings.ping_interval)
 
     def close_inbox(inbox: Inbox) -> None:
+        admission.closed(client)
         remaining = sessions.disconnect(inbox)
         log.info(
             "sse.disconnect",
@@ -250,6 +285,7 @@ def idempotency_key(request: Request) -> str | None:
 async def chat(request: Request) -> Response:
     user = require_user(request)
     settings: Settings = request.app.state.settings
+    admit(request, stream=False)
     key = idempotency_key(request)
     text = await read_message(request, settings.max_message_bytes)
     try:
@@ -418,6 +454,8 @@ async def api_error(request: Request, exc: Exception) -> Response:
     fields = {"status": exc.status, "method": request.method, "path": request.url.path}
     if exc.status == 401:
         log.info("auth.rejected", reason=exc.code, **fields)
+    elif exc.code in ADMISSION_CODES:
+        pass  # one limit.exceeded line per episode (admission.py), not one per request
     else:
         log.info("request.rejected", error=exc.code, user=_user_of(request), **fields)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
@@ -541,8 +579,13 @@ def create_app(settings: Settings) -> Starlette:
             feed=Feed(journal),
         )
         app.state.sessions = sessions
+        max_connections = settings.resolved_max_connections()
+        app.state.admission = Admission(
+            max_connections, settings.max_streams_per_ip, settings.rate_limit_per_ip
+        )
         log.info(
             "server.start",
+            max_connections=max_connections,
             pid=os.getpid(),
             instance=instance.id,
             data=settings.data_dir,

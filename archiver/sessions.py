@@ -92,7 +92,11 @@ class Sessions:
             chatting=self.chats.__contains__,
         )
         self.presence = Presence(
-            hub, self.settings.disconnect_grace, self._gone, on_connect=self._serve
+            hub,
+            self.settings.disconnect_grace,
+            self._gone,
+            on_connect=self._serve,
+            max_per_user=self.settings.max_streams_per_user,
         )
         self.replay = Replay(self.threads)
 
