@@ -33,7 +33,7 @@ from typing import Any
 from .commit import Archived
 from .dialogfile import Dialog, complete_part, parse_dialog, read_summary
 from .errors import JournalError
-from .journal import Journal
+from .journal import Journal, NotOwner
 from .layout import ARCHIVE_NAME, Layout, archive_sort_key, file_kind, user_dir_name
 
 OnError = Callable[[Path, Exception], None]
@@ -392,17 +392,28 @@ def idle_dialogs(
 
 
 def sweep(
-    journal: Journal, older_than: float, on_error: OnError | None = None
+    journal: Journal,
+    older_than: float,
+    on_error: OnError | None = None,
+    *,
+    force: bool = True,
+    skipped: list[str] | None = None,
 ) -> Iterator[Archived]:
     """Archive (reason ``timeout``) every current dialog idle for ``older_than`` seconds.
 
     Takes each user's lock (:meth:`Journal.archive` re-checks idleness under it), so it
     is safe while servers run on the same data directory. The server's sweeper asks
-    :func:`idle_dialogs` the same question (archiving.py).
+    :func:`idle_dialogs` the same question (archiving.py). Without ``force``, a dialog a
+    live instance owns (its reply may be streaming) is left to it and its user added to
+    ``skipped``.
     """
     for user in idle_dialogs(list(current_mtimes(journal)), older_than):
         try:
-            archived = journal.archive(user, "timeout", idle_for=older_than)
+            archived = journal.archive(user, "timeout", idle_for=older_than, owned=not force)
+        except NotOwner:
+            if skipped is not None:
+                skipped.append(user)
+            continue
         except (OSError, JournalError) as exc:
             if on_error is not None:
                 on_error(journal.layout.current_path(user), exc)

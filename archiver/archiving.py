@@ -36,7 +36,7 @@ from .journal import NotOwner
 from .logs import log
 from .metrics import Metrics
 from .owners import Instance
-from .repair import Repaired
+from .repair import Damaged, Repaired
 from .threads import JournalThreads
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ class Archiver:
 
     async def start(self, task_group: TaskGroup) -> None:
         """Recover, then start the sweeper and the tickers in ``task_group``."""
-        self.threads.journal.observer = _observed
+        self.threads.journal.observer = self._observed
         await self.recover()
         task_group.start_soon(self._sweeper)
         if self.instance is not None:
@@ -310,9 +310,16 @@ class Archiver:
                 if synced:
                     self.incidents.succeeded(None)
 
+    def _observed(self, what: Archived | Repaired | Damaged) -> None:
+        # Runs in a worker thread: logging and prometheus counters are thread-safe.
+        if isinstance(what, Damaged):
+            self.metrics.damaged.inc()
+            log.error("journal.damaged", user=what.user, file=what.side_file, reason=what.reason)
+        else:
+            _observed(what)
+
 
 def _observed(what: Archived | Repaired) -> None:
-    # Runs in a worker thread: logging is thread-safe.
     if isinstance(what, Repaired):
         torn = what.torn_bytes
         log.warning("journal.repaired", user=what.user, torn_bytes=torn, side_file=what.side_file)

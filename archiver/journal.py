@@ -42,12 +42,12 @@ from .faults import Fault, reach
 from .fsops import Dirty, fsync_dir, pread_tail, reserve, sync_filesystem, write_all
 from .idempotency import KeyIndex, Repeated
 from .layout import CURRENT, Layout
-from .repair import Repaired, cut_torn_tail, finish_archive
+from .repair import Damaged, Repaired, cut_torn_tail, finish_archive, set_aside_damaged
 
 if TYPE_CHECKING:
     from .redact import Redactor
 
-_Found = TypeVar("_Found", Archived, Repaired)
+_Found = TypeVar("_Found", Archived, Repaired, Damaged)
 
 
 class NotOwner(Exception):
@@ -97,7 +97,7 @@ class Journal:
         self.sync_dirty: Callable[[], int] = self._dirty.sync
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
-        self.observer: Callable[[Archived | Repaired], None] | None = None
+        self.observer: Callable[[Archived | Repaired | Damaged], None] | None = None
         self.fault: Fault | None = None  # test-only crash injection
         # The Idempotency-Keys of each user's recent chats, read from the files lazily.
         self.keys = KeyIndex()
@@ -158,9 +158,24 @@ class Journal:
             assert held is not None
             directory, lock_fd = held
             path = os.path.join(directory, CURRENT)
-            appended = self._append_locked(user, path, role, text, interrupted, history, key)
+            try:
+                appended = self._append_locked(user, path, role, text, interrupted, history, key)
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                # Damaged beyond repair: move it aside, and go on in a fresh dialog at once.
+                self._set_aside(user, Path(path), exc.detail)
+                appended = self._append_locked(user, path, role, text, interrupted, history, key)
             userlock.record_owner(lock_fd, self._owner_bytes)
             return appended
+
+    def _set_aside(self, user: str, path: Path, reason: str) -> Damaged | None:
+        try:
+            return self._observed(set_aside_damaged(path, user, reason))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise journal_error(exc, "moving a damaged journal aside") from exc
 
     def _append_locked(
         self,
@@ -460,7 +475,18 @@ class Journal:
             return None
         if idle_for is not None and time.time() - mtime < idle_for:
             return None
-        summary = fmt.read_summary(path)
+        # The general way is for journals a crash or a hand touched: read it whole, once,
+        # so a damaged one is moved aside and never becomes an archive no loader reads.
+        try:
+            summary = fmt.read_summary(path)
+            loaded = fmt.parse_dialog(path.read_bytes())
+            if not loaded.messages or loaded.dialog != summary.dialog:
+                raise JournalError("corrupt", "the journal holds no readable message")
+        except JournalError as exc:
+            if exc.kind != "corrupt":
+                raise
+            self._set_aside(user, path, exc.detail)
+            return None
         if dialog is not None and summary.dialog != dialog:
             return None
         return summary
@@ -476,7 +502,13 @@ class Journal:
             self._finish_crashed(user, path)
             if not path.exists():
                 return None
-            return fmt.read_summary(path)
+            try:
+                return fmt.read_summary(path)
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                self._set_aside(user, path, exc.detail)
+                return None
 
     def tail_messages(self, user: str, count: int) -> list[Message]:
         """The last ``count`` messages of the current dialog, read from the end of the file."""
@@ -507,6 +539,11 @@ class Journal:
             try:
                 return fmt.parse_dialog(path.read_bytes())
             except FileNotFoundError:
+                return None
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                self._set_aside(user, path, exc.detail)
                 return None
 
 
