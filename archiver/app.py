@@ -52,6 +52,7 @@ from .replies import ReplyError, make_client, make_responder
 from .sessions import Sessions
 from .stream import EventStream
 from .threads import JournalThreads
+from .tickets import BadTicket, Tickets
 
 BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
 # The HTTP status of each error a chat or a read can meet, by its code: decided here only
@@ -194,8 +195,37 @@ def admit(request: Request, stream: bool) -> None:
         raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
 
 
-async def subscribe(request: Request) -> Response | EventStream:
+def stream_user(request: Request) -> User:
+    """The user of ``GET /subscribe``: by a stream ticket (the widget), else by the token."""
+    ticket = request.query_params.get("ticket")
+    if ticket is None:
+        return require_user(request)
+    tickets: Tickets = request.app.state.tickets
+    try:
+        return User(id=tickets.redeem(ticket, time.time()))
+    except BadTicket as exc:
+        raise ApiError(401, "bad_ticket", exc.detail) from None
+
+
+async def subscribe_ticket(request: Request) -> Response:
+    """``POST /subscribe/ticket``: a single-use ticket for ``GET /subscribe?ticket=``, so the
+    token itself never goes into a URL (nginx quotes request lines in its error log)."""
+    if "access_token" in request.query_params:
+        raise ApiError(
+            400,
+            "bad_request",
+            "Send the token in the Authorization header (or the cookie), not in the URL.",
+        )
     user = require_user(request)
+    tickets: Tickets = request.app.state.tickets
+    ticket = tickets.issue(user.id, time.time())
+    return JSONResponse(
+        {"ticket": ticket, "expires_in": tickets.seconds}, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def subscribe(request: Request) -> Response | EventStream:
+    user = stream_user(request)
     sessions = sessions_of(request)
     if sessions.draining:
         raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
@@ -579,6 +609,7 @@ def create_app(settings: Settings) -> Starlette:
             feed=Feed(journal),
         )
         app.state.sessions = sessions
+        app.state.tickets = Tickets(auth.load_or_create_ticket_key(settings.data_dir))
         max_connections = settings.resolved_max_connections()
         app.state.admission = Admission(
             max_connections, settings.max_streams_per_ip, settings.rate_limit_per_ip
@@ -617,7 +648,7 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.allowed_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
                 max_age=600,
             )
         )
@@ -630,6 +661,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/review", _page("review.html")),
         Mount("/widget", StaticFiles(directory=widget_dir(), check_dir=False), name="widget"),
         Route("/subscribe", subscribe),
+        Route("/subscribe/ticket", subscribe_ticket, methods=["POST"]),
         Route("/chat", chat, methods=["POST"]),
         Route("/chat/stop", chat_stop, methods=["POST"]),
         Route("/dialog", dialog),

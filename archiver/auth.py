@@ -22,7 +22,7 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Bas
 from starlette.requests import HTTPConnection
 
 from .config import Settings
-from .layout import BadUserId, secret_path, user_dir_name
+from .layout import BadUserId, secret_path, ticket_secret_path, user_dir_name
 
 COOKIE = "archiver_token"
 QUERY = "access_token"
@@ -71,7 +71,15 @@ class Anonymous(BaseUser):
 
 def load_or_create_secret(data_dir: Path) -> str:
     """The HS256 secret kept in ``<data>/.jwt-secret`` (0600), created on first use."""
-    path = secret_path(data_dir)
+    return _load_or_create(secret_path(data_dir))
+
+
+def load_or_create_ticket_key(data_dir: Path) -> bytes:
+    """The stream tickets' HMAC key, ``<data>/.ticket-secret`` (0600), made like the secret."""
+    return _load_or_create(ticket_secret_path(data_dir)).encode()
+
+
+def _load_or_create(path: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:

@@ -3,6 +3,7 @@
 ::
 
     <data>/.jwt-secret                                   the generated HS256 secret
+    <data>/.ticket-secret                                the stream tickets' HMAC key
     <data>/.instances/<instance>.lock                    one per running server (owners.py)
     <data>/users/<user-dir>/dialogs/.lock                the user's flock, and the owner id
     <data>/users/<user-dir>/dialogs/current.yaml         the journal of the current dialog
@@ -36,6 +37,7 @@ ARCHIVED = "archived"
 LOCK = ".lock"
 INSTANCES = ".instances"
 SECRET_FILE = ".jwt-secret"
+TICKET_SECRET_FILE = ".ticket-secret"
 TORN_PREFIX = CURRENT + ".torn-"
 DAMAGED_PREFIX = CURRENT + ".damaged-"
 TMP_PREFIX = ".tmp-"
@@ -123,6 +125,11 @@ def instance_lock(instances: Path, instance: str) -> Path:
 
 def secret_path(data_dir: Path) -> Path:
     return Path(data_dir) / SECRET_FILE
+
+
+def ticket_secret_path(data_dir: Path) -> Path:
+    """The HMAC key of stream tickets (tickets.py), shared by every instance of the directory."""
+    return Path(data_dir) / TICKET_SECRET_FILE
 
 
 class Layout:
