@@ -7,9 +7,11 @@ sentence, and clients (the widget, a host site's code) parse it as such, so this
 writes the same 400 as JSON. It is passed to uvicorn as ``http=`` (``uvicorn.Config``
 takes a protocol class there).
 
-Divergence #6 (ARCHITECTURE.md): this subclasses a uvicorn internal,
-``HttpToolsProtocol.send_400_response``; tests/test_e2e_security pins its behaviour, so an
-upgrade that changes it fails a test rather than silently answering in plain text again.
+Divergence #11 (ARCHITECTURE.md): this subclasses a uvicorn internal,
+``HttpToolsProtocol.send_400_response``;
+tests/test_security.py::test_a_1_mb_token_in_the_query_string_is_refused_before_the_app
+pins its behaviour, so an upgrade that changes it fails a test rather than silently
+answering in plain text again. (``serve --reload`` keeps uvicorn's plain-text 400.)
 """
 
 from __future__ import annotations
