@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, redact
+from . import auth, collector, guests, redact
 from .admission import Admission
 from .auth import Anonymous, JWTBackend, User
 from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
@@ -222,6 +222,42 @@ async def subscribe_ticket(request: Request) -> Response:
     return JSONResponse(
         {"ticket": ticket, "expires_in": tickets.seconds}, headers={"Cache-Control": "no-store"}
     )
+
+
+async def session(request: Request) -> Response:
+    """``POST /session``: a token for a new guest, or a fresh one for the guest calling."""
+    settings: Settings = request.app.state.settings
+    if not settings.guest_sessions:
+        raise ApiError(
+            404,
+            "not_found",
+            "Guest sessions are off on this server (ARCHIVER_GUEST_SESSIONS=true turns them on).",
+        )
+    user = request.user
+    client = client_of(request)
+    if isinstance(user, User):
+        if not user.guest:
+            raise ApiError(403, "forbidden", "Only a guest token can be refreshed here.")
+        log.info("guest.refreshed", user=user.id, client=client)
+        return _no_store(guests.mint(settings, user.id))
+    if "authorization" in request.headers or auth.COOKIE in request.cookies:
+        require_user(request)  # a token that does not verify: 401 with its reason
+    limit: RateLimit = request.app.state.guest_rate
+    wait = limit.take(client or "-", time.monotonic())
+    if wait:
+        raise ApiError(
+            429,
+            "too_many_guests",
+            "Too many new guest sessions from this address; try again shortly.",
+            {"Retry-After": str(ceil_seconds(wait))},
+        )
+    guest = guests.new_user()
+    log.info("guest.created", user=guest, client=client)
+    return _no_store(guests.mint(settings, guest))
+
+
+def _no_store(body: dict[str, Any]) -> Response:
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 async def subscribe(request: Request) -> Response | EventStream:
@@ -581,6 +617,7 @@ def _armed_fault(spec: str) -> Fault:
 
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
+    guests.check(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
     redactor = redact.load(settings.redact, settings.redact_file)
 
@@ -662,6 +699,7 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/widget", StaticFiles(directory=widget_dir(), check_dir=False), name="widget"),
         Route("/subscribe", subscribe),
         Route("/subscribe/ticket", subscribe_ticket, methods=["POST"]),
+        Route("/session", session, methods=["POST"]),
         Route("/chat", chat, methods=["POST"]),
         Route("/chat/stop", chat_stop, methods=["POST"]),
         Route("/dialog", dialog),
@@ -685,6 +723,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.guest_rate = RateLimit(settings.guest_rate_per_ip)
     return app
 
 

@@ -35,6 +35,7 @@ VERIFIED_TOKENS = 4096  # verified tokens remembered (a widget sends one token p
 class User(BaseUser):
     id: str
     admin: bool = False
+    guest: bool = False  # a token POST /session minted (guests.py): it may be refreshed there
 
     @property
     def is_authenticated(self) -> bool:
@@ -177,7 +178,10 @@ def _verify(settings: Settings, token: str) -> tuple[User, float]:
         user_dir_name(sub)
     except BadUserId as exc:
         raise Rejected("bad_user_id", f"The token's user id cannot be used: {exc}.") from None
-    return User(id=sub, admin=claims.get("role") == "admin"), float(claims["exp"])
+    guest = claims.get("guest") is True
+    return User(id=sub, admin=claims.get("role") == "admin" and not guest, guest=guest), float(
+        claims["exp"]
+    )
 
 
 def token_from(conn: HTTPConnection) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import jwt
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 PREFIX = "guest-"
 GUEST_CLAIM = "guest"
@@ -29,10 +29,18 @@ def new_user() -> str:
     return PREFIX + secrets.token_hex(8)
 
 
+def check(settings: Settings) -> None:
+    """Guest sessions sign their own tokens: they need the HS256 secret."""
+    if settings.guest_sessions and (not settings.jwt_secret or settings.jwt_public_key):
+        raise ConfigError(
+            "ARCHIVER_GUEST_SESSIONS=true needs HS256 tokens (ARCHIVER_JWT_SECRET, or the "
+            "generated one): with ARCHIVER_JWT_PUBLIC_KEY the server cannot sign a guest's"
+        )
+
+
 def mint(settings: Settings, user: str) -> dict[str, Any]:
     """A guest token for ``user`` and what the client needs to know of it."""
-    if not settings.jwt_secret:
-        raise RuntimeError("guest sessions need an HS256 secret (ARCHIVER_JWT_SECRET)")
+    assert settings.jwt_secret, "check(settings) ran at start"
     now = int(time.time())
     ttl = int(settings.guest_ttl)
     claims: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl, GUEST_CLAIM: True}

@@ -1,5 +1,6 @@
-"""Stream tickets against a real server: the token stays out of URLs; a ticket is good for
-one stream, for one user, on any instance sharing the data directory."""
+"""Stream tickets and guest sessions against a real server. A ticket keeps the token out of
+URLs; it is good for one stream, for one user, on any instance sharing the data directory.
+A guest session is a short-lived token for an anonymous visitor, refreshable, rate-limited."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import Server, SSEClient, mint
+from tests.helpers import Server, SSEClient, mint, remember
 
 Make = Callable[..., Server]
 
@@ -62,3 +63,65 @@ def test_bad_tickets_and_tokens_in_the_query_are_refused(make_server: Make, tmp_
     assert anonymous.status_code == 401
     assert not (server.data / "users").exists() or not any((server.data / "users").iterdir())
     assert (server.data / ".ticket-secret").stat().st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------------------
+# Guest sessions (ARCHIVER_GUEST_SESSIONS=true): POST /session
+
+
+def new_guest(server: Server, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(server.url + "/session", headers=headers or {}, timeout=10)
+
+
+def test_guest_sessions_are_off_by_default_with_a_sentence(make_server: Make) -> None:
+    refused = new_guest(make_server())
+    assert refused.status_code == 404
+    assert "ARCHIVER_GUEST_SESSIONS" in refused.json()["detail"]
+
+
+def test_a_guest_chats_refreshes_and_stays_the_same_user(make_server: Make) -> None:
+    server = make_server(guest_sessions="true", guest_ttl="120")
+    first = new_guest(server)
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-store"
+    body = first.json()
+    assert body["user"].startswith("guest-") and body["expires_in"] == 120
+    auth = {"Authorization": f"Bearer {remember(body['token'])}"}
+    chat = httpx.post(server.url + "/chat", json={"message": "hi"}, headers=auth, timeout=30)
+    assert chat.status_code == 200
+    refreshed = new_guest(server, auth)
+    assert refreshed.status_code == 200 and refreshed.json()["user"] == body["user"]
+    remember(refreshed.json()["token"])
+    assert server.wait_log("guest.created") and server.wait_log("guest.refreshed")
+    other = new_guest(server).json()
+    remember(other["token"])
+    assert other["user"] != body["user"]
+
+
+def test_a_non_guest_token_is_not_refreshed_and_a_bad_one_is_401(make_server: Make) -> None:
+    server = make_server(guest_sessions="true")
+    assert new_guest(server, server.headers("alice")).status_code == 403
+    assert new_guest(server, server.headers("root", admin=True)).status_code == 403
+    assert new_guest(server, {"Authorization": "Bearer nonsense"}).status_code == 401
+
+
+def test_new_guests_are_rate_limited_per_address(make_server: Make) -> None:
+    server = make_server(guest_sessions="true", guest_rate_per_ip="5")
+    answers = [new_guest(server) for _ in range(8)]
+    for answer in answers:
+        if answer.status_code == 200:
+            remember(answer.json()["token"])
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
+    assert answers[-1].json()["error"] == "too_many_guests"
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+
+
+def test_guest_sessions_need_an_hs256_secret() -> None:
+    import pytest
+
+    from archiver.app import create_app
+    from archiver.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="ARCHIVER_GUEST_SESSIONS"):
+        create_app(
+            Settings(guest_sessions=True, jwt_algorithm="RS256", jwt_public_key="-----BEGIN x")
+        )
