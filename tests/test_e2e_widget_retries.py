@@ -1,5 +1,6 @@
 """The widget in a real Chromium when things go wrong: the server killed mid-chat and
-restarted, messages typed while it is down; and no URL it requests carries the token.
+restarted, messages typed while it is down; no URL it requests carries the token; and an
+embed without a token runs on a guest session.
 
 Imports the browser fixtures of tests/test_e2e_browser.py (the lead moves them to
 tests/helpers.py and conftest.py when the helper unification lands).
@@ -12,11 +13,15 @@ from typing import Any
 
 from archiver.dialogfile import parse_dialog
 from tests.test_e2e_browser import (  # noqa: F401 (fixtures, used by name)
+    HostSite,
     Pages,
     Server,
+    _embedded_chat,
     browser,
     expect,
     finished,
+    free_port,
+    load_yaml,
     open_chat,
     pages,
     send,
@@ -92,3 +97,35 @@ def test_no_url_the_widget_requests_contains_the_token(
     leaks: list[Any] = [u for u in sent if token in u or "access_token" in u]
     assert leaks == [], leaks
     assert token not in server.logs()
+
+
+def test_embed_without_a_token_uses_a_guest_session(
+    start_server: Callable[..., Server],  # noqa: F811 (fixtures)
+    pages: Pages,  # noqa: F811 (fixtures)
+) -> None:
+    host_port = free_port()
+    server = start_server(
+        ARCHIVER_ALLOWED_ORIGINS=f"http://localhost:{host_port}", ARCHIVER_GUEST_SESSIONS="true"
+    )
+    with HostSite(server.url, 'data-title="Guest desk"', host_port) as site:
+        page = pages.page()
+        page.goto(f"{site.origin}/")
+        _embedded_chat(page, server, "Guest desk")
+    current = load_yaml(server.current()[0])
+    assert current["user"].startswith("guest-")
+    assert current["messages"][0]["text"] == "hi from the shop"
+    assert server.wait_for_log("guest.created")
+
+
+def test_embed_without_a_token_on_a_server_without_guests_says_why(
+    start_server: Callable[..., Server],  # noqa: F811 (fixtures)
+    pages: Pages,  # noqa: F811 (fixtures)
+) -> None:
+    host_port = free_port()
+    server = start_server(ARCHIVER_ALLOWED_ORIGINS=f"http://localhost:{host_port}")
+    with HostSite(server.url, 'data-title="Guest desk"', host_port) as site:
+        page = pages.page()
+        page.goto(f"{site.origin}/")
+        page.get_by_role("button", name="Open Guest desk").click()
+        frame = page.frame_locator("iframe[title='Guest desk']")
+        expect(frame.locator("#alert-text")).to_contain_text("ARCHIVER_GUEST_SESSIONS")

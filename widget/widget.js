@@ -99,6 +99,7 @@ const state = {
   liveWaiters: [], // resolved at the next `ready`
   connectSeq: 0, // the newest connect() attempt; an older one that wakes up gives way
   replaced: false, // a newer tab took our stream's place: wait for the person to reconnect
+  guestTimer: 0,
 };
 
 function originOrNull(value) {
@@ -798,10 +799,33 @@ function wire() {
   });
 }
 
+// A guest session (embed.js with no token: `guest=1`): a short-lived token for an anonymous
+// visitor from POST /session, refreshed (same guest) at four fifths of its life.
+async function guestSession() {
+  const session = await new Api(token).post("/session", {});
+  clearTimeout(state.guestTimer);
+  state.guestTimer = setTimeout(() => {
+    guestSession()
+      .then(setToken)
+      .catch(() => {}); // the next 401 shows the sign-in problem
+  }, session.expires_in * 800);
+  return session.token;
+}
+
 async function boot() {
   applyLook();
   wire();
   tellHost("hello"); // embed.js: the browser let this page run inside the host site
+  if (!token && params.get("guest") === "1") {
+    try {
+      token = await guestSession();
+      api = new Api(token);
+    } catch (err) {
+      setConn("offline", "no guest session");
+      showAlert(err.readable || String(err));
+      return;
+    }
+  }
   if (!token) {
     setConn("offline", "no access token");
     state.authAlert = true;
