@@ -55,6 +55,7 @@ class Presence:
             self._replace_oldest(user)
         return inbox
 
+    # Divergence #12: past the cap the oldest stream ends; the new one is not refused.
     def _replace_oldest(self, user: str) -> None:
         """Past the per-user cap the oldest stream ends, not the new one: the newest tab is
         the one the person looks at, and a forgotten tab must not lock them out."""
