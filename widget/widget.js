@@ -100,6 +100,7 @@ const state = {
   connectSeq: 0, // the newest connect() attempt; an older one that wakes up gives way
   replaced: false, // a newer tab took our stream's place: wait for the person to reconnect
   guestTimer: 0,
+  retryAlert: false, // the alert says a message is being sent again; its success hides it
 };
 
 function originOrNull(value) {
@@ -654,11 +655,12 @@ function untilLive() {
 
 // Whether a failed POST /chat may be sent again with the same key: the network, a proxy
 // (502/504 that are not ours) or a server going away (503). Our own 502/504 say the model
-// failed, and that failure is journaled: a repeat would only get it again.
+// failed, and that failure is journaled: a repeat would only get it again. A 409 (another
+// tab's reply is streaming) is said in words and the text given back, as before: a repeat of
+// our own request in flight never gets it (the server joins a repeated key to the first).
 function retryable(err) {
   if (err.status === 0) return true;
   if (err.status === 503) return true;
-  if (err.status === 409 && err.code === "reply_in_progress") return true;
   if (err.status === 502 || err.status === 504) {
     return !(err.code.startsWith("upstream_") || err.code === "reply_failed");
   }
@@ -677,6 +679,8 @@ async function deliver(item) {
         { headers: { "Idempotency-Key": item.key } },
       );
       settleSent(item.bubble, answer);
+      if (state.retryAlert) hideAlert();
+      state.retryAlert = false;
       return;
     } catch (err) {
       if (err.status === 409 && err.code === "idempotency_key_unanswered") {
@@ -694,6 +698,10 @@ async function deliver(item) {
         return;
       }
       item.bubble.time.textContent = "sending…";
+      if (err.status !== 0) {
+        showAlert(`${err.readable || err.detail} Sending it again by itself…`);
+        state.retryAlert = true;
+      }
       // Exponential backoff with jitter, or what the server asked for.
       const wait = err.retryAfter != null ? err.retryAfter * 1000 : delay * (0.5 + Math.random());
       delay = Math.min(delay * 2, SEND_RETRY_MAX_MS);
