@@ -24,7 +24,7 @@ _USER_FILE = re.compile(
     r"\A(?:\.lock|current\.yaml|current\.yaml\.(?:torn|damaged)-\d{8}T\d{6}Z(?:-\d+)?"
     r"|archived/\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(?:-[1-9]\d{0,5})?\.yaml)\Z"
 )
-_TOP_FILE = re.compile(r"\A(?:\.jwt-secret|\.instances/[^/]+\.lock)\Z")
+_TOP_FILE = re.compile(r"\A(?:\.jwt-secret|\.ticket-secret|\.instances/[^/]+\.lock)\Z")
 
 
 def load_both(path: Path) -> dict[str, Any]:
