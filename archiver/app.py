@@ -33,10 +33,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, openapi, redact, searchapi, stats, transcripts
+from . import auth, collector, guests, openapi, redact, searchapi, stats, transcripts
+from .admission import Admission
 from .archives import Filter, parse_time
 from .auth import Anonymous, JWTBackend, User
-from .chats import Busy, Refused, ShuttingDown
+from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
 from .dialogfile import parse_dialog
 from .errors import JournalError
@@ -44,6 +45,7 @@ from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
+from .idempotency import BadKey, parse_key
 from .index import Index, Indexer
 from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
@@ -54,6 +56,7 @@ from .replies import ReplyError, make_client, make_responder
 from .sessions import Sessions
 from .stream import EventStream
 from .threads import JournalThreads
+from .tickets import BadTicket, Tickets
 
 BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
 # The HTTP status of each error a chat or a read can meet, by its code: decided here only
@@ -69,6 +72,7 @@ ERROR_STATUS = {
     "upstream_timeout": 504,
 }
 UPSTREAM_STATUS = 502  # every other upstream failure: a bad gateway
+ADMISSION_CODES = frozenset({"too_many_connections", "too_many_streams", "rate_limited_address"})
 
 
 class ApiError(Exception):
@@ -121,10 +125,19 @@ async def read_message(request: Request, limit: int) -> str:
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise too_large()
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > body_limit:
-            raise too_large()
+    settings: Settings = request.app.state.settings
+    # A client sending one byte a second holds a task and a descriptor: cut it.
+    with anyio.move_on_after(settings.body_timeout) as reading:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > body_limit:
+                raise too_large()
+    if reading.cancelled_caught:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"The request body did not arrive within {settings.body_timeout:g} seconds.",
+        )
     try:
         data = json.loads(bytes(body).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -166,19 +179,107 @@ def _journal_api_error(exc: JournalError) -> ApiError:
 # Endpoints
 
 
-async def subscribe(request: Request) -> Response | EventStream:
+def client_of(request: Request) -> str | None:
+    """The client's address: behind a trusted proxy, the forwarded one (uvicorn sets it)."""
+    return request.client.host if request.client else None
+
+
+def admission_of(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
+def admit(request: Request, stream: bool) -> None:
+    """Refuse, before it costs anything, a request over an address's or the process's limits."""
+    admission = admission_of(request)
+    client = client_of(request)
+    now = time.monotonic()
+    refusal = admission.admit_stream(client, now) if stream else admission.admit_chat(client, now)
+    if refusal is not None:
+        raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
+
+
+def stream_user(request: Request) -> User:
+    """The user of ``GET /subscribe``: by a stream ticket (the widget), else by the token."""
+    ticket = request.query_params.get("ticket")
+    if ticket is None:
+        return require_user(request)
+    tickets: Tickets = request.app.state.tickets
+    try:
+        return User(id=tickets.redeem(ticket, time.time()))
+    except BadTicket as exc:
+        raise ApiError(401, "bad_ticket", exc.detail) from None
+
+
+async def subscribe_ticket(request: Request) -> Response:
+    """``POST /subscribe/ticket``: a single-use ticket for ``GET /subscribe?ticket=``, so the
+    token itself never goes into a URL (nginx quotes request lines in its error log)."""
+    if "access_token" in request.query_params:
+        raise ApiError(
+            400,
+            "bad_request",
+            "Send the token in the Authorization header (or the cookie), not in the URL.",
+        )
     user = require_user(request)
+    tickets: Tickets = request.app.state.tickets
+    ticket = tickets.issue(user.id, time.time())
+    return JSONResponse(
+        {"ticket": ticket, "expires_in": tickets.seconds}, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def session(request: Request) -> Response:
+    """``POST /session``: a token for a new guest, or a fresh one for the guest calling."""
+    settings: Settings = request.app.state.settings
+    if not settings.guest_sessions:
+        raise ApiError(
+            404,
+            "not_found",
+            "Guest sessions are off on this server (ARCHIVER_GUEST_SESSIONS=true turns them on).",
+        )
+    user = request.user
+    client = client_of(request)
+    if isinstance(user, User):
+        if not user.guest:
+            raise ApiError(403, "forbidden", "Only a guest token can be refreshed here.")
+        log.info("guest.refreshed", user=user.id, client=client)
+        return _no_store(guests.mint(settings, user.id))
+    if "authorization" in request.headers or auth.COOKIE in request.cookies:
+        require_user(request)  # a token that does not verify: 401 with its reason
+    limit: RateLimit = request.app.state.guest_rate
+    wait = limit.take(client or "-", time.monotonic())
+    if wait:
+        raise ApiError(
+            429,
+            "too_many_guests",
+            "Too many new guest sessions from this address; try again shortly.",
+            {"Retry-After": str(ceil_seconds(wait))},
+        )
+    guest = guests.new_user()
+    log.info("guest.created", user=guest, client=client)
+    return _no_store(guests.mint(settings, guest))
+
+
+def _no_store(body: dict[str, Any]) -> Response:
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+async def subscribe(request: Request) -> Response | EventStream:
+    user = stream_user(request)
     sessions = sessions_of(request)
     if sessions.draining:
         raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
+    admit(request, stream=True)
+    admission = admission_of(request)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get(
         "last_event_id"
     )
     settings: Settings = request.app.state.settings
-    client = request.client.host if request.client else None
+    client = client_of(request)
     started = time.monotonic()
 
     def open_inbox() -> Inbox:
+        admission.opened(client)
         inbox = sessions.connect(user.id)
         log.info(
             "sse.connect",
@@ -193,6 +294,7 @@ async def subscribe(request: Request) -> Response | EventStream:
         return sessions.stream(inbox, last_event_id, ping=settings.ping_interval)
 
     def close_inbox(inbox: Inbox) -> None:
+        admission.closed(client)
         remaining = sessions.disconnect(inbox)
         log.info(
             "sse.disconnect",
@@ -240,12 +342,43 @@ async def metrics(request: Request) -> Response:
     return Response(sessions.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def idempotency_key(request: Request) -> str | None:
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return None
+    try:
+        return parse_key(header)
+    except BadKey as exc:
+        raise ApiError(400, "bad_idempotency_key", exc.detail) from None
+
+
 async def chat(request: Request) -> Response:
     user = require_user(request)
     settings: Settings = request.app.state.settings
+    admit(request, stream=False)
+    key = idempotency_key(request)
     text = await read_message(request, settings.max_message_bytes)
     try:
-        result = await sessions_of(request).chat(user.id, text)
+        result = await sessions_of(request).chat(user.id, text, key)
+    except KeyReused:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different message; "
+            "use a new key for a new message.",
+        ) from None
+    except Unanswered as exc:
+        where = f"archive {exc.found.archive}" if exc.found.archive else "this conversation"
+        raise ApiError(
+            409,
+            "idempotency_key_unanswered",
+            f"This message was saved already (in {where}), but its reply was lost when "
+            "the server stopped; it will not be saved again.",
+        ) from None
+    except Failed as exc:
+        raise ApiError(
+            502, "reply_failed", f"The reply to this message failed: {exc.detail}"
+        ) from None
     except Busy:
         raise ApiError(
             409, "reply_in_progress", "A reply is still being written; wait for it or stop it."
@@ -456,6 +589,8 @@ async def api_error(request: Request, exc: Exception) -> Response:
     fields = {"status": exc.status, "method": request.method, "path": request.url.path}
     if exc.status == 401:
         log.info("auth.rejected", reason=exc.code, **fields)
+    elif exc.code in ADMISSION_CODES:
+        pass  # one limit.exceeded line per episode (admission.py), not one per request
     else:
         log.info("request.rejected", error=exc.code, user=_user_of(request), **fields)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
@@ -563,6 +698,7 @@ def _indexer(settings: Settings) -> Indexer | None:
 
 def create_app(settings: Settings) -> Starlette:
     settings = auth.resolve_settings(settings)
+    guests.check(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
     redactor = redact.load(settings.redact, settings.redact_file)
 
@@ -593,8 +729,14 @@ def create_app(settings: Settings) -> Starlette:
             index=indexer,
         )
         app.state.sessions = sessions
+        app.state.tickets = Tickets(auth.load_or_create_ticket_key(settings.data_dir))
+        max_connections = settings.resolved_max_connections()
+        app.state.admission = Admission(
+            max_connections, settings.max_streams_per_ip, settings.rate_limit_per_ip
+        )
         log.info(
             "server.start",
+            max_connections=max_connections,
             pid=os.getpid(),
             instance=instance.id,
             data=settings.data_dir,
@@ -628,7 +770,7 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.allowed_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
                 max_age=600,
             )
         )
@@ -641,6 +783,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/review", _page("review.html")),
         Mount("/widget", StaticFiles(directory=widget_dir(), check_dir=False), name="widget"),
         Route("/subscribe", subscribe),
+        Route("/subscribe/ticket", subscribe_ticket, methods=["POST"]),
+        Route("/session", session, methods=["POST"]),
         Route("/chat", chat, methods=["POST"]),
         Route("/chat/stop", chat_stop, methods=["POST"]),
         Route("/dialog", dialog),
@@ -667,6 +811,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.guest_rate = RateLimit(settings.guest_rate_per_ip)
     return app
 
 

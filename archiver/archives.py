@@ -47,7 +47,7 @@ from .dialogfile import (
 )
 from .errors import JournalError
 from .fsops import fsync_dir, rename_noreplace, write_new_synced
-from .journal import Journal
+from .journal import Journal, NotOwner
 from .layout import (
     ARCHIVE_NAME,
     Layout,
@@ -429,17 +429,28 @@ def idle_dialogs(
 
 
 def sweep(
-    journal: Journal, older_than: float, on_error: OnError | None = None
+    journal: Journal,
+    older_than: float,
+    on_error: OnError | None = None,
+    *,
+    force: bool = True,
+    skipped: list[str] | None = None,
 ) -> Iterator[Archived]:
     """Archive (reason ``timeout``) every current dialog idle for ``older_than`` seconds.
 
     Takes each user's lock (:meth:`Journal.archive` re-checks idleness under it), so it
     is safe while servers run on the same data directory. The server's sweeper asks
-    :func:`idle_dialogs` the same question (archiving.py).
+    :func:`idle_dialogs` the same question (archiving.py). Without ``force``, a dialog a
+    live instance owns (its reply may be streaming) is left to it and its user added to
+    ``skipped``.
     """
     for user in idle_dialogs(list(current_mtimes(journal)), older_than):
         try:
-            archived = journal.archive(user, "timeout", idle_for=older_than)
+            archived = journal.archive(user, "timeout", idle_for=older_than, owned=not force)
+        except NotOwner:
+            if skipped is not None:
+                skipped.append(user)
+            continue
         except (OSError, JournalError) as exc:
             if on_error is not None:
                 on_error(journal.layout.current_path(user), exc)

@@ -37,7 +37,7 @@ from .journal import NotOwner
 from .logs import log
 from .metrics import Metrics
 from .owners import Instance
-from .repair import Repaired
+from .repair import Damaged, Repaired
 from .threads import JournalThreads
 
 T = TypeVar("T")
@@ -276,9 +276,13 @@ class Archiver:
         self.metrics.pruned.inc(len(pruned))
         return len(pruned)
 
-    def _observed(self, what: Archived | Repaired) -> None:
-        # Runs in a worker thread: logging and Indexer.submit are thread-safe.
-        if isinstance(what, Repaired):
+    def _observed(self, what: Archived | Repaired | Damaged) -> None:
+        # Runs in a worker thread: logging, prometheus counters and Indexer.submit are
+        # thread-safe.
+        if isinstance(what, Damaged):
+            self.metrics.damaged.inc()
+            log.error("journal.damaged", user=what.user, file=what.side_file, reason=what.reason)
+        elif isinstance(what, Repaired):
             torn, side = what.torn_bytes, what.side_file
             log.warning("journal.repaired", user=what.user, torn_bytes=torn, side_file=side)
         else:

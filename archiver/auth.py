@@ -22,7 +22,7 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Bas
 from starlette.requests import HTTPConnection
 
 from .config import Settings
-from .layout import BadUserId, secret_path, user_dir_name
+from .layout import BadUserId, secret_path, ticket_secret_path, user_dir_name
 
 COOKIE = "archiver_token"
 QUERY = "access_token"
@@ -35,6 +35,7 @@ VERIFIED_TOKENS = 4096  # verified tokens remembered (a widget sends one token p
 class User(BaseUser):
     id: str
     admin: bool = False
+    guest: bool = False  # a token POST /session minted (guests.py): it may be refreshed there
 
     @property
     def is_authenticated(self) -> bool:
@@ -71,7 +72,15 @@ class Anonymous(BaseUser):
 
 def load_or_create_secret(data_dir: Path) -> str:
     """The HS256 secret kept in ``<data>/.jwt-secret`` (0600), created on first use."""
-    path = secret_path(data_dir)
+    return _load_or_create(secret_path(data_dir))
+
+
+def load_or_create_ticket_key(data_dir: Path) -> bytes:
+    """The stream tickets' HMAC key, ``<data>/.ticket-secret`` (0600), made like the secret."""
+    return _load_or_create(ticket_secret_path(data_dir)).encode()
+
+
+def _load_or_create(path: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -169,7 +178,10 @@ def _verify(settings: Settings, token: str) -> tuple[User, float]:
         user_dir_name(sub)
     except BadUserId as exc:
         raise Rejected("bad_user_id", f"The token's user id cannot be used: {exc}.") from None
-    return User(id=sub, admin=claims.get("role") == "admin"), float(claims["exp"])
+    guest = claims.get("guest") is True
+    return User(id=sub, admin=claims.get("role") == "admin" and not guest, guest=guest), float(
+        claims["exp"]
+    )
 
 
 def token_from(conn: HTTPConnection) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ import anyio
 from .errors import JournalError
 from .events import message_event, reply_event
 from .hub import Hub
+from .idempotency import Found, Repeated
 from .incidents import Incidents
 from .journal import Appended
 from .limits import Breaker, RateLimit
@@ -49,10 +50,36 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+class KeyReused(Exception):
+    """The Idempotency-Key was used before with a different message."""
+
+
+class Unanswered(Exception):
+    """The Idempotency-Key's message was journaled, but its reply never was (the server
+    stopped while writing it, and the dialog went on or was archived since)."""
+
+    def __init__(self, found: Found) -> None:
+        super().__init__(found.asked.key)
+        self.found = found
+
+
+class Failed(Exception):
+    """A repeat of a chat whose reply failed: the journaled error, once more."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 @dataclass
 class _Chat:
+    text: str
+    key: str | None
     scope: anyio.CancelScope | None = None
     stopped: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: ChatResult | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -60,16 +87,20 @@ class ChatResult:
     user_message: Appended
     reply: Appended
     interrupted: bool
+    archive: str | None = None  # a repeat answered from this archive
 
     def as_json(self) -> dict[str, Any]:
         reply: dict[str, Any] = {"seq": self.reply.message.seq, "text": self.reply.message.text}
         if self.interrupted:
             reply["interrupted"] = True
-        return {
+        out: dict[str, Any] = {
             "dialog": self.user_message.dialog,
             "seq": self.user_message.message.seq,
             "reply": reply,
         }
+        if self.archive is not None:
+            out["archive"] = self.archive
+        return out
 
 
 class Chats:
@@ -119,22 +150,62 @@ class Chats:
             chat.scope.cancel()
         return True
 
-    async def chat(self, user: str, text: str) -> ChatResult:
+    async def chat(self, user: str, text: str, key: str | None = None) -> ChatResult:
         if self.draining:
             raise ShuttingDown()
-        if user in self._chats:
+        running = self._chats.get(user)
+        if running is not None:
+            if key is not None and running.key == key:
+                return await self._joined(running, text)
             raise Busy()
         try:
             self._admit(user)
         except Refused as exc:
             self.metrics.refused.labels(exc.code).inc()
             raise
-        chat = self._chats[user] = _Chat()
+        chat = self._chats[user] = _Chat(text, key)
         try:
             async with self.threads.user_lock(user):
-                return await self._chat_locked(user, text, chat)
+                chat.result = await self._chat_locked(user, text, chat)
+                return chat.result
+        except BaseException as exc:
+            chat.error = exc
+            raise
         finally:
             del self._chats[user]
+            chat.done.set()
+
+    async def _joined(self, running: _Chat, text: str) -> ChatResult:
+        """A repeat of the chat in flight: wait for it, and answer what it answers."""
+        if running.text != text:
+            raise KeyReused()
+        await running.done.wait()
+        if running.result is not None:
+            return running.result
+        if not isinstance(running.error, Exception):
+            raise Busy()  # the first was cancelled: let the client try again
+        raise running.error
+
+    def _repeated(self, user: str, text: str, found: Found) -> ChatResult:
+        """The first answer to a key, rebuilt from the journal or an archive."""
+        if found.asked.text != text:
+            raise KeyReused()
+        if found.answer is None:
+            if found.archive is None and found.last:
+                raise Busy()  # another process is writing its reply now
+            raise Unanswered(found)
+        if found.answer.role == "error":
+            raise Failed(found.answer.text)
+        asked = Appended(user, found.dialog, found.asked, new_dialog=False)
+        reply = Appended(user, found.dialog, found.answer, new_dialog=False)
+        log.info(
+            "chat.repeated",
+            user=user,
+            dialog=found.dialog,
+            seq=found.asked.seq,
+            archive=found.archive,
+        )
+        return ChatResult(asked, reply, found.answer.interrupted, found.archive)
 
     def _admit(self, user: str) -> None:
         """Refuse, before journaling anything, a chat over the rate or while the breaker is open."""
@@ -152,7 +223,11 @@ class Chats:
 
     async def _chat_locked(self, user: str, text: str, chat: _Chat) -> ChatResult:
         # The history is read under the same flock as the append, from the same file.
-        asked = await self._append(user, "user", text, history=self.responder.history_messages)
+        history_messages = self.responder.history_messages
+        try:
+            asked = await self._append(user, "user", text, history=history_messages, key=chat.key)
+        except Repeated as repeat:
+            return self._repeated(user, text, repeat.found)
         self.hub.publish(user, message_event(asked.dialog, asked.message))
         history = asked.history or []
         message_id = f"{asked.dialog}:{asked.message.seq + 1}"
@@ -254,10 +329,16 @@ class Chats:
         raise error
 
     async def _append(
-        self, user: str, role: str, text: str, interrupted: bool = False, history: int = 0
+        self,
+        user: str,
+        role: str,
+        text: str,
+        interrupted: bool = False,
+        history: int = 0,
+        key: str | None = None,
     ) -> Appended:
         try:
-            appended = await self.threads.append(user, role, text, interrupted, history)
+            appended = await self.threads.append(user, role, text, interrupted, history, key)
         except JournalError as exc:
             self.incidents.failed(user, "append", exc)
             raise

@@ -107,6 +107,11 @@ def serve(
         )
         return
     from .app import create_app
+    from .httpproto import JsonErrorsProtocol
+
+    # Divergence #11: uvicorn's httptools protocol, subclassed so that a request it cannot
+    # parse (a 1 MB token in the query) is answered in JSON like every other error.
+    options["http"] = JsonErrorsProtocol
 
     # Divergence #5: a uvicorn internal, Server._captured_signals, is cleared so that a
     # graceful SIGTERM exits 0.

@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,8 +50,9 @@ from .dialogfile import ROLES
 from .errors import JournalError
 from .index import Index
 from .journal import Journal
-from .layout import CURRENT
+from .layout import CURRENT, instances_dir
 from .logs import log
+from .owners import alive_in
 
 
 def _info_json(info: ArchiveInfo) -> dict[str, Any]:
@@ -62,6 +64,18 @@ def _info_line(info: ArchiveInfo) -> str:
     return "\t".join(str(f) for f in [*fields, info.messages])
 
 
+def _list_damaged(journal: Journal, user: str | None, as_json: bool) -> None:
+    found = [(u, p) for u, p in journal.layout.damaged_files() if user is None or u == user]
+    with _Output() as out:
+        if as_json:
+            out.json_array({"user": u, "file": str(p), "bytes": p.stat().st_size} for u, p in found)
+        else:
+            for u, p in found:
+                out.line(f"{render.printable(u)}\t{p}\t{p.stat().st_size}")
+    if not found:
+        _nothing_found("no damaged journal")
+
+
 @main.command("list")
 @user_option
 @since_option
@@ -71,6 +85,9 @@ def _info_line(info: ArchiveInfo) -> str:
     "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most N archives."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option(
+    "--damaged", is_flag=True, help="List journals moved aside as damaged instead (user, file)."
+)
 @data_option
 def list_(
     user: str | None,
@@ -79,6 +96,7 @@ def list_(
     reason: str | None,
     limit: int | None,
     as_json: bool,
+    damaged: bool,
     data_dir: Path | None,
 ) -> None:
     """List archived dialogs, newest first.
@@ -90,8 +108,12 @@ def list_(
     archiver list
     archiver list --user alice --since 2026-11-01 --json
     archiver list --reason timeout --until 2026-11-21T12:00Z --limit 20
+    archiver list --damaged
     """
     journal = _journal(data_dir)
+    if damaged:
+        _list_damaged(journal, user, as_json)
+        return
     with _errors():
         infos = archives.list_archives(
             journal, where=_filter(user, since, before, reason), limit=limit, on_error=_warn
@@ -547,30 +569,39 @@ def import_(file: TextIO, data_dir: Path | None) -> None:
     metavar="SECONDS",
     help="Idle time that makes a dialog stale.  [default: ARCHIVER_SESSION_TIMEOUT, 300]",
 )
+@click.option(
+    "--force", is_flag=True, help="Also archive dialogs a running server owns (may split a reply)."
+)
 @data_option
-def sweep(older_than: float | None, data_dir: Path | None) -> None:
+def sweep(older_than: float | None, force: bool, data_dir: Path | None) -> None:
     """Archive stale live dialogs now (reason timeout).
 
     For after a crash, or with no server running: every live dialog idle for SECONDS is
     archived. Takes the same per-user locks as the server, so it is safe while servers
-    run. Exits 1 if nothing was stale.
+    run; a dialog a running server owns is left to it (its reply may be streaming) unless
+    --force, and how many were skipped is said on stderr. Exits 1 if nothing was stale.
 
     \b
     archiver sweep
-    archiver sweep --older-than 0        archive every live dialog
+    archiver sweep --older-than 0        archive every live dialog no server owns
     """
     settings = _settings(data_dir=data_dir)
     journal = _journal(settings.data_dir)
+    journal.alive = partial(alive_in, instances_dir(settings.data_dir))
     idle = settings.session_timeout if older_than is None else older_than
     count = 0
     landed: list[Path] = []
+    skipped: list[str] = []
     with _errors():
-        for archived in archives.sweep(journal, idle, on_error=_warn):
+        for archived in archives.sweep(journal, idle, on_error=_warn, force=force, skipped=skipped):
             user = render.printable(archived.user)
             messages = archives.plural(archived.messages, "message")
             click.echo(f"archived {user} {archived.name} ({messages})")
             landed.append(archived.path)
             count += 1
+    if skipped:
+        dialogs = archives.plural(len(skipped), "dialog")
+        click.echo(f"skipped {dialogs} a running server owns (--force archives them)", err=True)
     index_after(settings, landed)
     if not count:
         _nothing_found(f"no live dialog idle for {idle:g} s")

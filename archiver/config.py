@@ -34,6 +34,12 @@ DEFAULT_HISTORY_MESSAGES = 20
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_COOLDOWN = 30.0
 DEFAULT_RATE_LIMIT = 60.0
+DEFAULT_MAX_STREAMS_PER_USER = 10  # a browser holds 6 per origin, plus a few to spare
+DEFAULT_MAX_STREAMS_PER_IP = 100  # a school or office behind one NAT address
+DEFAULT_RATE_LIMIT_PER_IP = 600.0  # chats and new streams a minute, one address
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_GUEST_TTL = 3600.0
+DEFAULT_GUEST_RATE_PER_IP = 10.0
 
 ENV_PREFIX = "ARCHIVER_"
 
@@ -103,6 +109,17 @@ class Settings:
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
     # Chats per minute per user (a token bucket holding one minute's worth); 0 turns it off.
     rate_limit: float = DEFAULT_RATE_LIMIT
+    # Admission (admission.py): per user, per client address, per process; 0 turns each off.
+    max_streams_per_user: int = DEFAULT_MAX_STREAMS_PER_USER
+    max_streams_per_ip: int = DEFAULT_MAX_STREAMS_PER_IP
+    rate_limit_per_ip: float = DEFAULT_RATE_LIMIT_PER_IP
+    # None: a margin below the process's descriptor limit (resolved_max_connections).
+    max_connections: int | None = None
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    # Guest sessions (guests.py): POST /session mints tokens for anonymous visitors.
+    guest_sessions: bool = False
+    guest_ttl: float = DEFAULT_GUEST_TTL
+    guest_rate_per_ip: float = DEFAULT_GUEST_RATE_PER_IP
     # Archives older than this many days are deleted by the sweeper; 0 keeps them forever.
     retention_days: float = 0
     # Built-in redactions applied to archives (email, phone, card), and a file of more.
@@ -166,6 +183,19 @@ class Settings:
                     "ARCHIVER_FAULT_POINT must be <point>[@<nth>][#<bytes>] with a point of "
                     + ", ".join(FAULT_POINTS)
                 )
+        if min(self.max_streams_per_user, self.max_streams_per_ip, self.max_connections or 0) < 0:
+            raise ConfigError(
+                "ARCHIVER_MAX_STREAMS_PER_USER, ARCHIVER_MAX_STREAMS_PER_IP and "
+                "ARCHIVER_MAX_CONNECTIONS must be >= 0 (0: no limit)"
+            )
+        if self.rate_limit_per_ip < 0 or self.guest_rate_per_ip < 0:
+            raise ConfigError(
+                "ARCHIVER_RATE_LIMIT_PER_IP and ARCHIVER_GUEST_RATE_PER_IP must be >= 0"
+            )
+        if self.body_timeout <= 0 or self.guest_ttl < 60:
+            raise ConfigError(
+                "ARCHIVER_BODY_TIMEOUT must be > 0 and ARCHIVER_GUEST_TTL at least 60 seconds"
+            )
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:
@@ -177,6 +207,18 @@ class Settings:
             raise ConfigError(
                 f"ARCHIVER_JWT_ALGORITHM={self.jwt_algorithm} needs ARCHIVER_JWT_PUBLIC_KEY"
             )
+
+    def resolved_max_connections(self) -> int:
+        """ARCHIVER_MAX_CONNECTIONS, or a margin below the soft descriptor limit: the
+        descriptors left keep /health, /metrics, chats and the journal working."""
+        if self.max_connections is not None:
+            return self.max_connections
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return 0
+        return max(64, soft - max(100, soft // 10))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -193,7 +235,7 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
     try:
         if type_name in ("Path", "Path | None"):
             return Path(raw)
-        if type_name == "int":
+        if type_name in ("int", "int | None"):
             return int(raw)
         if type_name == "float":
             return float(raw)

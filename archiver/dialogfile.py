@@ -64,6 +64,7 @@ _TRAILER_WINDOW = 256  # a journal's trailer is the last ~70 bytes before the ma
 _HEAD_LINE = re.compile(rb"^(user|dialog|started): (.*)$", re.M)
 _SEQ = b"\n" + ENTRY_START
 _AT = b"\n  at: '"
+_KEY_LINE = "  key: "
 _ENTRY_HEAD = re.compile(
     r"- seq: (\d+)\n  role: (user|assistant|error)\n  at: '([^'\n]*)'\n  text: "
 )
@@ -80,12 +81,17 @@ class Message:
     at: str
     text: str
     interrupted: bool = False
+    # The client's Idempotency-Key of a user message (POST /chat), recorded so a repeat
+    # is recognized across restarts and after the dialog is archived.
+    key: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "role": self.role, "at": self.at}
         out["text"] = self.text
         if self.interrupted:
             out["interrupted"] = True
+        if self.key is not None:
+            out["key"] = self.key
         return out
 
 
@@ -167,6 +173,8 @@ def message_text(message: Message) -> str:
     ]
     if message.interrupted:
         fields.append(("interrupted", "true"))
+    if message.key is not None:
+        fields.append(("key", yamltext.inline(message.key)))
     return yamltext.entry_text(fields)
 
 
@@ -406,6 +414,7 @@ def message_from_fields(fields: dict[str, str]) -> Message:
             at=fields["at"],
             text=fields.get("text", ""),
             interrupted=fields.get("interrupted") == "true",
+            key=fields.get("key"),
         )
     except (KeyError, ValueError) as exc:
         raise yamltext.ParseError(f"entry without a valid {exc}") from None
@@ -413,7 +422,8 @@ def message_from_fields(fields: dict[str, str]) -> Message:
 
 def parse_entry(entry: bytes) -> Message:
     """One entry, in the exact shape :func:`message_text` writes (the four fields in
-    their order: only the text needs a YAML reader), or else read generically."""
+    their order, then maybe ``interrupted`` and ``key``: only the text needs a YAML
+    reader), or else read generically."""
     text = entry.decode("utf-8")
     head = _ENTRY_HEAD.match(text)
     if head is None:
@@ -421,9 +431,15 @@ def parse_entry(entry: bytes) -> Message:
     lines = yamltext.split_lines(text[head.end() - 8 :])  # from "  text: " on
     value, end = yamltext.parse_value(lines[0][8:], lines, 1, 2)
     rest = lines[end:]
-    if rest not in ([], ["  interrupted: true"]):
+    interrupted = bool(rest) and rest[0] == "  interrupted: true"
+    rest = rest[1:] if interrupted else rest
+    key = None
+    if rest and rest[0].startswith(_KEY_LINE):
+        key = yamltext.parse_value(rest[0][len(_KEY_LINE) :], [], 0, 0)[0]
+        rest = rest[1:]
+    if rest:
         return _entry_of_fields(text)
-    return Message(int(head[1]), head[2], head[3], value, interrupted=bool(rest))
+    return Message(int(head[1]), head[2], head[3], value, interrupted=interrupted, key=key)
 
 
 def _entry_of_fields(text: str) -> Message:
@@ -506,6 +522,7 @@ def _parse_with_ruamel(text: str) -> Dialog:
                 at=str(m["at"]),
                 text=str(m.get("text", "")),
                 interrupted=bool(m.get("interrupted", False)),
+                key=None if m.get("key") is None else str(m["key"]),
             )
             for m in raw
         ]

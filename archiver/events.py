@@ -13,6 +13,15 @@ from .dialogfile import Message
 from .hub import Event
 
 SHUTDOWN_EVENT = Event("shutdown", {"reason": "server shutting down"})
+# The stream a newer one replaced (past ARCHIVER_MAX_STREAMS_PER_USER): the client must
+# not reconnect by itself, or two tabs past the cap would replace each other for ever.
+REPLACED_EVENT = Event(
+    "replaced",
+    {
+        "detail": "This chat is open in too many tabs or windows; this one was closed. "
+        "Reconnect here to use it."
+    },
+)
 
 
 def message_event(dialog: str, message: Message) -> Event:

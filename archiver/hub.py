@@ -124,19 +124,28 @@ class Inbox:
 
 class Hub:
     def __init__(self) -> None:
-        self._inboxes: dict[str, set[Inbox]] = {}
+        # Per user, the connections oldest first (a dict keeps insertion order).
+        self._inboxes: dict[str, dict[Inbox, None]] = {}
 
     def subscribe(self, user: str) -> Inbox:
         inbox = Inbox(user=user)
-        self._inboxes.setdefault(user, set()).add(inbox)
+        self._inboxes.setdefault(user, {})[inbox] = None
         return inbox
+
+    def open_count(self, user: str) -> int:
+        """The user's connections not yet closed (closed ones linger until their stream ends)."""
+        return sum(1 for inbox in self._inboxes.get(user, ()) if inbox.closed is None)
+
+    def oldest_open(self, user: str) -> Inbox | None:
+        """The user's oldest connection not yet closed (what a new one past the cap replaces)."""
+        return next((i for i in self._inboxes.get(user, ()) if i.closed is None), None)
 
     def unsubscribe(self, inbox: Inbox) -> int:
         """Forget ``inbox``; return how many connections its user still has."""
         inboxes = self._inboxes.get(inbox.user)
         if inboxes is None:
             return 0
-        inboxes.discard(inbox)
+        inboxes.pop(inbox, None)
         if not inboxes:
             del self._inboxes[inbox.user]
             return 0

@@ -40,13 +40,14 @@ from .dialogfile import MARKER, Dialog, Message, Summary
 from .errors import READ_ONLY_ERRNOS, JournalError, journal_error
 from .faults import Fault, reach
 from .fsops import Dirty, fsync_dir, pread_tail, reserve, sync_filesystem, write_all
+from .idempotency import KeyIndex, Repeated
 from .layout import CURRENT, Layout
-from .repair import Repaired, cut_torn_tail, finish_archive
+from .repair import Damaged, Repaired, cut_torn_tail, finish_archive, set_aside_damaged
 
 if TYPE_CHECKING:
     from .redact import Redactor
 
-_Found = TypeVar("_Found", Archived, Repaired)
+_Found = TypeVar("_Found", Archived, Repaired, Damaged)
 
 
 class NotOwner(Exception):
@@ -96,8 +97,10 @@ class Journal:
         self.sync_dirty: Callable[[], int] = self._dirty.sync
         # Called (from a worker thread) with what a crash left behind and we repaired or
         # finished, so the caller can log it.
-        self.observer: Callable[[Archived | Repaired], None] | None = None
+        self.observer: Callable[[Archived | Repaired | Damaged], None] | None = None
         self.fault: Fault | None = None  # test-only crash injection
+        # The Idempotency-Keys of each user's recent chats, read from the files lazily.
+        self.keys = KeyIndex()
 
     def _observed(self, what: _Found) -> _Found:
         if self.observer is not None:
@@ -134,22 +137,55 @@ class Journal:
     # -- append -------------------------------------------------------------------------
 
     def append(
-        self, user: str, role: str, text: str, *, interrupted: bool = False, history: int = 0
+        self,
+        user: str,
+        role: str,
+        text: str,
+        *,
+        interrupted: bool = False,
+        history: int = 0,
+        key: str | None = None,
     ) -> Appended:
         """Append one message to the user's current dialog, starting one if needed; with
-        ``history``, also return the dialog's last ``history`` messages (this one too)."""
+        ``history``, also return the dialog's last ``history`` messages (this one too).
+
+        With ``key`` (a user message's Idempotency-Key), raise
+        :class:`~archiver.idempotency.Repeated` instead if the user sent that key before,
+        in this dialog or a recent archive: checked under the same lock as the write."""
         if role not in fmt.ROLES:
             raise ValueError(f"unknown role {role!r}")
         with self._locked(user, create=True) as held:
             assert held is not None
             directory, lock_fd = held
             path = os.path.join(directory, CURRENT)
-            appended = self._append_locked(user, path, role, text, interrupted, history)
+            try:
+                appended = self._append_locked(user, path, role, text, interrupted, history, key)
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                # Damaged beyond repair: move it aside, and go on in a fresh dialog at once.
+                self._set_aside(user, Path(path), exc.detail)
+                appended = self._append_locked(user, path, role, text, interrupted, history, key)
             userlock.record_owner(lock_fd, self._owner_bytes)
             return appended
 
+    def _set_aside(self, user: str, path: Path, reason: str) -> Damaged | None:
+        try:
+            return self._observed(set_aside_damaged(path, user, reason))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise journal_error(exc, "moving a damaged journal aside") from exc
+
     def _append_locked(
-        self, user: str, path: str, role: str, text: str, interrupted: bool, history: int
+        self,
+        user: str,
+        path: str,
+        role: str,
+        text: str,
+        interrupted: bool,
+        history: int,
+        key: str | None = None,
     ) -> Appended:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -163,7 +199,7 @@ class Journal:
                 os.close(fd)
                 fd = -1
                 self._finish_crashed(user, Path(path))
-                return self._append_locked(user, path, role, text, interrupted, history)
+                return self._append_locked(user, path, role, text, interrupted, history, key)
             now = time.time()
             if size == 0:
                 dialog, seq, offset = fmt.new_dialog_id(now), 1, 0
@@ -171,8 +207,21 @@ class Journal:
                 dialog = fmt.dialog_id_of(fd)
                 seq = fmt.last_seq(fd, size, tail) + 1
                 offset = size - len(MARKER)
+            if key is not None:
+                archived = self.layout.archived_dir(user)
+                found = self.keys.lookup(user, fd, size, dialog if size else None, key, archived)
+                if found is not None:
+                    if size == 0:  # opened with O_CREAT: leave no empty journal behind
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                    raise Repeated(found)
             message = Message(
-                seq=seq, role=role, at=fmt.utc_stamp(now), text=text, interrupted=interrupted
+                seq=seq,
+                role=role,
+                at=fmt.utc_stamp(now),
+                text=text,
+                interrupted=interrupted,
+                key=key,
             )
             body = fmt.message_text(message).encode("utf-8")
             if size == 0:
@@ -185,6 +234,7 @@ class Journal:
                         os.unlink(path)
                 raise
             reach(self.fault, "append.written")
+            self.keys.noted(user, dialog, size, offset + len(body) + len(MARKER), message)
             self._after_write(fd, path, new_file=size == 0)
             last = _history(fd, offset + len(body) + len(MARKER), history)
             return Appended(user, dialog, message, new_dialog=size == 0, history=last)
@@ -425,7 +475,18 @@ class Journal:
             return None
         if idle_for is not None and time.time() - mtime < idle_for:
             return None
-        summary = fmt.read_summary(path)
+        # The general way is for journals a crash or a hand touched: read it whole, once,
+        # so a damaged one is moved aside and never becomes an archive no loader reads.
+        try:
+            summary = fmt.read_summary(path)
+            loaded = fmt.parse_dialog(path.read_bytes())
+            if not loaded.messages or loaded.dialog != summary.dialog:
+                raise JournalError("corrupt", "the journal holds no readable message")
+        except JournalError as exc:
+            if exc.kind != "corrupt":
+                raise
+            self._set_aside(user, path, exc.detail)
+            return None
         if dialog is not None and summary.dialog != dialog:
             return None
         return summary
@@ -449,7 +510,13 @@ class Journal:
         with self._current(user) as path:
             if path is None or not path.exists():
                 return None
-            return fmt.read_summary(path)
+            try:
+                return fmt.read_summary(path)
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                self._set_aside(user, path, exc.detail)
+                return None
 
     def tail_messages(self, user: str, count: int) -> list[Message]:
         """The last ``count`` messages of the current dialog, read from the end of the file."""
@@ -476,6 +543,11 @@ class Journal:
             try:
                 return fmt.parse_dialog(path.read_bytes())
             except FileNotFoundError:
+                return None
+            except JournalError as exc:
+                if exc.kind != "corrupt":
+                    raise
+                self._set_aside(user, path, exc.detail)
                 return None
 
 

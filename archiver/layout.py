@@ -3,11 +3,14 @@
 ::
 
     <data>/.jwt-secret                                   the generated HS256 secret
+    <data>/.ticket-secret                                the stream tickets' HMAC key
     <data>/.instances/<instance>.lock                    one per running server (owners.py)
     <data>/.index/search.sqlite3[-wal|-shm]              the search index (index.py; derived)
     <data>/users/<user-dir>/dialogs/.lock                the user's flock, and the owner id
     <data>/users/<user-dir>/dialogs/current.yaml         the journal of the current dialog
     <data>/users/<user-dir>/dialogs/current.yaml.torn-<time>   bytes a crash tore, set aside
+    <data>/users/<user-dir>/dialogs/current.yaml.damaged-<time>   a journal damaged beyond
+                                                                   repair, moved aside
     <data>/users/<user-dir>/dialogs/archived/2026-11-21-10-30-00.yaml     (UTC time archived)
     <data>/users/<user-dir>/dialogs/archived/2026-11-21-10-30-00-2.yaml   (same second)
     <data>/users/<user-dir>/dialogs/archived/.tmp-<dialog>-<hex>          a redacted copy
@@ -37,7 +40,9 @@ INSTANCES = ".instances"
 SECRET_FILE = ".jwt-secret"
 INDEX_DIR = ".index"
 INDEX_FILE = "search.sqlite3"
+TICKET_SECRET_FILE = ".ticket-secret"
 TORN_PREFIX = CURRENT + ".torn-"
+DAMAGED_PREFIX = CURRENT + ".damaged-"
 TMP_PREFIX = ".tmp-"
 MAX_USER_DIR = 240  # bytes; most filesystems allow 255 per path component
 ARCHIVE_NAME = re.compile(r"\A(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})(?:-([1-9]\d{0,5}))?\.yaml\Z")
@@ -89,6 +94,11 @@ def torn_side_name(now: float | None = None) -> str:
     return TORN_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
 
+def damaged_side_name(now: float | None = None) -> str:
+    """The name a journal damaged beyond repair is moved to (never deleted)."""
+    return DAMAGED_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
 def tmp_copy_prefix(dialog: str) -> str:
     """The prefix of a redacted copy of ``dialog`` not yet renamed into place."""
     return f"{TMP_PREFIX}{dialog}-"
@@ -102,6 +112,8 @@ def file_kind(path: Path) -> str:
         return "journal"
     if path.name.startswith(TORN_PREFIX):
         return "torn side file"
+    if path.name.startswith(DAMAGED_PREFIX):
+        return "damaged journal"
     return "other file"
 
 
@@ -121,6 +133,11 @@ def secret_path(data_dir: Path) -> Path:
 def index_path(data_dir: Path, override: Path | None = None) -> Path:
     """The search index's database (``ARCHIVER_INDEX_PATH`` when set)."""
     return Path(override) if override is not None else Path(data_dir) / INDEX_DIR / INDEX_FILE
+
+
+def ticket_secret_path(data_dir: Path) -> Path:
+    """The HMAC key of stream tickets (tickets.py), shared by every instance of the directory."""
+    return Path(data_dir) / TICKET_SECRET_FILE
 
 
 class Layout:
@@ -181,6 +198,13 @@ class Layout:
         with entries:
             for entry in entries:
                 yield user_from_dir_name(entry.name), os.path.join(entry.path, DIALOGS, CURRENT)
+
+    def damaged_files(self) -> Iterator[tuple[str, Path]]:
+        """(user, path) of every journal moved aside as damaged, user by user."""
+        for user, current in self.current_files():
+            directory = Path(current).parent
+            for path in sorted(directory.glob(DAMAGED_PREFIX + "*")):
+                yield user, path
 
     def archive_of(self, path: Path) -> str | None:
         """The user whose archive ``path`` is (a file under ``users_dir``), else None."""

@@ -6,8 +6,8 @@ Call sites say ``log.info("dialog.archived", user=..., reason=...)``: the event 
 message and the fields travel in ``extra`` so the formatter, not the caller, decides quoting.
 
 Secrets never reach a line: values are passed through :func:`scrub`, which removes
-anything shaped like a JWT and any ``access_token=``/``token=`` query value, and uvicorn's
-access log is rewritten to a ``http.request`` event without the query string's secrets.
+anything shaped like a JWT and any ``access_token=``/``token=``/``ticket=`` query value, and
+uvicorn's access log is rewritten to a ``http.request`` event without the query string's secrets.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _FIELDS = "archiver_fields"
 
 # Three base64url segments, the first starting like a JSON object header ("eyJ").
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_QUERY_SECRET = re.compile(r"((?:access_token|token|api_key|key|jwt_token)=)[^&\s\"]*", re.I)
+_QUERY_SECRET = re.compile(r"((?:access_token|token|api_key|key|jwt_token|ticket)=)[^&\s\"]*", re.I)
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
 # What each pattern above needs: most values (ids, paths, reasons) have none of it, and one

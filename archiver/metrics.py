@@ -59,6 +59,11 @@ class Metrics:
             registry=r,
         )
         self.sweeps = Counter("archiver_sweeps", "Sweeper runs.", registry=r)
+        self.damaged = Counter(
+            "archiver_journals_damaged",
+            "Journals damaged beyond repair, moved aside (current.yaml.damaged-*).",
+            registry=r,
+        )
         self.pruned = Counter(
             "archiver_archives_pruned", "Archives deleted by retention.", registry=r
         )

@@ -78,9 +78,34 @@ SCHEMAS: dict[str, Schema] = {
     "ChatReply": obj(["seq", "text"], {"interrupted": INTERRUPTED}, seq=INT, text=STR),
     "ChatResult": obj(
         ["dialog", "seq", "reply"],
+        {
+            "archive": {
+                "type": "string",
+                "description": "A repeat of a key whose dialog has ended: the archive it is in.",
+            }
+        },
         dialog=STR,
         seq={"type": "integer", "description": "The question's seq."},
         reply=ref("ChatReply"),
+    ),
+    "Ticket": obj(
+        ["ticket", "expires_in"],
+        ticket={"type": "string", "description": "For GET /subscribe?ticket=; used once."},
+        expires_in={"type": "number", "description": "Seconds it stays good (30)."},
+    ),
+    "GuestSession": obj(
+        ["token", "user", "expires_in"],
+        token={"type": "string", "description": "A JWT for the guest (claim guest: true)."},
+        user={"type": "string", "description": "guest-<16 hex digits>"},
+        expires_in={"type": "integer", "description": "Seconds (ARCHIVER_GUEST_TTL)."},
+    ),
+    "ReplacedEvent": obj(
+        ["detail"],
+        detail={
+            "type": "string",
+            "description": "Past ARCHIVER_MAX_STREAMS_PER_USER the oldest stream is ended with "
+            "this; the client must not reconnect by itself.",
+        },
     ),
     "Stopped": obj(
         ["stopped"],
@@ -333,6 +358,7 @@ SUBSCRIBE_EVENTS = {
     "reply": "ReplyEvent",
     "archived": "ArchivedEvent",
     "shutdown": "ShutdownEvent",
+    "replaced": "ReplacedEvent",
 }
 ARCHIVE_BODY = {
     "description": "The archive: the file's exact bytes, or JSON with Accept: application/json.",
@@ -356,10 +382,23 @@ PATHS: dict[str, dict[str, Schema]] = {
                 200: stream(
                     "retry: 3000 first; a ': ping' comment every interval.", SUBSCRIBE_EVENTS
                 ),
-                503: error("The server is draining.", "shutting_down"),
+                401: error("A stream ticket that is bad, used or expired.", "bad_ticket"),
+                429: error(
+                    "Too many streams from this address, or new streams too fast.",
+                    "too_many_streams",
+                    "rate_limited_address",
+                    retry_after=True,
+                ),
+                503: error(
+                    "The server is draining, or holds as many streams as it can.",
+                    "shutting_down",
+                    "too_many_connections",
+                    retry_after=True,
+                ),
             },
             tag="stream",
             params=[
+                query("ticket", "A stream ticket from POST /subscribe/ticket, instead of a token."),
                 query("last_event_id", "For clients that cannot send Last-Event-ID."),
                 {
                     "name": "Last-Event-ID",
@@ -377,13 +416,30 @@ PATHS: dict[str, dict[str, Schema]] = {
             {
                 200: ok("The question's and the reply's seq, and the reply.", ref("ChatResult")),
                 400: error(
-                    "Not a valid body.", "bad_json", "bad_request", "empty_message", "bad_text"
+                    "Not a valid body, or an Idempotency-Key that is not 1-255 visible ASCII.",
+                    "bad_json",
+                    "bad_request",
+                    "empty_message",
+                    "bad_text",
+                    "bad_idempotency_key",
                 ),
-                409: error("A reply for this user is still streaming.", "reply_in_progress"),
+                408: error("The body did not arrive within ARCHIVER_BODY_TIMEOUT.", "body_timeout"),
+                409: error(
+                    "A reply for this user is still streaming; or this key's message was saved "
+                    "but its reply was lost (it is not saved again).",
+                    "reply_in_progress",
+                    "idempotency_key_unanswered",
+                ),
                 413: error("Past the message limit.", "too_large"),
                 415: error("The body is not application/json.", "unsupported_media_type"),
+                422: error(
+                    "This Idempotency-Key came with another message.", "idempotency_key_reused"
+                ),
                 429: error(
-                    "Over ARCHIVER_RATE_LIMIT; nothing journaled.", "rate_limited", retry_after=True
+                    "Over ARCHIVER_RATE_LIMIT or the address's rate; nothing journaled.",
+                    "rate_limited",
+                    "rate_limited_address",
+                    retry_after=True,
                 ),
                 500: error("This dialog's file is damaged.", "corrupt", "internal"),
                 502: error(
@@ -393,6 +449,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "upstream_cut",
                     "upstream_garbage",
                     "upstream_reported",
+                    "reply_failed",
                 ),
                 503: error(
                     "Breaker open (Retry-After), draining, or storage unwritable.",
@@ -407,6 +464,41 @@ PATHS: dict[str, dict[str, Schema]] = {
                 507: error("The disk is full; nothing written.", "no_space"),
             },
             body="ChatRequest",
+            params=[
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": STR,
+                    "description": "A repeat with the same key returns the first result and "
+                    "journals nothing (IETF httpapi draft).",
+                }
+            ],
+        )
+    },
+    "/subscribe/ticket": {
+        "post": operation(
+            "A single-use ticket for GET /subscribe?ticket= (the token stays out of URLs)",
+            {
+                200: ok("The ticket.", ref("Ticket")),
+                400: error("The token came in the URL.", "bad_request"),
+            },
+            tag="stream",
+        )
+    },
+    "/session": {
+        "post": operation(
+            "A guest session (ARCHIVER_GUEST_SESSIONS): a new guest, or a guest token refreshed",
+            {
+                200: ok("The guest's token.", ref("GuestSession")),
+                403: error("A token that is not a guest's.", "forbidden"),
+                404: error("Guest sessions are off.", "not_found"),
+                429: error(
+                    "Too many new guests from this address.", "too_many_guests", retry_after=True
+                ),
+            },
+            auth="none",
+            tag="chat",
         )
     },
     "/chat/stop": {

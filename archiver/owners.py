@@ -38,25 +38,29 @@ class Instance:
 
     def alive(self, owner: str) -> bool:
         """Is the instance ``owner`` running (this one included)?"""
-        if owner == self.id:
-            return True
-        if not owner or "/" in owner or owner.startswith("."):
-            return False
-        path = instance_lock(self.dir, owner)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False  # it exited cleanly and removed its lock file
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()  # a dead instance's leftover
-        return False
+        return owner == self.id or alive_in(self.dir, owner)
 
     def other_live_owner(self, owner: str | None) -> bool:
         """True if ``owner`` is another instance that is running."""
         return owner is not None and owner != self.id and self.alive(owner)
+
+
+def alive_in(instances: Path, owner: str) -> bool:
+    """Is the instance ``owner`` of the data directory whose ``instances_dir`` is
+    ``instances`` running? Also for a process that is no instance (``archiver sweep``)."""
+    if not owner or "/" in owner or owner.startswith("."):
+        return False
+    path = instance_lock(instances, owner)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # it exited cleanly and removed its lock file
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        path.unlink()  # a dead instance's leftover
+    return False

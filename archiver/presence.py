@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
+from .events import REPLACED_EVENT
 from .hub import Hub, Inbox
 from .logs import log
 
@@ -28,8 +29,10 @@ class Presence:
         on_gone: Callable[[str], Awaitable[object]],
         on_connect: Callable[[str], None] = lambda user: None,
         sleep: Sleep = anyio.sleep,  # injectable: tests drive the grace without waiting
+        max_per_user: int = 0,
     ) -> None:
         self.hub = hub
+        self.max_per_user = max_per_user
         self.grace = grace
         self.on_gone = on_gone
         self.on_connect = on_connect
@@ -47,7 +50,19 @@ class Presence:
             scope.cancel()
             log.info("session.resumed", user=user)
         self.on_connect(user)
-        return self.hub.subscribe(user)
+        inbox = self.hub.subscribe(user)
+        if self.max_per_user and self.hub.open_count(user) > self.max_per_user:
+            self._replace_oldest(user)
+        return inbox
+
+    # Divergence #12: past the cap the oldest stream ends; the new one is not refused.
+    def _replace_oldest(self, user: str) -> None:
+        """Past the per-user cap the oldest stream ends, not the new one: the newest tab is
+        the one the person looks at, and a forgotten tab must not lock them out."""
+        oldest = self.hub.oldest_open(user)
+        if oldest is not None:
+            oldest.close("replaced", REPLACED_EVENT)
+            log.info("sse.replaced", user=user, conn=oldest.id)
 
     def disconnect(self, inbox: Inbox) -> int:
         """Forget a connection; start the grace timer if it was the user's last one."""

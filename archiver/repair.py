@@ -19,7 +19,7 @@ from pathlib import Path
 from .commit import Archived, archived
 from .dialogfile import HEAD_READ, MARKER, TAIL_OK, Summary, parse_head, read_summary, torn_boundary
 from .fsops import free_name, fsync_dir, write_new_synced
-from .layout import ARCHIVED, archive_names_in, tmp_copy_prefix, torn_side_name
+from .layout import ARCHIVED, archive_names_in, damaged_side_name, tmp_copy_prefix, torn_side_name
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,24 @@ class Repaired:
     user: str
     side_file: Path | None
     torn_bytes: int
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A journal damaged beyond repair (no crash of ours leaves it so), moved aside."""
+
+    user: str
+    side_file: Path
+    reason: str
+
+
+def set_aside_damaged(path: Path, user: str, reason: str) -> Damaged:
+    """Move ``path`` to ``current.yaml.damaged-<time>`` (never deleted), so the user goes
+    on in a fresh dialog and an operator can look at it; it is never archived."""
+    side = free_name(path.with_name(damaged_side_name()))
+    os.rename(path, side)  # free_name found a name nobody holds; we hold the user's lock
+    fsync_dir(path.parent)
+    return Damaged(user=user, side_file=side, reason=reason)
 
 
 def cut_torn_tail(fd: int, path: Path, user: str, fault_point: Callable[[str], None]) -> Repaired:

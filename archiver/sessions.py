@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .archiving import Archiver
-from .chats import Busy, ChatResult, Chats, Refused, ShuttingDown
+from .chats import Busy, ChatResult, Chats, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .commit import Archived
 from .config import Settings
 from .events import SHUTDOWN_EVENT
@@ -41,7 +41,17 @@ from .replay import Replay, parse_event_id
 from .replies import Responder
 from .threads import JournalThreads
 
-__all__ = ["Busy", "ChatResult", "Refused", "Sessions", "ShuttingDown", "parse_event_id"]
+__all__ = [
+    "Busy",
+    "ChatResult",
+    "Failed",
+    "KeyReused",
+    "Refused",
+    "Sessions",
+    "ShuttingDown",
+    "Unanswered",
+    "parse_event_id",
+]
 
 
 @dataclass
@@ -85,7 +95,11 @@ class Sessions:
             index=self.index,
         )
         self.presence = Presence(
-            hub, self.settings.disconnect_grace, self._gone, on_connect=self._serve
+            hub,
+            self.settings.disconnect_grace,
+            self._gone,
+            on_connect=self._serve,
+            max_per_user=self.settings.max_streams_per_user,
         )
         self.replay = Replay(self.threads)
 
@@ -156,8 +170,8 @@ class Sessions:
         """Forget a connection; start the grace timer if it was the user's last one."""
         return self.presence.disconnect(inbox)
 
-    async def chat(self, user: str, text: str) -> ChatResult:
-        return await self.chats.chat(user, text)
+    async def chat(self, user: str, text: str, key: str | None = None) -> ChatResult:
+        return await self.chats.chat(user, text, key)
 
     def stop(self, user: str) -> bool:
         return self.chats.stop(user)

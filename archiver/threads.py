@@ -98,10 +98,22 @@ class JournalThreads:
     # Callers hold user_lock() around these when order matters.
 
     async def append(
-        self, user: str, role: str, text: str, interrupted: bool = False, history: int = 0
+        self,
+        user: str,
+        role: str,
+        text: str,
+        interrupted: bool = False,
+        history: int = 0,
+        key: str | None = None,
     ) -> Appended:
         return await self.run(
-            self.journal.append, user, role, text, interrupted=interrupted, history=history
+            self.journal.append,
+            user,
+            role,
+            text,
+            interrupted=interrupted,
+            history=history,
+            key=key,
         )
 
     async def archive(

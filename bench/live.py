@@ -151,7 +151,14 @@ def start_archiver(root: Path, name: str = "archiver", **settings: str) -> Proc:
     """``python -m archiver serve`` on a fresh data directory under ``root``."""
     port = free_port()
     data = root / f"{name}-data"
-    defaults = {"jwt_secret": SECRET, "sweep_interval": "3600"}
+    # The load comes from one loopback address: per-address limits off (a deployment has
+    # as many addresses as visitors).
+    defaults = {
+        "jwt_secret": SECRET,
+        "sweep_interval": "3600",
+        "rate_limit_per_ip": "0",
+        "max_streams_per_ip": "0",
+    }
     env = _env(**{f"ARCHIVER_{k.upper()}": str(v) for k, v in {**defaults, **settings}.items()})
     log_path = root / f"{name}.log"
     gc_path = root / f"{name}.gc.json"

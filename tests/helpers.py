@@ -37,6 +37,11 @@ MINTED: list[str] = []
 LOG_FILES: list[Path] = []
 
 
+# Load tests run many clients from one loopback address: the per-address limits
+# (ARCHIVER_RATE_LIMIT_PER_IP, ARCHIVER_MAX_STREAMS_PER_IP) would take them all for one
+# visitor. tests/test_reliability_limits.py tests those limits themselves.
+ONE_ADDRESS_MANY_CLIENTS = {"rate_limit_per_ip": "0", "max_streams_per_ip": "0"}
+
 # Read at import: conftest's autouse fixture clears ARCHIVER_* before each test.
 REQUIRE_E2E = os.environ.get("ARCHIVER_REQUIRE_E2E") == "1"
 

@@ -21,12 +21,13 @@ from archiver.layout import ARCHIVE_NAME, archive_sort_key, user_dir_name, user_
 
 # What may exist under a data directory, and nothing else.
 _USER_FILE = re.compile(
-    r"\A(?:\.lock|current\.yaml|current\.yaml\.torn-\d{8}T\d{6}Z(?:-\d+)?"
+    r"\A(?:\.lock|current\.yaml|current\.yaml\.(?:torn|damaged)-\d{8}T\d{6}Z(?:-\d+)?"
     r"|archived/\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(?:-[1-9]\d{0,5})?\.yaml)\Z"
 )
 # The search index (archiver/index.py) is derived data beside the users' directories.
 _TOP_FILE = re.compile(
-    r"\A(?:\.jwt-secret|\.instances/[^/]+\.lock|\.index/search\.sqlite3(?:-wal|-shm)?)\Z"
+    r"\A(?:\.jwt-secret|\.ticket-secret|\.instances/[^/]+\.lock"
+    r"|\.index/search\.sqlite3(?:-wal|-shm)?)\Z"
 )
 
 
@@ -105,6 +106,19 @@ def check_exactly_once(
     tally.accepted += len(accepted)
     tally.unacknowledged += len(questions) - len(accepted)
     return tally
+
+
+def unloadable_archives(data: Path) -> list[str]:
+    """Archives under ``data`` that PyYAML or ruamel.yaml cannot load as a dialog with at
+    least one message: a damaged journal must never become an archive."""
+    out = []
+    for path in sorted(data.glob("users/*/dialogs/archived/*.yaml")):
+        try:
+            doc = load_both(path)
+            assert doc.get("messages"), "no messages"
+        except Exception as exc:  # any failure to load is what this reports
+            out.append(f"{path.relative_to(data)}: {type(exc).__name__}")
+    return out
 
 
 def stray_files(data: Path) -> list[str]:

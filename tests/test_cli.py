@@ -776,3 +776,43 @@ def write_cli_reference() -> None:
 
 if __name__ == "__main__":  # python -m tests.test_cli: rewrite docs/cli.md's CLI reference
     write_cli_reference()
+
+
+# --------------------------------------------------------------------------------------
+# sweep leaves a running server's dialogs alone; list --damaged
+
+
+def test_sweep_skips_a_dialog_a_running_server_owns_unless_forced(make_server: Any) -> None:
+    server = make_server()
+    assert server.chat("live", "hello").status_code == 200
+    runner = CliRunner()
+    skipped = runner.invoke(main, ["sweep", "--older-than", "0", "--data", str(server.data)])
+    assert skipped.exit_code == 1, skipped.output
+    assert "skipped 1 dialog a running server owns" in skipped.stderr
+    assert server.archives("live") == []
+    forced = runner.invoke(
+        main, ["sweep", "--older-than", "0", "--force", "--data", str(server.data)]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert len(server.archives("live")) == 1
+
+
+def test_sweep_archives_a_dead_servers_dialog_without_force(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, instance="gone-1-abc")  # an owner whose lock nobody holds
+    journal.append("orphan", "user", "hello")
+    result = CliRunner().invoke(main, ["sweep", "--older-than", "0", "--data", str(tmp_path)])
+    assert result.exit_code == 0 and "archived orphan" in result.stdout, result.output
+
+
+def test_list_damaged_names_each_journal_moved_aside(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append("a", "user", "hello")
+    path = journal.layout.current_path("a")
+    path.write_bytes(path.read_bytes().replace(b"- seq: 1", b"- seq: x"))
+    journal.append("a", "user", "fresh")  # moves the damaged one aside
+    listed = CliRunner().invoke(main, ["list", "--damaged", "--data", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    (line,) = listed.stdout.splitlines()
+    assert line.startswith("a\t") and ".damaged-" in line
+    as_json = CliRunner().invoke(main, ["list", "--damaged", "--json", "--data", str(tmp_path)])
+    assert json.loads(as_json.stdout)[0]["user"] == "a"

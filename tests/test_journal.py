@@ -538,3 +538,24 @@ def test_journals_and_archives_pass_yamllint_relaxed(journal: Journal) -> None:
     archived = journal.archive("auth0|42", "disconnect")
     assert archived is not None
     assert errors(archived.path) == [], archived.path.read_text()
+
+
+def test_a_journal_damaged_at_runtime_is_moved_aside_and_the_user_goes_on(
+    tmp_path: Path,
+) -> None:
+    from archiver.repair import Damaged
+
+    journal = Journal(tmp_path)
+    seen: list[object] = []
+    journal.observer = seen.append
+    first = journal.append("a", "user", "hello")
+    path = journal.layout.current_path("a")
+    garbled = path.read_bytes().replace(b"- seq: 1", b"- seq: x")
+    path.write_bytes(garbled)
+    again = journal.append("a", "user", "hello again")
+    assert again.new_dialog and again.dialog != first.dialog and again.message.seq == 1
+    aside = list(path.parent.glob("current.yaml.damaged-*"))
+    assert [p.read_bytes() for p in aside] == [garbled]
+    assert len(seen) == 1 and isinstance(seen[0], Damaged) and seen[0].side_file == aside[0]
+    assert journal.archive("a", "user") is not None, "the fresh dialog archives as usual"
+    assert list(path.parent.glob("current.yaml.damaged-*")) == aside, "never archived"

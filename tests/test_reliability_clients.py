@@ -35,7 +35,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Server, SSEClient, mint, run_root, soak, unavailable, wait_for
+from tests.helpers import (
+    ONE_ADDRESS_MANY_CLIENTS,
+    Server,
+    SSEClient,
+    mint,
+    run_root,
+    soak,
+    unavailable,
+    wait_for,
+)
 from tests.invariants import check_exactly_once
 
 Make = Callable[..., Server]
@@ -209,7 +218,12 @@ def _log_time(line: str) -> float:
 
 def test_a_reader_that_stops_is_dropped_without_slowing_others(make_server: Make) -> None:
     server = make_server(
-        send_timeout="3", disconnect_grace="0", echo_delay="0", rate_limit="0", ping_interval="1"
+        send_timeout="3",
+        disconnect_grace="0",
+        echo_delay="0",
+        rate_limit="0",
+        **ONE_ADDRESS_MANY_CLIENTS,
+        ping_interval="1",
     )
     # The slow reader: a tiny receive buffer, reads up to `ready`, then never again.
     slow = socket.socket()
@@ -406,7 +420,13 @@ def _settled(server: Server, base: Usage) -> Usage | None:
 def test_connection_churn_returns_memory_descriptors_and_tasks_to_baseline(
     make_server: Make,
 ) -> None:
-    server = make_server(disconnect_grace="0.2", echo_delay="0", rate_limit="0", ping_interval="1")
+    server = make_server(
+        disconnect_grace="0.2",
+        echo_delay="0",
+        rate_limit="0",
+        **ONE_ADDRESS_MANY_CLIENTS,
+        ping_interval="1",
+    )
     users = [f"churn{i}" for i in range(150)]
     churn = Churn(server, users, seed=8)
     asyncio.run(churn.run(300))  # warm up: imports, worker threads, allocator arenas
@@ -457,6 +477,7 @@ def test_sigterm_during_churn_and_streaming_replies_archives_everything(
         disconnect_grace="2",
         echo_delay="0.05",
         rate_limit="0",
+        **ONE_ADDRESS_MANY_CLIENTS,
         shutdown_timeout=str(shutdown_timeout),
         ping_interval="1",
     )
@@ -521,7 +542,13 @@ def test_sigterm_during_churn_and_streaming_replies_archives_everything(
 
 
 def test_a_send_timeout_is_logged_with_the_user_it_dropped(make_server: Make) -> None:
-    server = make_server(send_timeout="1", disconnect_grace="0", echo_delay="0", rate_limit="0")
+    server = make_server(
+        send_timeout="1",
+        disconnect_grace="0",
+        echo_delay="0",
+        rate_limit="0",
+        **ONE_ADDRESS_MANY_CLIENTS,
+    )
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect(("127.0.0.1", server.port))

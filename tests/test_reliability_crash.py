@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import Server, SSEClient, mint, soak, wait_for
-from tests.invariants import Tally, check_exactly_once, stray_files
+from tests.invariants import Tally, check_exactly_once, stray_files, unloadable_archives
 
 USERS = ["c0", "c1 ü", "c2/x|y"]
 TRICKY = [
@@ -205,6 +205,7 @@ def test_sigkill_at_every_write_point_loses_and_duplicates_nothing(tmp_path: Pat
         check_exactly_once(users_dir, user, ledger.accepted[user], tally)
         assert not (users_dir / _dir(user) / "current.yaml").exists()
     assert stray_files(data) == []
+    assert unloadable_archives(data) == []
     # Torn bytes are kept aside: one side file per torn write, and one more when recovery
     # itself was killed after copying them aside (or midway through cutting the journal).
     sides = sorted(users_dir.rglob("current.yaml.torn-*"))
@@ -264,12 +265,22 @@ DAMAGED = {
     "a header, no message": b"user: d\ndialog: d-3\nstarted: 'x'\nmessages:\n...\n",
     "a huge seq": b"user: d\ndialog: d-4\nstarted: 'x'\nmessages:\n- seq: 99999999999999999999999\n"
     b"  role: user\n  at: 'x'\n  text: hi\n...\n",
+    # An intact header, garbage where the entries were, the end marker kept: recovery
+    # used to archive it as a 0-message archive that neither loader could read.
+    "garbage entries": b"user: d\ndialog: d-5\nstarted: 'x'\nmessages:\n}{ :: [\x01\n  - x\n...\n",
 }
 
 
-def test_damaged_journals_do_not_keep_the_server_from_starting(tmp_path: Path) -> None:
+READABLE = {"no dialog id", "a huge seq"}
+TORN = {"only the marker"}
+
+
+def test_damaged_journals_are_moved_aside_never_archived_and_the_user_goes_on(
+    tmp_path: Path,
+) -> None:
     """A journal no crash of ours can produce (edited by hand, a bad disk): the server
-    still starts, other users chat, and the damaged user gets a JSON error, logged once."""
+    starts, recovery never turns it into an archive, it is moved aside (never deleted),
+    logged once and counted, and its user chats on in a fresh dialog at once."""
     from archiver.layout import user_dir_name
 
     data = tmp_path / "data"
@@ -279,16 +290,28 @@ def test_damaged_journals_do_not_keep_the_server_from_starting(tmp_path: Path) -
         (dialogs / "current.yaml").write_bytes(content)
     server = Server(data=data, log_path=tmp_path / "damaged.log").start()
     try:
+        assert unloadable_archives(data) == [], "start-up recovery archived a damaged journal"
         assert server.chat("healthy", "hello").status_code == 200
         for n, case in enumerate(DAMAGED):
             user = f"damaged{n}"
             for attempt in range(2):
                 response = server.chat(user, f"hello {attempt}")
-                assert response.headers["content-type"].startswith("application/json"), case
-                if response.status_code != 200:
-                    assert response.json()["error"] == "corrupt", (case, response.text)
-            dialog = httpx.get(server.url + "/dialog", headers=server.headers(user))
-            assert dialog.headers["content-type"].startswith("application/json"), case
+                assert response.status_code == 200, (case, response.text)
+            dialog = httpx.get(server.url + "/dialog", headers=server.headers(user)).json()
+            assert [m["text"] for m in dialog["messages"]][::2] == ["hello 0", "hello 1"], case
+            aside = list(server.user_dir(user).glob("current.yaml.damaged-*"))
+            if case in TORN:  # not ending in the marker: set aside as torn bytes, as ever
+                aside = list(server.user_dir(user).glob("current.yaml.torn-*"))
+            if case in READABLE:  # its message loads: recovery archived it, nothing is lost
+                assert aside == [] and len(server.archives(user)) == 1, case
+            else:
+                assert [p.read_bytes() for p in aside] == [DAMAGED[case]], case
+        moved = len(DAMAGED) - len(READABLE) - len(TORN)
+        damaged = server.wait_log("journal.damaged", moved)
+        assert len(damaged) == moved, damaged
+        metrics = httpx.get(server.url + "/metrics").text
+        assert f"archiver_journals_damaged_total {float(moved)}" in metrics
+        assert stray_files(data) == [] and unloadable_archives(data) == []
         log = server.log()
         assert "Traceback" not in log and "request.failed" not in log
     finally:

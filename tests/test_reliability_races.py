@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import Server, SSEClient, mint, soak
+from tests.helpers import ONE_ADDRESS_MANY_CLIENTS, Server, SSEClient, mint, soak
 from tests.invariants import Tally, check_exactly_once, stray_files
 
 Make = Callable[..., Server]
@@ -36,6 +36,7 @@ def test_two_processes_many_users_every_kind_of_operation_exactly_once(
         "ping_interval": "0.5",
         "echo_delay": "0",
         "rate_limit": "0",
+        **ONE_ADDRESS_MANY_CLIENTS,
     }
     data = tmp_path / "data"
     servers = [make_server(data=data, **settings), make_server(data=data, **settings)]

@@ -230,11 +230,14 @@ def test_bad_tokens_are_401_write_nothing_and_never_echo_the_token(
 
 
 def test_a_1_mb_token_in_the_query_string_is_refused_before_the_app(hs_server: Server) -> None:
-    """uvicorn's HTTP parser refuses a 1 MB request line itself (400, plain text)."""
+    """uvicorn's HTTP parser refuses a 1 MB request line before the app; the answer is
+    JSON like every other error (httpproto.JsonErrorsProtocol)."""
     token = remember("eyJ" + "A" * (1 << 20))
     before = files(hs_server.data)
-    code, _, body = raw(hs_server, "GET", f"/dialog?access_token={token}")
+    code, headers, body = raw(hs_server, "GET", f"/dialog?access_token={token}")
     assert code == 400 and token.encode() not in body
+    assert headers["content-type"] == "application/json", headers
+    assert json.loads(body)["error"] == "bad_request" and json.loads(body)["detail"], body
     assert files(hs_server.data) == before
     assert token not in hs_server.log()
 

@@ -107,8 +107,8 @@ export class Api {
     this.token = token;
   }
 
-  async request(method, path, { json, accept = "application/json", signal } = {}) {
-    const headers = { Accept: accept };
+  async request(method, path, { json, accept = "application/json", signal, headers: extra } = {}) {
+    const headers = { Accept: accept, ...(extra || {}) };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     const init = { method, headers, signal, cache: "no-store", credentials: "omit" };
     if (json !== undefined) {

@@ -5,6 +5,10 @@
    data-token      a token for the visitor (minted by the site's back end), or
    data-token-url  a URL on the host site answering {"token": "<jwt>"} (or the bare token as text)
                    for its logged-in user; asked again when the token expires
+   neither         a guest session: the widget asks the archiver (POST /session, from inside its
+                   iframe, so the host page's CSP and CORS do not come into it) for a short-lived
+                   token for an anonymous visitor and refreshes it; only if the server runs with
+                   ARCHIVER_GUEST_SESSIONS=true, else the panel shows the server's sentence
    data-title      the panel's title (default "Chat")
    data-color      the accent colour, any CSS colour (default #2f5bea)
    data-position   "right" (default) or "left"
@@ -174,6 +178,7 @@
     }
     const fragment = new URLSearchParams({
       token,
+      guest: token ? "0" : "1",
       embed: "1",
       host: location.origin,
       title: config.title,

@@ -1,5 +1,11 @@
 // The chat widget: one EventSource on /subscribe, fetch() for everything else.
 //
+// The EventSource is opened with a single-use stream ticket (POST /subscribe/ticket, the token
+// in the Authorization header), never with the token in the URL. Every message gets an
+// Idempotency-Key and waits in an outbox: sent one at a time, in order, once the stream is
+// live, and retried with the same key on network errors and 502/503/504 (the server journals
+// it once however often it arrives).
+//
 // Every message is keyed by "<dialog>:<seq>" (the SSE id the server gives it). That key is the
 // only identity a message has here: a streamed reply, its final `message` event, a replay after
 // a reconnect, the same message seen by a second tab and the answer to our own POST all land on
@@ -18,6 +24,8 @@ import {
 
 const RETRY_MIN_MS = 3000;
 const RETRY_MAX_MS = 30000;
+const SEND_RETRY_MIN_MS = 500;
+const SEND_RETRY_MAX_MS = 15000;
 const STICKY_BOTTOM_PX = 80;
 
 const STATUS_TEXT = {
@@ -85,6 +93,14 @@ const state = {
   stopping: false,
   archiving: false,
   authAlert: false, // the alert shows a sign-in problem; a fresh `ready` clears it
+  outbox: [], // {text, key, bubble}: typed, not yet answered; sent in order, one at a time
+  pumping: false,
+  live: false, // the stream said `ready` and has not failed since
+  liveWaiters: [], // resolved at the next `ready`
+  connectSeq: 0, // the newest connect() attempt; an older one that wakes up gives way
+  replaced: false, // a newer tab took our stream's place: wait for the person to reconnect
+  guestTimer: 0,
+  retryAlert: false, // the alert says a message is being sent again; its success hides it
 };
 
 function originOrNull(value) {
@@ -181,7 +197,7 @@ function withScroll(change) {
 function updateControls() {
   const busy = state.sending || state.streamingKey !== null;
   const usable = Boolean(token) && !state.authFailed;
-  ui.send.disabled = !usable || state.sending;
+  ui.send.disabled = !usable; // typing goes on while a reply streams or the stream is down
   ui.stop.hidden = !busy;
   ui.stop.disabled = state.stopping;
   ui.newConversation.disabled = !usable || busy || state.archiving;
@@ -433,6 +449,7 @@ function onShutdown() {
 async function onReady(r) {
   const wasLive = state.everLive;
   state.everLive = true;
+  state.live = true;
   state.retryDelay = RETRY_MIN_MS;
   hideAuthAlert();
   setConn("live");
@@ -455,18 +472,53 @@ async function onReady(r) {
   if (r.dialog && !state.cleared.has(r.dialog) && finalCount(r.dialog) < (r.messages || 0)) {
     await loadDialog();
   }
+  for (const wake of state.liveWaiters.splice(0)) wake();
+  pump();
+}
+
+function onReplaced(r) {
+  // Never reconnect by ourselves: two tabs past the server's cap would replace each other
+  // for ever. The person chooses which tab to use.
+  state.replaced = true;
+  state.live = false;
+  if (state.source) state.source.close();
+  state.source = null;
+  clearTimeout(state.retryTimer);
+  setConn("offline", "open in another tab");
+  showAlert(r.detail || "This chat is open in too many tabs; reconnect to use it here.");
+  const again = make("button", "alert__action", "Reconnect");
+  again.type = "button";
+  again.addEventListener("click", () => {
+    state.replaced = false;
+    hideAlert();
+    connect();
+  });
+  ui.alertText.append(" ", again);
 }
 
 // ---- connection ----------------------------------------------------------------------
 
-function connect() {
+async function connect() {
   clearTimeout(state.retryTimer);
   if (state.source) state.source.close();
   state.source = null;
-  if (!token || state.authFailed) return;
+  state.live = false;
+  if (!token || state.authFailed || state.replaced) return;
+  const seq = ++state.connectSeq;
   setConn(state.everLive ? "reconnecting" : "connecting");
+  let ticket;
+  try {
+    // The token goes in a header; the URL carries only a ticket good for one stream, 30 s.
+    ticket = (await api.post("/subscribe/ticket", {})).ticket;
+  } catch (err) {
+    if (seq !== state.connectSeq) return;
+    if (err.status === 401 || err.status === 403) authFailed(err);
+    else scheduleReconnect();
+    return;
+  }
+  if (seq !== state.connectSeq) return; // a newer connect() took over meanwhile
   // A new EventSource does not send Last-Event-ID by itself; the server takes it as a query too.
-  const query = new URLSearchParams({ access_token: token });
+  const query = new URLSearchParams({ ticket });
   if (state.lastEventId) query.set("last_event_id", state.lastEventId);
   const source = new EventSource(`/subscribe?${query}`);
   state.source = source;
@@ -486,21 +538,22 @@ function connect() {
   on("reply", onReply);
   on("archived", onArchived);
   on("shutdown", onShutdown);
+  on("replaced", onReplaced);
   source.addEventListener("error", () => onStreamError(source));
 }
 
 function onStreamError(source) {
   if (state.source !== source) return;
-  if (source.readyState === EventSource.CONNECTING) {
-    // The browser retries by itself (the server asked for retry: 3000).
-    if (navigator.onLine === false) setConn("offline", "no network");
-    else setConn(state.everLive ? "reconnecting" : "connecting");
-    return;
-  }
-  // CLOSED: the browser gave up for good (an HTTP error or a proxy's answer). Find out why.
+  state.live = false;
+  // The browser would retry by itself with the same URL, but a ticket is good for one
+  // stream: close it and reconnect with a fresh ticket, with a backoff.
   source.close();
   state.source = null;
-  diagnose();
+  if (navigator.onLine === false) {
+    setConn("offline", "no network");
+    return;
+  }
+  diagnose(); // a 401 means sign in again; anything else, reconnect with a backoff
 }
 
 async function diagnose() {
@@ -515,6 +568,7 @@ async function diagnose() {
 
 function scheduleReconnect() {
   clearTimeout(state.retryTimer);
+  if (state.replaced) return;
   if (navigator.onLine === false) {
     setConn("offline", "no network"); // the "online" event reconnects
     return;
@@ -567,23 +621,95 @@ async function loadDialog() {
 
 // ---- actions -------------------------------------------------------------------------
 
-async function send() {
+function send() {
   const text = ui.input.value;
-  if (!text.trim() || state.sending || !token || state.authFailed) return;
+  if (!text.trim() || !token || state.authFailed) return;
   hideAlert();
   ui.input.value = "";
-  const bubble = addPending(text);
-  state.sending = true;
-  updateControls();
+  // The key names this message for good: a retry after a lost answer is recognized.
+  state.outbox.push({ text, key: crypto.randomUUID(), bubble: addPending(text) });
+  pump();
+}
+
+// Send the outbox in order, one at a time (the server answers 409 to a second chat while a
+// reply streams), each once the stream is live, so its reply streams in as it is written.
+async function pump() {
+  if (state.pumping) return;
+  state.pumping = true;
   try {
-    settleSent(bubble, await api.post("/chat", { message: text }));
-  } catch (err) {
-    failPending(bubble);
-    if (err.status === 401) authFailed(err);
-    else showAlert(err.readable || String(err));
+    while (state.outbox.length && !state.authFailed) {
+      if (!state.live) await untilLive();
+      await deliver(state.outbox[0]);
+      state.outbox.shift();
+    }
   } finally {
+    state.pumping = false;
     state.sending = false;
     updateControls();
+  }
+}
+
+function untilLive() {
+  return new Promise((resolve) => state.liveWaiters.push(resolve));
+}
+
+// Whether a failed POST /chat may be sent again with the same key: the network, a proxy
+// (502/504 that are not ours) or a server going away (503). Our own 502/504 say the model
+// failed, and that failure is journaled: a repeat would only get it again. A 409 (another
+// tab's reply is streaming) is said in words and the text given back, as before: a repeat of
+// our own request in flight never gets it (the server joins a repeated key to the first).
+function retryable(err) {
+  if (err.status === 0) return true;
+  if (err.status === 503) return true;
+  if (err.status === 502 || err.status === 504) {
+    return !(err.code.startsWith("upstream_") || err.code === "reply_failed");
+  }
+  return false;
+}
+
+async function deliver(item) {
+  let delay = SEND_RETRY_MIN_MS;
+  for (;;) {
+    state.sending = true;
+    updateControls();
+    try {
+      const answer = await api.post(
+        "/chat",
+        { message: item.text },
+        { headers: { "Idempotency-Key": item.key } },
+      );
+      settleSent(item.bubble, answer);
+      if (state.retryAlert) hideAlert();
+      state.retryAlert = false;
+      return;
+    } catch (err) {
+      if (err.status === 409 && err.code === "idempotency_key_unanswered") {
+        // It is on the server (journaled once); only its reply was lost.
+        state.pending = state.pending.filter((b) => b !== item.bubble);
+        item.bubble.el.classList.remove("msg--pending");
+        item.bubble.time.textContent = "";
+        notice(err.readable || err.detail, "warning");
+        return;
+      }
+      if (!retryable(err)) {
+        failPending(item.bubble);
+        if (err.status === 401) authFailed(err);
+        else showAlert(err.readable || String(err));
+        return;
+      }
+      item.bubble.time.textContent = "sending…";
+      if (err.status !== 0) {
+        showAlert(`${err.readable || err.detail} Sending it again by itself…`);
+        state.retryAlert = true;
+      }
+      // Exponential backoff with jitter, or what the server asked for.
+      const wait = err.retryAfter != null ? err.retryAfter * 1000 : delay * (0.5 + Math.random());
+      delay = Math.min(delay * 2, SEND_RETRY_MAX_MS);
+      state.sending = false;
+      updateControls();
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      if (!state.live) await untilLive();
+    }
   }
 }
 
@@ -681,10 +807,33 @@ function wire() {
   });
 }
 
+// A guest session (embed.js with no token: `guest=1`): a short-lived token for an anonymous
+// visitor from POST /session, refreshed (same guest) at four fifths of its life.
+async function guestSession() {
+  const session = await new Api(token).post("/session", {});
+  clearTimeout(state.guestTimer);
+  state.guestTimer = setTimeout(() => {
+    guestSession()
+      .then(setToken)
+      .catch(() => {}); // the next 401 shows the sign-in problem
+  }, session.expires_in * 800);
+  return session.token;
+}
+
 async function boot() {
   applyLook();
   wire();
   tellHost("hello"); // embed.js: the browser let this page run inside the host site
+  if (!token && params.get("guest") === "1") {
+    try {
+      token = await guestSession();
+      api = new Api(token);
+    } catch (err) {
+      setConn("offline", "no guest session");
+      showAlert(err.readable || String(err));
+      return;
+    }
+  }
   if (!token) {
     setConn("offline", "no access token");
     state.authAlert = true;
