@@ -1,31 +1,25 @@
 """The review page's search box, charts, Markdown download and print view, in a real
 headless Chromium against a live `archiver serve` (issue 14).
 
-The browser fixtures come from tests/test_e2e_browser.py for now (they are moving into
-tests/conftest.py).
+The browser fixtures live in tests/browser.py (conftest.py provides them); the page
+helpers (open a chat, send, the host site) come from tests/test_e2e_browser.py.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from archiver import transcripts
 from archiver.dialogfile import parse_dialog
-from tests.test_e2e_browser import (  # noqa: F401 (browser and pages are fixtures)
-    Pages,
-    Server,
-    assert_no_csp_violations,
-    browser,
-    mint,
-)
-from tests.test_e2e_browser import pages as pages
+from tests.browser import BROWSER_SETTINGS, Pages
+from tests.helpers import Server, mint, wait_for
+from tests.test_e2e_browser import assert_no_csp_violations
 from tests.test_review import write_archive
 
 try:
@@ -66,24 +60,24 @@ def seed(data: Path) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    started = Server(tmp_path / "server", {})
+def server(tmp_path: Path, make_server: Callable[..., Server]) -> Server:
+    started = make_server(data=tmp_path / "server" / "data", start=False, **BROWSER_SETTINGS)
     seed(started.data)
     started.start()
     # The start-up catch-up runs in the index's worker thread: wait until it has.
     token = mint("root", admin=True)
-    deadline = time.monotonic() + 20
-    found: object = None
-    while time.monotonic() < deadline:
+
+    def caught_up() -> bool:
         found = _get_json(started, "/search?q=refund", token)
-        if isinstance(found, dict) and len(found["hits"]) == 2:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the index never caught up: {found}")
-    yield started
-    started.kill()
-    print(f"---- server log ----\n{started.logs()[-4000:]}")
+        return isinstance(found, dict) and len(found["hits"]) == 2
+
+    wait_for(
+        caught_up,
+        20,
+        "the index to catch up with the seeded archives",
+        show=lambda: _get_json(started, "/search?q=refund", token),
+    )
+    return started
 
 
 def _get_json(server: Server, path: str, token: str) -> object:

@@ -2,8 +2,8 @@
 restarted, messages typed while it is down; no URL it requests carries the token; and an
 embed without a token runs on a guest session.
 
-Imports the browser fixtures of tests/test_e2e_browser.py (the lead moves them to
-tests/helpers.py and conftest.py when the helper unification lands).
+The browser fixtures live in tests/browser.py (conftest.py provides them); the page
+helpers (open a chat, send, the host site) come from tests/test_e2e_browser.py.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_killed_mid_chat_and_restarted_every_message_lands_once_in_order(
     send(page, asked)
     wait_for(
         lambda: any(b"cut by a kill" in p.read_bytes() for p in server.current()),
-        "the second question journaled",
+        what="the second question journaled",
     )
     server.kill()  # SIGKILL mid-reply
     expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
@@ -68,7 +68,7 @@ def test_killed_mid_chat_and_restarted_every_message_lands_once_in_order(
     expect(finished(page)).to_have_count(3, timeout=40_000)  # first, third, fourth answered
 
     wanted = ["first, before anything happens", asked, *typed_while_down]
-    wait_for(lambda: user_texts_on_disk(server) == wanted, "every message once, in order")
+    wait_for(lambda: user_texts_on_disk(server) == wanted, what="every message once, in order")
     assert server.stop() == 0
     assert user_texts_on_disk(server) == wanted, "exactly once, in order, after the shutdown"
     assert "idempotency_key_unanswered" in server.logs() or "chat.repeated" in server.logs()
@@ -114,7 +114,8 @@ def test_embed_without_a_token_uses_a_guest_session(
     current = load_yaml(server.current()[0])
     assert current["user"].startswith("guest-")
     assert current["messages"][0]["text"] == "hi from the shop"
-    assert server.wait_for_log("guest.created")
+    [created] = server.wait_log("guest.created")
+    assert f"user={current['user']}" in created
 
 
 def test_embed_without_a_token_on_a_server_without_guests_says_why(
