@@ -22,7 +22,8 @@ import click
 
 from . import (
     archives,
-    cli_archives,  # importing it registers the review commands on main
+    cli_archives,  # noqa: F401 (importing it registers the archive commands on main)
+    cli_search,  # and the search-index commands
     render,
 )
 from .clikit import (
@@ -266,7 +267,7 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
         done = archives.forget(journal, user)
         for path in done.files:
             click.echo(f"removed {render.printable(str(path))}")
-    cli_archives.index_after(settings, user=user)
+    cli_search.index_after(settings, user=user)
     click.echo(f"forgot user {render.printable(user)!r}: {done.summary()}", err=True)
 
 
