@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from . import archives
+from . import archive_writes as archives  # the sweep's question, and prune
 from .commit import Archived
 from .config import Settings
 from .dialogfile import Summary

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import click
 
-from . import archives, logs, render, transcripts
+from . import archive_writes, archives, logs, render, transcripts
 from .archives import ArchiveInfo
 from .cli_search import index_after
 from .clikit import (
@@ -332,11 +332,11 @@ def import_(file: TextIO, data_dir: Path | None) -> None:
         if not text.strip():
             continue
         try:
-            items.append(archives.read_export_line(number, text))
+            items.append(archive_writes.read_export_line(number, text))
         except ValueError as exc:
             problems.append(f"line {number}: {exc}")
     with _errors():
-        problems += archives.check_import(journal, items)
+        problems += archive_writes.check_import(journal, items)
         if problems:
             shown = problems[:20] + (
                 [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
@@ -345,10 +345,10 @@ def import_(file: TextIO, data_dir: Path | None) -> None:
         written = []
         try:
             for item in items:
-                path = archives.write_import(journal, item)
+                path = archive_writes.write_import(journal, item)
                 written.append(path)
                 click.echo(f"imported {render.printable(item.user)} {path.name}")
-        except archives.BadImport as exc:
+        except archive_writes.BadImport as exc:
             raise Failure(f"{exc} (the {len(written)} archives before it were imported)") from None
         finally:
             index_after(settings, written)
@@ -389,7 +389,9 @@ def sweep(older_than: float | None, force: bool, data_dir: Path | None) -> None:
     landed: list[Path] = []
     skipped: list[str] = []
     with _errors():
-        for archived in archives.sweep(journal, idle, on_error=_warn, force=force, skipped=skipped):
+        for archived in archive_writes.sweep(
+            journal, idle, on_error=_warn, force=force, skipped=skipped
+        ):
             user = render.printable(archived.user)
             messages = archives.plural(archived.messages, "message")
             click.echo(f"archived {user} {archived.name} ({messages})")
@@ -429,7 +431,7 @@ def prune(older_than: float, dry_run: bool, data_dir: Path | None) -> None:
     count = 0
     gone: list[Path] = []
     with _errors():
-        for pruned in archives.prune(journal, older_than, dry_run=dry_run):
+        for pruned in archive_writes.prune(journal, older_than, dry_run=dry_run):
             info = pruned.info
             user = render.printable(info.user)
             click.echo(f"{verb} {user} {info.name} (ended {archives.archive_time(info)})")
@@ -472,8 +474,8 @@ def rm(user: str, name: str, yes: bool, data_dir: Path | None) -> None:
                 f"Delete archive {name} of user {user!r}? This cannot be undone", abort=True
             )
         try:
-            done = archives.remove_archive(journal, user, name)
-        except archives.NoSuchArchive as exc:
+            done = archive_writes.remove_archive(journal, user, name)
+        except archive_writes.NoSuchArchive as exc:
             raise Failure(str(exc)) from None
     index_after(settings, [done.path])
     with logs.for_command(settings):
