@@ -32,7 +32,7 @@ from .errors import JournalError
 from .events import archived_event
 from .hub import Hub
 from .incidents import Incidents
-from .index import Indexer
+from .indexer import Indexer
 from .journal import NotOwner
 from .logs import log
 from .metrics import Metrics
