@@ -46,7 +46,8 @@ from .feed import Feed
 from .framing import FramingWatch
 from .hub import Event, Hub, Inbox
 from .idempotency import BadKey, parse_key
-from .index import Index, Indexer
+from .index import Index
+from .indexer import Indexer
 from .journal import Journal
 from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log

@@ -21,8 +21,9 @@ from typing import Any
 import click
 
 from . import (
-    archives,
-    cli_archives,  # importing it registers the review commands on main
+    archive_writes,
+    cli_archives,  # noqa: F401 (importing it registers the archive commands on main)
+    cli_search,  # and the search-index commands
     render,
 )
 from .clikit import (
@@ -253,7 +254,7 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
     settings = _settings(data_dir=data_dir)
     journal = _journal(settings.data_dir)
     with _errors():
-        files = archives.user_contents(journal, user)
+        files = archive_writes.user_contents(journal, user)
         if not yes:
             if not _interactive():
                 raise click.UsageError("forget needs --yes when not run from a terminal")
@@ -263,10 +264,10 @@ def forget(user: str, yes: bool, data_dir: Path | None) -> None:
                 " This cannot be undone",
                 abort=True,
             )
-        done = archives.forget(journal, user)
+        done = archive_writes.forget(journal, user)
         for path in done.files:
             click.echo(f"removed {render.printable(str(path))}")
-    cli_archives.index_after(settings, user=user)
+    cli_search.index_after(settings, user=user)
     click.echo(f"forgot user {render.printable(user)!r}: {done.summary()}", err=True)
 
 

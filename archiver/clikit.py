@@ -1,7 +1,8 @@
 """The CLI's shared parts: the ``main`` group, its common options, errors and output.
 
-cli.py (serve, token, forget) and cli_archives.py (the review commands) both build on
-these; importing cli.py registers every command, in :data:`COMMANDS` order.
+cli.py (serve, token, forget), cli_archives.py (the archive commands) and cli_search.py
+(search, reindex, stats) build on these; importing cli.py registers every command, in
+:data:`COMMANDS` order.
 """
 
 from __future__ import annotations

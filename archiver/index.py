@@ -17,7 +17,7 @@ How it stays current:
   hide a rename in the same clock tick (git's "racily clean" problem).
 * :meth:`Index.update` reconciles named files (an archive that just landed or was
   deleted), which the server does from a worker thread in batches
-  (:class:`Indexer`), as do the CLI commands that archive or delete.
+  (:class:`archiver.indexer.Indexer`), as do the CLI commands that archive or delete.
 * Several processes may update it at once: WAL, a busy timeout, and every write in one
   ``BEGIN IMMEDIATE`` transaction per batch; files are read and parsed outside it.
 * A crash between an archive's rename and its index row leaves the directory's mtime
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -49,7 +48,6 @@ from .archives import FILE_ERRORS, Filter, name_time
 from .dialogfile import Dialog, Message, entry_offsets, parse_dialog, parse_entry
 from .errors import JournalError
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
-from .logs import log
 from .query import Hit, Search, index_text
 from .stats import StatArchive, stamp_ms
 
@@ -536,76 +534,3 @@ def _message_at(path: Path, seq: int, pos: int, length: int) -> Message | None:
                 return message
     dialog = parse_dialog(path.read_bytes())
     return next((m for m in dialog.messages if m.seq == seq), None)
-
-
-# ---------------------------------------------------------------------------------------
-# Inside the server
-
-
-class Indexer:
-    """Keeps an :class:`Index` current from one worker thread, off the event loop.
-
-    ``submit(path)`` queues an archive that landed or was deleted; ``refresh()`` queues a
-    sync (archives other processes wrote). The thread takes whatever is queued and
-    applies it in one transaction. The first job is a full sync: the start-up catch-up.
-    """
-
-    _SYNC = "sync"
-    _FULL = "full"
-
-    def __init__(self, index: Index) -> None:
-        self.index = index
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._queue.put(self._FULL)
-        self._thread = threading.Thread(target=self._run, name="archiver-index", daemon=True)
-        self._thread.start()
-
-    def submit(self, path: Path | str) -> None:
-        self._queue.put(str(path))
-
-    def refresh(self) -> None:
-        self._queue.put(self._SYNC)
-
-    def stop(self) -> None:
-        """Apply what is queued, then end the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        self.index.close()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < BATCH_FILES:
-                    batch.append(self._queue.get_nowait())
-            stop = None in batch
-            jobs = [job for job in batch if job is not None]
-            self._apply(jobs)
-            if stop:
-                return
-
-    def _apply(self, jobs: list[str]) -> None:
-        paths = [job for job in jobs if job not in (self._SYNC, self._FULL)]
-        try:
-            if self._FULL in jobs:
-                done = self.index.sync(full=True)
-                log.info(
-                    "index.sync",
-                    indexed=done.indexed,
-                    removed=done.removed,
-                    files=done.seen,
-                    ms=round(done.ms, 1),
-                )
-            elif self._SYNC in jobs:
-                self.index.sync()
-            if paths:
-                self.index.update(paths)
-        except Exception as exc:  # anything: the worker must outlive one bad batch
-            # The files are the truth: a failed update only delays what search shows;
-            # the next sync catches up.
-            log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])

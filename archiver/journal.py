@@ -4,8 +4,9 @@ A user's ``current.yaml`` is *clean* (ends in the commit marker: appendable), *t
 crash cut a write short) or *pending* (a trailer was written, the rename into
 ``archived/`` not done). Every operation runs under the user's ``fcntl.flock`` on
 ``dialogs/.lock`` (threads and processes sharing a data directory serialize per user),
-first finishes what a crash left (:meth:`Journal._finish_crashed`: set a torn tail aside,
-or complete a pending archive), then does its work:
+first finishes what a crash left (:meth:`CurrentDialogs._finish_crashed` in
+current_dialog.py: set a torn tail aside, or complete a pending archive), then does its
+work:
 
 * **append** overwrites the marker with ``<entry>...\\n`` in one ``pwrite``; its cost is
   one small read of the tail plus one write, whatever the size of the dialog;
@@ -26,28 +27,21 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 from . import dialogfile as fmt
 from . import userlock
-from .commit import Archived, Commit, archived
+from .commit import Archived, archived
 from .config import FsyncPolicy
-from .dialogfile import MARKER, Dialog, Message, Summary
+from .current_dialog import CurrentDialogs
+from .dialogfile import MARKER, Message, Summary
 from .errors import READ_ONLY_ERRNOS, JournalError, journal_error
-from .faults import Fault, reach
+from .faults import reach
 from .fsops import Dirty, fsync_dir, pread_tail, reserve, sync_filesystem, write_all
 from .idempotency import KeyIndex, Repeated
-from .layout import CURRENT, Layout
-from .repair import Damaged, Repaired, cut_torn_tail, finish_archive, set_aside_damaged
-
-if TYPE_CHECKING:
-    from .redact import Redactor
-
-_Found = TypeVar("_Found", Archived, Repaired, Damaged)
+from .layout import CURRENT
 
 
 class NotOwner(Exception):
@@ -74,8 +68,11 @@ class Appended:
     history: list[Message] | None = None
 
 
-class Journal:
-    """Synchronous, thread-safe and process-safe access to every user's dialogs."""
+class Journal(CurrentDialogs):
+    """Synchronous, thread-safe and process-safe access to every user's dialogs.
+
+    Append and archive; what a crash left, damaged journals and the reads of the
+    current dialog are :class:`~archiver.current_dialog.CurrentDialogs`'."""
 
     def __init__(
         self,
@@ -84,40 +81,17 @@ class Journal:
         instance: str | None = None,
         alive: Callable[[str], bool] | None = None,
     ) -> None:
-        self.layout = Layout(data_dir)
+        super().__init__(data_dir, fsync)
         # This process's id, written into a user's .lock by every append (owners.py),
         # and how to tell whether another id is a running process.
         self.instance = instance
         self._owner_bytes = userlock.owner_bytes(instance)
         self.alive = alive
-        self.redactor: Redactor | None = None  # applied to the archive copy, not the journal
-        self.fsync = fsync
         self._dirty = Dirty()
         # fsync every journal written since the last call (the ``everysec`` policy).
         self.sync_dirty: Callable[[], int] = self._dirty.sync
-        # Called (from a worker thread) with what a crash left behind and we repaired or
-        # finished, so the caller can log it.
-        self.observer: Callable[[Archived | Repaired | Damaged], None] | None = None
-        self.fault: Fault | None = None  # test-only crash injection
         # The Idempotency-Keys of each user's recent chats, read from the files lazily.
         self.keys = KeyIndex()
-
-    def _observed(self, what: _Found) -> _Found:
-        if self.observer is not None:
-            self.observer(what)
-        return what
-
-    @contextlib.contextmanager
-    def locked(self, user: str, create: bool) -> Iterator[Path | None]:
-        """Hold the user's cross-process lock; yield the dialogs dir (None if absent)."""
-        with self._locked(user, create) as held:
-            yield None if held is None else Path(held[0])
-
-    @contextlib.contextmanager
-    def _locked(self, user: str, create: bool) -> Iterator[tuple[str, int] | None]:
-        directory = self.layout.dialogs_str(user)
-        with userlock.hold(directory, create) as fd:
-            yield None if fd is None else (directory, fd)
 
     def _check_owner(self, lock_fd: int) -> None:
         owner = userlock.owner_in(lock_fd)
@@ -127,12 +101,6 @@ class Journal:
     def owner(self, user: str) -> str | None:
         """The id of the process that last appended to the user's dialog, if recorded."""
         return userlock.read_owner(self.layout.dialogs_str(user))
-
-    def _commit(self, path: Path, summary: Summary, sync_dirs: bool = True) -> Path:
-        """The commit point: current.yaml (trailer written) becomes an archive."""
-        link_only = self.fault is not None and self.fault.point == "archive.linked"
-        commit = Commit(self.fsync != "no", partial(reach, self.fault), link_only, self.redactor)
-        return commit(path, summary, sync_dirs)
 
     # -- append -------------------------------------------------------------------------
 
@@ -168,14 +136,6 @@ class Journal:
                 appended = self._append_locked(user, path, role, text, interrupted, history, key)
             userlock.record_owner(lock_fd, self._owner_bytes)
             return appended
-
-    def _set_aside(self, user: str, path: Path, reason: str) -> Damaged | None:
-        try:
-            return self._observed(set_aside_damaged(path, user, reason))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise journal_error(exc, "moving a damaged journal aside") from exc
 
     def _append_locked(
         self,
@@ -269,46 +229,6 @@ class Journal:
         a shutdown's two passes call it instead of three fsyncs per archive."""
         if self.fsync != "no":
             sync_filesystem(self.layout.users_dir)
-
-    # -- what a crash left --------------------------------------------------------------
-
-    def finish_crashed(self, user: str) -> Archived | Repaired | None:
-        """Repair or finish the user's journal if a crash left it torn or half-archived."""
-        with self.locked(user, create=False) as directory:
-            if directory is None:
-                return None
-            return self._finish_crashed(user, directory / CURRENT)
-
-    def _finish_crashed(self, user: str, path: Path) -> Archived | Repaired | None:
-        """Make ``path`` a clean journal: cut a torn tail, finish a pending archive.
-
-        Called under the user's lock before every operation; costs one open and one small
-        read when all is well.
-        """
-        try:
-            # Read-only until a repair is needed, so a read-only data directory stays readable.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise journal_error(exc, "opening the journal") from exc
-        try:
-            st = os.fstat(fd)
-            state = fmt.tail_state(pread_tail(fd, st.st_size, 256))
-            if state == "clean":
-                return None
-            try:
-                if state == "pending":
-                    return self._observed(finish_archive(path, user, st.st_nlink, self._commit))
-                rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    return self._observed(cut_torn_tail(rw, path, user, partial(reach, self.fault)))
-                finally:
-                    os.close(rw)
-            except OSError as exc:
-                raise journal_error(exc, "repairing the journal") from exc
-        finally:
-            os.close(fd)
 
     # -- archive ------------------------------------------------------------------------
 
@@ -490,65 +410,6 @@ class Journal:
         if dialog is not None and summary.dialog != dialog:
             return None
         return summary
-
-    # -- reading the current dialog -----------------------------------------------------
-
-    @contextlib.contextmanager
-    def _current(self, user: str) -> Iterator[Path | None]:
-        """Under the user's lock, the current dialog (what a crash left finished first);
-        None if the user has no dialogs directory."""
-        with self.locked(user, create=False) as directory:
-            if directory is None:
-                yield None
-                return
-            path = directory / CURRENT
-            self._finish_crashed(user, path)
-            yield path
-
-    def current_summary(self, user: str) -> Summary | None:
-        """The current dialog's id and message count, from the ends of the file."""
-        with self._current(user) as path:
-            if path is None or not path.exists():
-                return None
-            try:
-                return fmt.read_summary(path)
-            except JournalError as exc:
-                if exc.kind != "corrupt":
-                    raise
-                self._set_aside(user, path, exc.detail)
-                return None
-
-    def tail_messages(self, user: str, count: int) -> list[Message]:
-        """The last ``count`` messages of the current dialog, read from the end of the file."""
-        with self._current(user) as path:
-            if path is None:
-                return []
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return []
-            try:
-                found = fmt.tail_messages(fd, os.fstat(fd).st_size, count)
-            finally:
-                os.close(fd)
-        if found is None:
-            dialog = self.load_current(user)
-            return [] if dialog is None else dialog.messages[-count:]
-        return found
-
-    def load_current(self, user: str) -> Dialog | None:
-        with self._current(user) as path:
-            if path is None:
-                return None
-            try:
-                return fmt.parse_dialog(path.read_bytes())
-            except FileNotFoundError:
-                return None
-            except JournalError as exc:
-                if exc.kind != "corrupt":
-                    raise
-                self._set_aside(user, path, exc.detail)
-                return None
 
 
 def _history(fd: int, size: int, count: int) -> list[Message] | None:

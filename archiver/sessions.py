@@ -31,7 +31,7 @@ from .events import SHUTDOWN_EVENT
 from .feed import Feed
 from .hub import Event, Hub, Inbox
 from .incidents import Incidents
-from .index import Indexer
+from .indexer import Indexer
 from .limits import Breaker, RateLimit
 from .logs import log
 from .metrics import Metrics

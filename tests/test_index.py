@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from archiver import query
 from archiver.dialogfile import entry_offsets
-from archiver.index import Index, Indexer
+from archiver.index import Index
+from archiver.indexer import Indexer
 from archiver.journal import Journal
 from archiver.layout import user_dir_name
 from archiver.query import Hit

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from archiver import archives, render, search
+from archiver import archive_writes, archives, render, search
 from archiver.archives import ArchiveInfo
 from archiver.dialogfile import (
     Dialog,
@@ -479,7 +479,7 @@ def test_sweep_archives_only_stale_dialogs(journal: Journal) -> None:
     journal.append("fresh", "user", "just now")
     old = time.time() - 3600
     os.utime(journal.layout.current_path("alice"), (old, old))
-    swept = list(archives.sweep(journal, 600))
+    swept = list(archive_writes.sweep(journal, 600))
     assert [(a.user, a.reason) for a in swept] == [("alice", "timeout")]
     assert (
         journal.layout.current_path("fresh").exists()
@@ -494,9 +494,9 @@ def test_prune_deletes_exactly_the_archives_that_ended_before_the_cutoff(
 
     now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC).timestamp()  # cutoff: 11-20 12:00
     before = set(data.rglob("*.yaml"))
-    dry = [p.path for p in archives.prune(journal, 1, dry_run=True, now=now)]
+    dry = [p.path for p in archive_writes.prune(journal, 1, dry_run=True, now=now)]
     assert set(data.rglob("*.yaml")) == before
-    pruned = [p.path for p in archives.prune(journal, 1, now=now)]
+    pruned = [p.path for p in archive_writes.prune(journal, 1, now=now)]
     assert pruned == dry
     assert {p.name for p in pruned} == {
         "2026-11-20-10-00-00.yaml",
@@ -504,7 +504,7 @@ def test_prune_deletes_exactly_the_archives_that_ended_before_the_cutoff(
         "2026-10-01-09-00-00.yaml",
     }
     assert set(data.rglob("*.yaml")) == before - set(pruned)
-    assert list(archives.prune(journal, 1, now=now)) == []
+    assert list(archive_writes.prune(journal, 1, now=now)) == []
 
 
 def test_forget_removes_everything_of_one_user_and_nothing_else(
@@ -519,14 +519,14 @@ def test_forget_removes_everything_of_one_user_and_nothing_else(
         for p in (data / "users" / user_dir_name("a/b")).rglob("*")
         if p.is_file()
     }
-    done = archives.forget(journal, "a/b")
+    done = archive_writes.forget(journal, "a/b")
     assert set(done.files) == expected
     assert {p.name for p in done.files} >= {"current.yaml", ".lock", side_files[0].name}
     assert not (data / "users" / user_dir_name("a/b")).exists()
     assert {p for p in data.rglob("*")} == others
     assert "1 journal" in done.summary() and "1 torn side file" in done.summary()
     with pytest.raises(archives.UnknownUser):
-        archives.forget(journal, "a/b")
+        archive_writes.forget(journal, "a/b")
 
 
 # ---------------------------------------------------------------------------------------
