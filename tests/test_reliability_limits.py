@@ -11,6 +11,7 @@ flood process itself takes CPU from the server (see docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
@@ -28,9 +29,10 @@ from tests.helpers import Server, mint, wait_for
 Make = Callable[..., Server]
 OTHER = "127.0.0.2"  # the other users' address: any 127/8 address is loopback on Linux
 FLOOD = 2000
-SAMPLES = 15
+SAMPLES = 51
 # The issue asks for "within 2x"; on 2 cores shared with other test runs the spread of a
-# median of 15 is itself ~1.5x, so the assertion allows that on top.
+# median of 15 was itself ~1.5x (a loaded CI run once saw 3.07x), so the median is of 51
+# samples and the assertion allows that spread on top.
 RATIO = 3.0
 # The flood opens streams at this pace: a visitor holding streams, not a CPU flood (no
 # application limit keeps a full-speed connect loop on loopback from taking a core; the
@@ -265,5 +267,10 @@ def test_a_body_sent_one_byte_a_second_is_cut_after_the_body_timeout(make_server
                 break
             if answer:
                 break
+        # The answer may come in several pieces: read it to the end (the server closes).
+        sock.settimeout(30)
+        with contextlib.suppress(OSError):
+            while piece := sock.recv(65536):
+                answer += piece
     assert b" 408 " in answer.split(b"\r\n")[0] and b"body_timeout" in answer, answer[:300]
     assert not server.user_dir("slow").exists()
