@@ -1,23 +1,21 @@
 """``create_app(settings)``: routes, middleware, and the one lifespan that owns every resource.
 
-Errors are JSON ``{"error": code, "detail": sentence}``, raised as :class:`ApiError` and
-logged once, as one ``request.rejected`` (or ``auth.rejected``) line, by one handler.
+The stream and chat routes are here; the routes that read archives are in
+routes_archives.py, and what every route shares (``ApiError``, the status of each error
+code, the request's user, a chat's body) in httpkit.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import anyio
 import anyio.to_thread
@@ -33,17 +31,30 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, guests, openapi, redact, searchapi, stats, transcripts
+from . import auth, collector, guests, openapi, redact
 from .admission import Admission
-from .archives import Filter, parse_time
-from .auth import Anonymous, JWTBackend, User
+from .auth import JWTBackend, User
 from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
-from .dialogfile import parse_dialog
 from .errors import JournalError
 from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
+from .httpkit import (
+    ERROR_STATUS,
+    UPSTREAM_STATUS,
+    ApiError,
+    admission_of,
+    admit,
+    api_error,
+    client_of,
+    http_error,
+    journal_api_error,
+    read_message,
+    require_user,
+    server_error,
+    sessions_of,
+)
 from .hub import Event, Hub, Inbox
 from .idempotency import BadKey, parse_key
 from .index import Index
@@ -54,150 +65,24 @@ from .logs import log
 from .metrics import CONTENT_TYPE, Metrics
 from .owners import Instance
 from .replies import ReplyError, make_client, make_responder
+from .routes_archives import (
+    admin_stats,
+    archive,
+    archives,
+    search,
+    user_archives,
+    users,
+)
 from .sessions import Sessions
 from .stream import EventStream
 from .threads import JournalThreads
 from .tickets import BadTicket, Tickets
-
-BODY_ENVELOPE = 4096  # bytes of JSON around the message that a body may add
-# The HTTP status of each error a chat or a read can meet, by its code: decided here only
-# (JournalError.kind, Refused.code, and ReplyError.kind as upstream_<kind>).
-ERROR_STATUS = {
-    "no_space": 507,
-    "read_only": 503,
-    "permission": 503,
-    "io": 503,
-    "corrupt": 500,
-    "rate_limited": 429,
-    "upstream_unavailable": 503,
-    "upstream_timeout": 504,
-}
-UPSTREAM_STATUS = 502  # every other upstream failure: a bad gateway
-ADMISSION_CODES = frozenset({"too_many_connections", "too_many_streams", "rate_limited_address"})
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers
 
 
 def widget_dir() -> Path:
     """The widget's static files: packaged in the wheel, or the checkout's ``widget/``."""
     packaged = Path(__file__).parent / "_widget"
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "widget"
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers
-
-
-def sessions_of(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
-
-
-def require_user(request: Request, admin: bool = False) -> User:
-    user = request.user
-    if isinstance(user, Anonymous):
-        raise ApiError(401, user.reason, user.detail)
-    assert isinstance(user, User)
-    if admin and not user.admin:
-        raise ApiError(403, "forbidden", "This route needs a token with the admin role.")
-    return user
-
-
-async def read_message(request: Request, limit: int) -> str:
-    """The ``message`` of a JSON body, refusing an oversize body while reading it."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-    body_limit = limit + BODY_ENVELOPE
-
-    def too_large() -> ApiError:
-        return ApiError(413, "too_large", f"The message is larger than the limit of {limit} bytes.")
-
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise too_large()
-    body = bytearray()
-    settings: Settings = request.app.state.settings
-    # A client sending one byte a second holds a task and a descriptor: cut it.
-    with anyio.move_on_after(settings.body_timeout) as reading:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > body_limit:
-                raise too_large()
-    if reading.cancelled_caught:
-        raise ApiError(
-            408,
-            "body_timeout",
-            f"The request body did not arrive within {settings.body_timeout:g} seconds.",
-        )
-    try:
-        data = json.loads(bytes(body).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "bad_json", "The body is not valid UTF-8 JSON.") from None
-    if not isinstance(data, dict) or "message" not in data:
-        raise ApiError(400, "bad_request", 'The body must be a JSON object {"message": "..."}.')
-    message = data["message"]
-    if not isinstance(message, str):
-        raise ApiError(400, "bad_request", "The message must be a string.")
-    if not message.strip():
-        raise ApiError(400, "empty_message", "The message is empty.")
-    try:
-        size = len(message.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ApiError(
-            400, "bad_text", "The message contains invalid Unicode (a lone surrogate)."
-        ) from None
-    if size > limit:
-        raise too_large()
-    return message
-
-
-# What a client is told; the journal's own, technical detail goes to the log (journal.error).
-JOURNAL_DETAIL = {
-    "no_space": "The server's disk is full; nothing was written. Try again later.",
-    "read_only": "The server's storage is read-only right now; nothing was written.",
-    "permission": "The server may not write this conversation's files; nothing was written.",
-    "io": "The server's storage failed; nothing was written. Try again later.",
-    "corrupt": "This conversation's file on the server is damaged; it was logged.",
-}
-
-
-def _journal_api_error(exc: JournalError) -> ApiError:
-    detail = JOURNAL_DETAIL.get(exc.kind, JOURNAL_DETAIL["io"])
-    return ApiError(ERROR_STATUS.get(exc.kind, 503), exc.kind, detail)
-
-
-# ---------------------------------------------------------------------------------------
-# Endpoints
-
-
-def client_of(request: Request) -> str | None:
-    """The client's address: behind a trusted proxy, the forwarded one (uvicorn sets it)."""
-    return request.client.host if request.client else None
-
-
-def admission_of(request: Request) -> Admission:
-    admission: Admission = request.app.state.admission
-    return admission
-
-
-def admit(request: Request, stream: bool) -> None:
-    """Refuse, before it costs anything, a request over an address's or the process's limits."""
-    admission = admission_of(request)
-    client = client_of(request)
-    now = time.monotonic()
-    refusal = admission.admit_stream(client, now) if stream else admission.admit_chat(client, now)
-    if refusal is not None:
-        raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
 
 
 def stream_user(request: Request) -> User:
@@ -389,7 +274,7 @@ async def chat(request: Request) -> Response:
             503, "shutting_down", "The server is shutting down; try again.", {"Retry-After": "1"}
         ) from None
     except JournalError as exc:
-        raise _journal_api_error(exc) from None
+        raise journal_api_error(exc) from None
     except Refused as exc:
         retry = {"Retry-After": str(ceil_seconds(exc.retry_after))}
         raise ApiError(ERROR_STATUS[exc.code], exc.code, exc.detail, retry) from None
@@ -412,7 +297,7 @@ async def dialog(request: Request) -> Response:
     try:
         current = await sessions_of(request).threads.load_current(user.id)
     except JournalError as exc:
-        raise _journal_api_error(exc) from None
+        raise journal_api_error(exc) from None
     if current is None:
         return JSONResponse({"dialog": None, "started": None, "messages": []})
     return JSONResponse(current.as_json())
@@ -423,137 +308,12 @@ async def dialog_archive(request: Request) -> Response:
     try:
         result = await sessions_of(request).archive(user.id, "user", raise_errors=True)
     except JournalError as exc:
-        raise _journal_api_error(exc) from None
+        raise journal_api_error(exc) from None
     if result is None:
         return JSONResponse({"dialog": None, "archive": None, "messages": 0})
     return JSONResponse(
         {"dialog": result.dialog, "archive": result.name, "messages": result.messages}
     )
-
-
-async def _archives_of(request: Request, user: str) -> Response:
-    infos = await sessions_of(request).threads.list_archives(user)
-    return JSONResponse([info.as_json() for info in infos])
-
-
-async def _archive_of(request: Request, user: str, name: str) -> Response:
-    data = await sessions_of(request).threads.read_archive(user, name)
-    if data is None:
-        raise ApiError(404, "not_found", f"There is no archive named {name!r}.")
-    form = request.query_params.get("format", "yaml")
-    if form in ("md", "html"):
-        parsed = await sessions_of(request).threads.run(parse_dialog, data)
-        return _transcript(transcripts.Transcript(user, name, parsed), form)
-    if form != "yaml":
-        raise ApiError(400, "bad_format", "format is one of yaml, md, html.")
-    if "application/json" in request.headers.get("accept", ""):
-        parsed = await sessions_of(request).threads.run(parse_dialog, data)
-        return JSONResponse(parsed.as_json())
-    return Response(data, media_type="application/yaml; charset=utf-8")
-
-
-def _transcript(item: transcripts.Transcript, form: str) -> Response:
-    """An archive as a Markdown or printable HTML transcript (transcripts.py)."""
-    if form == "md":
-        return Response(transcripts.markdown(item), media_type="text/markdown; charset=utf-8")
-    page = "".join(transcripts.html_document([item], title=f"Dialog {item.dialog.dialog}"))
-    return Response(page, media_type="text/html; charset=utf-8")
-
-
-async def archives(request: Request) -> Response:
-    return await _archives_of(request, require_user(request).id)
-
-
-async def archive(request: Request) -> Response:
-    user = require_user(request)
-    return await _archive_of(request, user.id, request.path_params["name"])
-
-
-async def users(request: Request) -> Response:
-    require_user(request, admin=True)
-    layout = sessions_of(request).threads.journal.layout
-
-    def summary() -> list[dict[str, Any]]:
-        out = []
-        for user in layout.users():
-            try:
-                current = layout.current_path(user)
-            except ValueError:
-                continue
-            out.append(
-                {
-                    "user": user,
-                    "archives": len(layout.archive_names(user)),
-                    "current": current.exists(),
-                }
-            )
-        return out
-
-    return JSONResponse(await sessions_of(request).threads.run(summary))
-
-
-async def user_archives(request: Request) -> Response:
-    """``/users/{user}/archives[/{name}]``, with the user id taken from the raw path so an
-    id containing an encoded ``/`` still addresses one user."""
-    require_user(request, admin=True)
-    raw = request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
-    parts = [unquote(p) for p in raw.split("/")[2:]]
-    if len(parts) == 2 and parts[1] == "archives" and parts[0]:
-        return await _archives_of(request, parts[0])
-    if len(parts) == 3 and parts[1] == "archives" and parts[0]:
-        return await _archive_of(request, parts[0], parts[2])
-    raise ApiError(404, "not_found", "No such route.")
-
-
-async def search(request: Request) -> Response:
-    """Full-text search over archives (searchapi decides who may see what)."""
-    user = require_user(request)
-    indexer = _index_of(request)
-    try:
-        wanted, limit, offset = searchapi.read_request(request.query_params, user.id, user.admin)
-    except searchapi.BadSearch as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from None
-    try:
-        # anyio's threads, not the journal's: a slow search must not delay an append.
-        page = await anyio.to_thread.run_sync(indexer.index.search, wanted, limit, offset)
-    except sqlite3.OperationalError as exc:
-        # Busy past the timeout, or a disk error: the files are fine, the index is not.
-        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
-        raise ApiError(503, "search_unavailable", "Search is unavailable; try again.") from None
-    return JSONResponse(searchapi.page_json(page))
-
-
-async def admin_stats(request: Request) -> Response:
-    """``GET /admin/stats[?since=&until=&user=]``: stats.py's figures, from the index."""
-    require_user(request, admin=True)
-    indexer = _index_of(request)
-    params = request.query_params
-    try:
-        since, until = (
-            None if not params.get(k) else parse_time(params[k], end=k == "until")
-            for k in ("since", "until")
-        )
-    except ValueError as exc:
-        raise ApiError(400, "bad_time", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
-    where = Filter(user=params.get("user") or None, since=since, before=until)
-
-    def figures() -> dict[str, Any]:
-        return stats.compute(indexer.index.stat_rows(where))
-
-    try:
-        body = await anyio.to_thread.run_sync(figures)
-    except sqlite3.OperationalError as exc:
-        log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])
-        raise ApiError(503, "search_unavailable", "Stats are unavailable; try again.") from None
-    return JSONResponse(body)
-
-
-def _index_of(request: Request) -> Indexer:
-    indexer = sessions_of(request).index
-    if indexer is None:
-        detail = "The search index is turned off on this server (ARCHIVER_SEARCH_INDEX)."
-        raise ApiError(503, "search_off", detail)
-    return indexer
 
 
 async def health(request: Request) -> Response:
@@ -574,51 +334,6 @@ def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
         return FileResponse(path, media_type="text/html; charset=utf-8")
 
     return endpoint
-
-
-# ---------------------------------------------------------------------------------------
-# Error handling: one JSON shape, one log line per rejected request.
-
-
-def _user_of(request: Request) -> str | None:
-    user = request.scope.get("user")
-    return user.id if isinstance(user, User) else None
-
-
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    fields = {"status": exc.status, "method": request.method, "path": request.url.path}
-    if exc.status == 401:
-        log.info("auth.rejected", reason=exc.code, **fields)
-    elif exc.code in ADMISSION_CODES:
-        pass  # one limit.exceeded line per episode (admission.py), not one per request
-    else:
-        log.info("request.rejected", error=exc.code, user=_user_of(request), **fields)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
-    return JSONResponse({"error": exc.code, "detail": exc.detail}, exc.status, headers=headers)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    detail = {
-        404: "There is nothing at this address.",
-        405: f"{request.method} is not allowed here.",
-    }.get(exc.status_code, str(exc.detail))
-    return await api_error(request, ApiError(exc.status_code, code, detail))
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    log.error(
-        "request.failed",
-        method=request.method,
-        path=request.url.path,
-        user=_user_of(request),
-        error=type(exc).__name__,
-    )
-    return JSONResponse(
-        {"error": "internal", "detail": "Something went wrong on our side; it was logged."}, 500
-    )
 
 
 class SecurityHeaders:

@@ -1,7 +1,7 @@
 """The journal's one error type, and how an OSError becomes one.
 
 ``kind`` names what went wrong in words a log and an HTTP status can both use; the
-status each kind maps to is decided in app.py (``ERROR_STATUS``), nowhere else.
+status each kind maps to is decided in httpkit.py (``ERROR_STATUS``), nowhere else.
 """
 
 from __future__ import annotations
