@@ -42,7 +42,7 @@ from .archives import (
     Filter,
     OnError,
     UnknownUser,
-    list_archives,
+    export_dialogs,
     parse_time,
     read_dialog,
     users_of,
@@ -338,22 +338,13 @@ def scan(journal: Journal, search: Search, on_error: OnError | None = None) -> I
     archive the filters keep); it defines what the index must find."""
     where = Filter(search.user, search.since, search.before, search.reason)
     try:
-        infos = list_archives(journal, where=where, on_error=on_error)
-    except UnknownUser:
+        for info, dialog in export_dialogs(journal, where, on_error):
+            for message in dialog.messages:
+                if _wanted(search, message):
+                    spans = search.spans(message.text)
+                    yield Hit(info.user, info.name, dialog.dialog, message, spans)
+    except UnknownUser:  # raised before the first archive: a user: filter of no one
         return
-    for info in infos:
-        path = journal.layout.archived_dir(info.user) / info.name
-        try:
-            dialog = read_dialog(path)
-        except FileNotFoundError:
-            continue
-        except FILE_ERRORS as exc:
-            if on_error is not None:
-                on_error(path, exc)
-            continue
-        for message in dialog.messages:
-            if _wanted(search, message):
-                yield Hit(info.user, info.name, dialog.dialog, message, search.spans(message.text))
 
 
 def scan_current(journal: Journal, search: Search) -> Iterator[Hit]:
