@@ -125,6 +125,22 @@ class Page:
     next_offset: int | None  # where the next page starts, None if this is the last
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (it stays so, in the file). Switching takes a lock that
+    SQLite's busy timeout does not wait for, so a connection that finds it WAL already
+    (the common case) does not ask again, and one racing another's switch tries again."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Index:
     """One SQLite database; a connection per thread (sqlite3 objects are per thread)."""
 
@@ -153,7 +169,7 @@ class Index:
             db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")  # derived data: a lost commit is re-synced
             db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA journal_size_limit=8388608")  # a build's WAL shrinks back
