@@ -117,10 +117,7 @@ def wait_for(
         if value:
             return value
         if time.monotonic() > deadline:
-            reached = show() if show is not None else value
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}; reached{_reached(reached)}"
-            )
+            raise _timed_out(timeout, what, show() if show is not None else value)
         time.sleep(interval)
 
 
@@ -141,11 +138,15 @@ async def until(
         if value:
             return value
         if time.monotonic() > deadline:
-            reached = show() if show is not None else value
-            raise AssertionError(
-                f"timed out after {within}s waiting for {what}; reached{_reached(reached)}"
-            )
+            raise _timed_out(within, what, show() if show is not None else value)
         await anyio.sleep(interval)
+
+
+def _timed_out(seconds: float, what: str, reached: Any) -> AssertionError:
+    """The one failure of :func:`wait_for` and :func:`until`: what was awaited, what was reached."""
+    return AssertionError(
+        f"timed out after {seconds}s waiting for {what}; reached{_reached(reached)}"
+    )
 
 
 def base_env(home: Path, **archiver: str) -> dict[str, str]:
