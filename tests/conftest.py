@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser, pages, start_server  # noqa: F401 (fixtures for every file)
-from tests.helpers import LOG_FILES, MINTED, SECRET, Server
+from tests.helpers import LOG_FILES, MINTED, SECRET, RedisServer, Server
 
 _RUN = re.compile(rb"[A-Za-z0-9_-]{20,}")
 _JWT_SHAPE = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.")
@@ -75,3 +75,11 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for server in servers:
         server.stop()
         print(f"---- {server.url} log ----\n{server.log()[-6000:]}")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real, empty redis-server of this test's own (tests/helpers.RedisServer)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
