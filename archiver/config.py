@@ -61,6 +61,14 @@ FAULT_POINTS = (
 )
 
 
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redacted_url(url: str) -> str:
+    """The URL as a log line or an error may show it: any password replaced by ``***``."""
+    return re.sub(r"(?<=://)([^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 class ConfigError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
 
@@ -130,6 +138,9 @@ class Settings:
     # or placed elsewhere (local disk when the data directory is on NFS).
     search_index: bool = True
     index_path: Path | None = None
+    # "memory" (one process, nothing to install) or a Redis URL (redis://, rediss://,
+    # unix://) shared by every instance: presence, live fan-out, liveness (#15).
+    broker: str = field(default="memory", repr=False)  # a URL may carry a password
     # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None
@@ -195,6 +206,11 @@ class Settings:
         if self.body_timeout <= 0 or self.guest_ttl < 60:
             raise ConfigError(
                 "ARCHIVER_BODY_TIMEOUT must be > 0 and ARCHIVER_GUEST_TTL at least 60 seconds"
+            )
+        if self.broker != "memory" and not self.broker.startswith(BROKER_SCHEMES):
+            raise ConfigError(
+                "ARCHIVER_BROKER must be memory or a Redis URL (redis://host:port/db, "
+                f"rediss://..., unix:///path), not {redacted_url(self.broker)!r}"
             )
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.config import ConfigError, Settings
+from archiver.config import ConfigError, Settings, redacted_url
 
 
 def test_defaults() -> None:
@@ -49,3 +49,15 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
 
 def test_secrets_are_not_in_repr() -> None:
     assert "hunter2" not in repr(Settings(jwt_secret="hunter2"))
+
+
+def test_the_broker_is_memory_or_a_redis_url_and_a_refusal_hides_the_password() -> None:
+    assert Settings.from_env({}).broker == "memory"
+    url = "rediss://user:s3cret@redis.internal:6380/2"
+    assert Settings.from_env({"ARCHIVER_BROKER": url}).broker == url
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"ARCHIVER_BROKER": "http://user:s3cret@redis.internal/"})
+    assert "ARCHIVER_BROKER" in str(refused.value) and "s3cret" not in str(refused.value)
+    assert redacted_url(url) == "rediss://user:***@redis.internal:6380/2"
+    assert redacted_url("redis://:pw@h/0") == "redis://:***@h/0"
+    assert redacted_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
