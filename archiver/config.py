@@ -141,6 +141,8 @@ class Settings:
     # "memory" (one process, nothing to install) or a Redis URL (redis://, rediss://,
     # unix://) shared by every instance: presence, live fan-out, liveness (#15).
     broker: str = field(default="memory", repr=False)  # a URL may carry a password
+    # Processes of `archiver serve` on one port (serving.py); more than 1 needs a broker.
+    workers: int = 1
     # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None
@@ -212,6 +214,8 @@ class Settings:
                 "ARCHIVER_BROKER must be memory or a Redis URL (redis://host:port/db, "
                 f"rediss://..., unix:///path), not {redacted_url(self.broker)!r}"
             )
+        if self.workers < 1:
+            raise ConfigError("ARCHIVER_WORKERS must be at least 1")
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:
