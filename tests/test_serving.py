@@ -1,0 +1,142 @@
+"""``archiver serve --workers N``: N processes on one port, under uvicorn's supervisor.
+
+The live tests run a real ``archiver serve --workers 2`` (ARCHIVER_WORKERS) with a real
+redis-server as its broker, and tell the workers apart by the instance id each answers in
+``/health`` (``<host>-<pid>-<hex>``) and by the ``worker=`` field of its log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from archiver import serving
+from archiver.cli import main
+from archiver.config import Settings
+from tests.helpers import RedisServer, Server, SSEClient, mint, wait_for
+
+Make = Callable[..., Server]
+
+
+def test_workers_need_a_shared_broker() -> None:
+    assert serving.refusal(Settings()) is None
+    assert serving.refusal(Settings(workers=2, broker="redis://127.0.0.1:6379/0")) is None
+    refused = serving.refusal(Settings(workers=2))
+    assert refused is not None and "ARCHIVER_BROKER" in refused
+
+
+@pytest.mark.parametrize(
+    ("args", "env"), [(["--workers", "2"], {}), ([], {"ARCHIVER_WORKERS": "3"})]
+)
+def test_serve_refuses_workers_with_the_memory_broker_in_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), *args], env=env)
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: --workers ") and "needs a shared broker" in line
+    assert not (tmp_path / ".jwt-secret").exists(), "refused before touching the data"
+
+
+def test_serve_refuses_zero_workers(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.stderr
+
+
+def instance_of(server: Server) -> str:
+    """The instance id of the worker that answers a new connection's ``/health``."""
+    with httpx.Client(timeout=5) as client:  # a new connection: the kernel picks a worker
+        return str(client.get(server.url + "/health").json()["instance"])
+
+
+def pid_of(instance: str) -> int:
+    return int(instance.split("-")[-2])
+
+
+def two_workers(make_server: Make, redis: RedisServer, **settings: str) -> Server:
+    return make_server(workers="2", broker=redis.url, **settings)
+
+
+def instances_seen(server: Server, count: int = 2) -> set[str]:
+    seen: set[str] = set()
+
+    def both() -> set[str] | None:
+        seen.add(instance_of(server))
+        return seen if len(seen) >= count else None
+
+    return wait_for(both, timeout=30, what=f"{count} workers answering", interval=0.01)
+
+
+def test_two_workers_serve_one_port_from_two_processes(
+    make_server: Make, redis_server: RedisServer
+) -> None:
+    server = two_workers(make_server, redis_server)
+    instances = instances_seen(server)
+    pids = {pid_of(i) for i in instances}
+    assert len(pids) == 2 and server.proc is not None and server.proc.pid not in pids
+    [started] = server.wait_log("workers.start")
+    assert "workers=2" in started and f"port={server.port}" in started
+    starts = server.wait_log("server.start", 2)
+    assert {line.split(" worker=")[1].split()[0] for line in starts} == {"1", "2"}
+    for pid in pids:
+        assert any(f"pid={pid} " in line for line in starts)
+
+
+def test_sigterm_drains_every_worker_and_archives_every_open_dialog(
+    make_server: Make, redis_server: RedisServer
+) -> None:
+    server = two_workers(make_server, redis_server, disconnect_grace="3600")
+    instances_seen(server)
+    users = [f"u{n}" for n in range(12)]
+    streams = [SSEClient(server.url, mint(user)) for user in users[:4]]
+    for stream in streams:
+        stream.next("ready")
+    sent: dict[str, list[str]] = {user: [] for user in users}
+    for round_ in range(2):  # each chat on a new connection: the users' chats land on both
+        for user in users:
+            text = f"{user} message {round_}"
+            assert server.chat(user, text).status_code == 200
+            sent[user].append(text)
+    assert server.current() and len(server.current()) == len(users)
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+    for stream in streams:
+        stream.closed.wait(10)
+        assert stream.find("shutdown"), stream.describe()
+        stream.close()
+    assert server.current() == [], "every open dialog archived"
+    for user in users:
+        [archive] = server.archives(user)
+        doc = yaml.safe_load(archive.read_text())
+        texts = [m["text"] for m in doc["messages"] if m["role"] == "user"]
+        assert texts == sent[user], f"{user}: no accepted message lost"
+        assert doc["reason"] == "shutdown"
+    assert len(server.log_lines("shutdown.done")) == 2
+    [stopped] = server.log_lines("workers.stop")
+    assert "exits=0,0" in stopped
+
+
+def test_a_worker_that_dies_is_logged_once_and_replaced(
+    make_server: Make, redis_server: RedisServer
+) -> None:
+    server = two_workers(make_server, redis_server)
+    victim = sorted(instances_seen(server))[0]
+    mark = server.log_mark()
+    os.kill(pid_of(victim), signal.SIGKILL)
+    [died] = server.wait_log("worker.died", since=mark, timeout=60)
+    assert f"pid={pid_of(victim)} " in died and "exit=SIGKILL" in died and "restart=true" in died
+    number = died.split(" worker=")[1].split()[0]
+    [restarted] = server.wait_log("server.start", since=mark, timeout=60)
+    assert f" worker={number} " in restarted
+    survivors = instances_seen(server)
+    assert victim not in survivors and len(survivors) == 2
+    server.signal(signal.SIGINT)  # ^C: the same graceful end as SIGTERM
+    assert server.wait(timeout=60) == 0
+    assert len(server.log_lines("worker.died")) == 1
