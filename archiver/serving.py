@@ -1,10 +1,11 @@
 """How ``archiver serve`` runs uvicorn: one process, or N workers on one port.
 
 One process (the default) is uvicorn's ``Server`` on a listener we bind ourselves. With
-``--workers N`` (``ARCHIVER_WORKERS``) the parent binds that listener once, and uvicorn's
-own supervisor (``uvicorn.supervisors.Multiprocess``) starts N spawned workers that
-inherit it: the kernel hands each accepted connection to one of them, so one port is
-served by N event loops and N cores. Each worker is a whole instance (its own instance
+``--workers N`` (``ARCHIVER_WORKERS``) uvicorn's own supervisor
+(``uvicorn.supervisors.Multiprocess``) starts N spawned workers, each serving one
+listener the parent bound: N sockets on the one port with ``SO_REUSEPORT``, worker k
+always on socket k (its replacement too), so the kernel spreads new connections evenly
+over the N event loops and N cores. Each worker is a whole instance (its own instance
 id, journal threads, index thread and graceful drain, its ``worker=`` field on every log
 line); they share only the data directory and the broker, which is why workers are
 refused with the memory broker (it lives in one process: a reply would reach only the
@@ -14,13 +15,18 @@ The parent serves nothing and holds nothing of a user's. On SIGTERM or SIGINT it
 SIGTERM to every worker and waits: each drains as a single process does (every stream
 told, every dialog it holds archived) and the parent exits 0 if every worker did. A
 worker that dies is logged once (``worker.died``) and replaced, as uvicorn's supervisor
-does; one that fails to start (``STARTUP_FAILURE``: a bad setting, Redis unreachable)
-stops them all, since its replacement would fail the same way.
+does; the parent keeps its socket open meanwhile, so connections the kernel hands it wait
+in its backlog for the replacement instead of being refused. One that fails to start
+(``STARTUP_FAILURE``: a bad setting, Redis unreachable) stops them all, since its
+replacement would fail the same way.
 
-Why uvicorn's supervisor and not our own ``fork``: it already passes a bound socket to
+Why uvicorn's supervisor and not our own ``fork``: it already passes bound sockets to
 spawned (not forked) children, pings each worker to find a hung one, and knows uvicorn's
 start-up failure code; a fork after the parent imported the app would share
-half-initialized state (uvloop, threads) with every child.
+half-initialized state (uvloop, threads) with every child. Why one socket per worker and
+not one shared by all: uvloop accepts every pending connection at once, so on one shared
+socket whichever worker wakes first takes a whole burst (48 of 50 streams opened at once
+went to one of two workers, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -111,7 +117,7 @@ def serve(settings: Settings) -> None:
         timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT,
         **options,
     )
-    workers = Workers(config, [listen(config, settings)], settings)
+    workers = Workers(config, listeners(config, settings), settings)
     workers.run()
     sys.exit(workers.exit_code())
 
@@ -128,6 +134,24 @@ def listen(config: uvicorn.Config, settings: Settings) -> socket.socket:
     # made on reading it waits in the backlog for start-up instead of being refused.
     sock.listen(config.backlog)
     return sock
+
+
+def listeners(config: uvicorn.Config, settings: Settings) -> list[socket.socket]:
+    """One listening socket per worker, all on the one port (``SO_REUSEPORT``)."""
+    # uvicorn's own bind first: a port already taken fails here, as it does for one
+    # process (SO_REUSEPORT alone would let us join another server's group on it).
+    config.bind_socket().close()
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    out = []
+    for _ in range(settings.workers):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+        bound_dead_peers(sock, settings.tcp_user_timeout)
+        sock.listen(config.backlog)
+        out.append(sock)
+    return out
 
 
 def bound_dead_peers(sock: socket.socket, user_timeout: float) -> None:
@@ -202,7 +226,8 @@ class Workers(Multiprocess):
         self.exit_codes: list[int | None] = []
 
     def spawn(self, number: int) -> Worker:
-        worker = Worker(self.config, self.sockets, self.settings, number)
+        # Worker k serves socket k, and so does its replacement.
+        worker = Worker(self.config, [self.sockets[number - 1]], self.settings, number)
         worker.start()
         return worker
 

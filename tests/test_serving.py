@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from click.testing import CliRunner
 from archiver import serving
 from archiver.cli import main
 from archiver.config import Settings
-from tests.helpers import RedisServer, Server, SSEClient, mint, wait_for
+from tests.helpers import SECRET, RedisServer, Server, SSEClient, base_env, mint, wait_for
 
 Make = Callable[..., Server]
 
@@ -140,3 +143,26 @@ def test_a_worker_that_dies_is_logged_once_and_replaced(
     server.signal(signal.SIGINT)  # ^C: the same graceful end as SIGTERM
     assert server.wait(timeout=60) == 0
     assert len(server.log_lines("worker.died")) == 1
+
+
+def test_workers_never_join_another_server_on_a_taken_port(tmp_path: Path) -> None:
+    # Another server's listeners with SO_REUSEPORT, as a second `serve --workers` has:
+    # our own reuse-port sockets could bind beside it; uvicorn's plain bind, first, cannot.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(tmp_path, jwt_secret=SECRET, broker="redis://127.0.0.1:1/0", workers="2")
+        result = subprocess.run(
+            [sys.executable, "-m", "archiver", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 3, result.stderr  # uvicorn's STARTUP_FAILURE, as for one process
+    assert "address already in use" in result.stderr.lower()
+    assert "workers.start" not in result.stderr
