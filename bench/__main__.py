@@ -1,15 +1,28 @@
-"""``python -m bench {journal,search,index,subscriptions,archive,chat,drain,all} [--quick]``.
+"""``python -m bench {journal,...,drain,cross,workers,redismem,all} [--quick]``.
 
 The live benchmarks (subscriptions, archive, chat, drain) start their servers on
 loopback and drive them from a separate client process; each prints a table with
-archiver and its floor measured in the same run.
+archiver and its floor measured in the same run. cross, workers and redismem (several
+instances, ARCHIVER_BROKER) start a redis-server of their own; without one installed they
+print why they did not run.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bench import archive, chat, drain, index, journal, search, subscriptions
+from bench import (
+    archive,
+    chat,
+    cross,
+    drain,
+    index,
+    journal,
+    redismem,
+    search,
+    subscriptions,
+    workers,
+)
 
 BENCHMARKS = {
     "journal": journal.run,
@@ -19,6 +32,9 @@ BENCHMARKS = {
     "archive": archive.run,
     "chat": chat.run,
     "drain": drain.run,
+    "cross": cross.run,
+    "workers": workers.run,
+    "redismem": redismem.run,
 }
 
 
