@@ -78,9 +78,10 @@ class RedisBroker(Broker):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        # No retries inside redis-py: a failure must show at once, as `broker.lost`.
+        # One retry, at once: a pooled connection Redis closed (a restart) is replaced,
+        # and a Redis that is down still shows at once, as `broker.lost`.
         self._redis = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=3, retry=Retry(NoBackoff(), 0)
+            self.url, socket_connect_timeout=2, socket_timeout=3, retry=Retry(NoBackoff(), 1)
         )
         for name, lua in (("present", PRESENT_LUA), ("liveness", LIVENESS_LUA)):
             self._scripts[name] = self._redis.register_script(lua)
@@ -116,7 +117,7 @@ class RedisBroker(Broker):
                 pipe.srem(self.keys.registry, self.id)
                 pipe.delete(self.keys.lease, self.keys.users)
                 for user, value in self._held.items():
-                    self._scripts["release"](
+                    await self._scripts["release"](
                         keys=[self.keys.claim(user)], args=[value], client=pipe
                     )
                 await pipe.execute()
@@ -136,7 +137,9 @@ class RedisBroker(Broker):
         pipe.pexpire(self.keys.users, self.lease_ms)
         for user in self._held:
             pipe.pexpire(self.keys.claim(user), self.lease_ms)
-        self._scripts["liveness"](keys=[self.keys.registry], args=[self.keys.prefix], client=pipe)
+        await self._scripts["liveness"](
+            keys=[self.keys.registry], args=[self.keys.prefix], client=pipe
+        )
         results = await pipe.execute()
         live, dead = results[-1]
         self._live = frozenset({self.id, *map(text, live)})
@@ -240,7 +243,7 @@ class RedisBroker(Broker):
             pipe = self._redis.pipeline(transaction=False)
             for user in users:
                 args = [user, self.id, self.keys.prefix]
-                self._scripts["present"](keys=[self.keys.registry], args=args, client=pipe)
+                await self._scripts["present"](keys=[self.keys.registry], args=args, client=pipe)
             found = await pipe.execute()
         except Exception as exc:  # any failure: the broker is lost
             self._failed(exc)
