@@ -25,6 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import archive_writes as archives  # the sweep's question, and prune
+from .broker import Broker
 from .commit import Archived
 from .config import Settings
 from .dialogfile import Summary
@@ -56,10 +57,12 @@ class Archiver:
         instance: Instance | None = None,
         chatting: Callable[[str], bool] = lambda user: False,
         index: Indexer | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.threads = threads
         self.hub = hub
+        self.broker = broker if broker is not None else Broker(hub, instance)
         self.metrics = metrics
         self.incidents = incidents
         self.instance = instance
@@ -76,7 +79,8 @@ class Archiver:
         self.threads.journal.observer = self._observed
         await self.recover()
         task_group.start_soon(self._sweeper)
-        if self.instance is not None:
+        if self.instance is not None and not self.broker.shared:
+            # Only without a shared broker: streams and chats then meet only by routing.
             task_group.start_soon(self._follow_owners)
         if self.settings.fsync == "everysec":
             task_group.start_soon(self._fsync_ticker)
@@ -101,7 +105,15 @@ class Archiver:
         started = time.monotonic()
         try:
             async with self.threads.user_lock(user):
-                result = await self.threads.archive(user, reason, idle_for=idle_for, owned=owned)
+                # Waits while a reply streams into this dialog on another instance.
+                await self.broker.acquire(user, "archive")
+                try:
+                    result = await self.threads.archive(
+                        user, reason, idle_for=idle_for, owned=owned
+                    )
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.broker.release(user)
         except (NotOwner, JournalError) as exc:
             self._outcome(user, reason, exc, 0.0, [])
             if raise_errors and isinstance(exc, JournalError):
@@ -151,7 +163,7 @@ class Archiver:
             file=result.path,
             ms=round(ms, 1),
         )
-        self.hub.publish(result.user, archived_event(result.dialog, result.name, result.reason))
+        self.broker.publish(result.user, archived_event(result.dialog, result.name, result.reason))
         if self.index is not None:
             self.index.submit(result.path)
 
@@ -220,14 +232,40 @@ class Archiver:
                 continue
             if self.instance is not None:
                 owner = await self.threads.run(journal.owner, user)
-                if await self.threads.run(self.instance.other_live_owner, owner):
-                    continue  # a live instance's dialog, not an orphan
+                if owner and owner != self.instance.id:
+                    if await self.threads.run(self.broker.alive, owner):
+                        continue  # a live instance's dialog, not an orphan
+                    if await self.broker.gone_everywhere(user) is not True:
+                        continue  # its user reconnected elsewhere: the dialog goes on
             if await self.archive(user, "recovery") is not None:
                 archived += 1
         log.info(
             "recovery.run",
             dialogs=len(users),
             archived=archived,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    async def recover_instance(self, dead: str) -> None:
+        """Archive, with reason ``recovery``, the dialogs of an instance found dead
+        (the broker tells exactly one survivor), except those whose user is connected
+        somewhere: they go on in the same dialog wherever the user is now."""
+        started = time.monotonic()
+        journal = self.threads.journal
+        mtimes = await self.threads.run(lambda: list(archives.current_mtimes(journal)))
+        archived = kept = 0
+        for user, _ in mtimes:
+            if await self.threads.run(journal.owner, user) != dead:
+                continue
+            if await self.broker.gone_everywhere(user) is not True:
+                kept += 1
+            elif await self.archive(user, "recovery", owned=True) is not None:
+                archived += 1
+        log.warning(
+            "instance.dead",
+            instance=dead,
+            archived=archived,
+            kept=kept,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
 
