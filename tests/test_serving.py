@@ -166,3 +166,44 @@ def test_workers_never_join_another_server_on_a_taken_port(tmp_path: Path) -> No
     assert result.returncode == 3, result.stderr  # uvicorn's STARTUP_FAILURE, as for one process
     assert "address already in use" in result.stderr.lower()
     assert "workers.start" not in result.stderr
+
+
+def worker_of(line: str) -> str:
+    return line.split(" worker=")[1].split()[0]
+
+
+def test_a_tab_on_one_worker_gets_live_the_reply_to_a_chat_another_worker_took(
+    make_server: Make, redis_server: RedisServer
+) -> None:
+    server = two_workers(make_server, redis_server)
+    instances_seen(server)
+    tab = SSEClient(server.url, mint("tab"))
+    tab.next("ready")
+    [connected] = server.wait_log("sse.connect")
+    streaming = worker_of(connected)
+    taken_by: list[str] = []
+    for n in range(60):  # each chat on a new connection: the kernel picks the worker
+        mark = server.log_mark()
+        response = server.chat("tab", f"message {n}")
+        assert response.status_code == 200
+        reply = response.json()["reply"]
+        wait_for(
+            lambda r=reply: tab.find("message", lambda e: e.data["seq"] == r["seq"]),
+            what=f"the reply to chat {n} on the open tab",
+            show=tab.describe,
+        )
+        [done] = server.wait_log("reply.done", since=mark)
+        taken_by.append(worker_of(done))
+        if taken_by[-1] != streaming:
+            break
+    assert taken_by[-1] != streaming, f"every chat went to worker {streaming}: {taken_by}"
+    [message] = tab.find("message", lambda e: e.data["seq"] == reply["seq"])
+    assert message.data["text"] == reply["text"] and message.conn == 0, "live, not replayed"
+    ends = wait_for(
+        lambda: len(tab.find("reply", lambda e: e.data["type"] == "end")) == len(taken_by),
+        what="every reply streamed, the last one's too",
+        show=tab.describe,
+    )
+    assert ends
+    assert {e.conn for e in tab.snapshot()} == {0}, "the tab never reconnected"
+    tab.close()
