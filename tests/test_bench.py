@@ -72,8 +72,10 @@ TABLES = {
     "cross": [
         r"^cross-instance delivery: 10 users streaming from X, 200 chats",
         r"^\s+p50 ms\s+p99 ms\s+max ms\s+chats\s+missing$",
-        r"^same instance \(floor\)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d\s+\d+\s+\d+$",
-        r"^cross instance \(Y->X\)(\s+(\d+\.\d+|nan)){3}\s+\d+\s+\d+$",
+        # every chat delivered to the stream on X, whichever instance took it
+        r"^same instance \(floor\)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d\s+100\s+0$",
+        r"^cross instance \(Y->X\)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d\s+100\s+0$",
+        r"^cross - same\s+-?\d+\.\d+\s+-?\d+\.\d+$",
         r"^\(errors 0; missing: ",
     ],
     "workers": [
@@ -81,7 +83,7 @@ TABLES = {
         r"^\s+chats/s\s+p50 ms\s+p99 ms\s+errors\s+lost$",
         r"^memory, 1 process\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",
         r"^redis, --workers 1\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",
-        r"^redis, --workers 2\s+\d+(\s+(\d+\.\d+|nan)){2}\s+0\s+\d+$",
+        r"^redis, --workers 2\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",  # no reply lost
         r"^redis, --workers 2 / floor\s+\d+\.\d+x$",
     ],
     "redismem": [
