@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -211,7 +212,8 @@ class Worker(Process):
         try:
             self.config.app = create_app(self.settings)
         except Exception as exc:  # the same failure awaits every worker: stop them all
-            log.error("worker.died", worker=self.number, reason="start", error=str(exc))
+            # Said as uvicorn says a failed start-up; the parent's worker.died follows.
+            logging.getLogger("uvicorn.error").error("Application could not be built: %s", exc)
             sys.exit(STARTUP_FAILURE)
         super().target(sockets)
 

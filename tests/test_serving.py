@@ -23,7 +23,16 @@ from click.testing import CliRunner
 from archiver import serving
 from archiver.cli import main
 from archiver.config import Settings
-from tests.helpers import SECRET, RedisServer, Server, SSEClient, base_env, mint, wait_for
+from tests.helpers import (
+    SECRET,
+    RedisServer,
+    Server,
+    SSEClient,
+    base_env,
+    free_port,
+    mint,
+    wait_for,
+)
 
 Make = Callable[..., Server]
 
@@ -207,3 +216,13 @@ def test_a_tab_on_one_worker_gets_live_the_reply_to_a_chat_another_worker_took(
     assert ends
     assert {e.conn for e in tab.snapshot()} == {0}, "the tab never reconnected"
     tab.close()
+
+
+def test_workers_that_cannot_start_stop_them_all(make_server: Make) -> None:
+    # Redis unreachable: every worker's start-up fails the same way, so none is restarted.
+    server = make_server(workers="2", broker=f"redis://127.0.0.1:{free_port()}/0", start=False)
+    server.spawn()
+    assert server.wait(timeout=60) == 3  # uvicorn's STARTUP_FAILURE, as for one process
+    [died] = server.log_lines("worker.died")
+    assert "exit=3" in died and "restart=false" in died
+    assert "server.start" not in server.log()
