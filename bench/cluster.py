@@ -8,6 +8,7 @@ benchmark cannot run (``python -m bench all`` prints the reason in place of its 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,11 @@ from pathlib import Path
 from bench.live import Proc, free_port, start_archiver
 
 REDIS = "redis-server"
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: printed beside figures taken on a shared box."""
+    return os.getloadavg()[0]
 
 
 def missing_redis() -> str | None:

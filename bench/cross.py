@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import missing_redis, start_instance, start_redis
+from bench.cluster import load_average, missing_redis, start_instance, start_redis
 from bench.live import percentile, run_client, running
 
 FULL = {"users": 50, "chats": 4000, "rate": 200.0, "warmup": 200, "wait": 2.0}
@@ -55,6 +55,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
     if reason is not None:
         out(f"(not run: {reason})")
         return None
+    load = load_average()
     result = measure(quick)
     out(f"{'':24}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'chats':>7}{'missing':>9}")
     rows = (("same instance (floor)", "same"), ("cross instance (Y->X)", "cross"))
@@ -76,4 +77,5 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
         f"(errors {result['errors']}; missing: no `message` within {scale['wait']:.0f} s; "
         "target: cross p99 <= 10 ms on loopback)"
     )
+    out(f"(load average, 1 min: {load:.2f} at the start, {load_average():.2f} at the end)")
     return result

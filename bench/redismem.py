@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import missing_redis, redis_url, redis_used_memory, start_redis
+from bench.cluster import load_average, missing_redis, redis_url, redis_used_memory, start_redis
 from bench.live import Client, Proc, running, start_archiver
 from bench.subscriptions import PER_CLIENT, _shares, _warm_up, top_step
 
@@ -83,6 +83,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
     if reason is not None:
         out(f"(not run: {reason})")
         return None
+    load = load_average()
     results = measure(quick)
     steps = [s["held"] for s in results[FLOOR]["steps"]]
     out(f"{'':22}" + "".join(f"{f'{n:,}':>10}" for n in steps) + f"{'RSS at max':>12}")
@@ -96,4 +97,5 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
     in_redis = [s["redis_bytes"] / 1024 / s["held"] for s in results[REDIS]["steps"]]
     out(f"{'redis-server, KB':22}" + "".join(f"{kb:10.2f}" for kb in in_redis))
     out("(redis-server: its used_memory per subscription; target: redis - memory <= 2 KB)")
+    out(f"(load average, 1 min: {load:.2f} at the start, {load_average():.2f} at the end)")
     return results

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import missing_redis, redis_url, start_redis
+from bench.cluster import load_average, missing_redis, redis_url, start_redis
 from bench.live import Proc, percentile, run_client, running, start_archiver
 
 FULL = {"users": 50, "seconds": 10.0, "warmup": 1.0, "wait": 2.0}
@@ -81,6 +81,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
     if reason is not None:
         out(f"(not run: {reason})")
         return None
+    load = load_average()
     results = measure(quick)
     out(f"{'':20}{'chats/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'lost':>6}")
     for name, result in results.items():
@@ -102,4 +103,5 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
         if cells:
             out(f"{name}, per worker: " + ", ".join(cells))
     out("(echo responder, no delay, no rate limit; lost: no reply on the stream within 2 s)")
+    out(f"(load average, 1 min: {load:.2f} at the start, {load_average():.2f} at the end)")
     return results
