@@ -226,3 +226,12 @@ def test_workers_that_cannot_start_stop_them_all(make_server: Make) -> None:
     [died] = server.log_lines("worker.died")
     assert "exit=3" in died and "restart=false" in died
     assert "server.start" not in server.log()
+
+
+def test_serve_refuses_reload_with_workers(tmp_path: Path) -> None:
+    env = {"ARCHIVER_BROKER": "redis://127.0.0.1:6379/0"}
+    args = ["serve", "--data", str(tmp_path), "--workers", "2", "--reload"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert "--reload runs one process" in line
