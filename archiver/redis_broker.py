@@ -181,8 +181,8 @@ class RedisBroker(Broker):
         assert self._lost_at is not None
         seconds = round(time.monotonic() - self._lost_at, 1)
         self._lost_at = None
-        # Events of other instances published meanwhile never reached these streams:
-        # end them, so each client reconnects and replays from the journal.
+        # Divergence #13: every stream ends here. Events of other instances published
+        # meanwhile never reached them: each client reconnects and replays the journal.
         resynced = sum(self.hub.close_user(user, "resync") for user in self.hub.users())
         log.info(
             "broker.recovered",
