@@ -255,6 +255,9 @@ class RedisBroker(Broker):
     def alive(self, owner: str) -> bool:
         return owner in self._live
 
+    def peers(self) -> int:
+        return len(self._live) - 1
+
     async def acquire(self, user: str, kind: ClaimKind) -> bool:
         value = f"{self.id}:{kind}"
         key = self.keys.claim(user)

@@ -11,6 +11,7 @@ Last-Event-ID after 0.1 s). Each test prints what it counted (docs/reliability.m
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -303,3 +304,28 @@ def test_sigkilled_instance_users_go_on_elsewhere_in_the_same_dialog(cluster: Ca
     reply = f"{again['dialog']}:{again['reply']['seq']}"
     wait_for(lambda: reply in message_ids(tab), what="the reply live on the moved tab")
     print(f"\n{line.strip()}")
+
+
+def test_sigterm_leaves_dialogs_of_users_who_reconnect_elsewhere(cluster: Callable) -> None:
+    servers, nginx = cluster()
+    user, leaves = "rolls", "leaves"
+    tab, x = subscribe_on(nginx, servers, mint(user), user, None)
+    gone, _ = subscribe_on(nginx, servers, mint(leaves), leaves, x)
+    gone.reconnect = False  # this browser does not come back
+    first = servers[x].chat(user, "before the restart").json()
+    assert servers[x].chat(leaves, "me too").status_code == 200
+    servers[x].signal(signal.SIGTERM)
+    assert servers[x].wait(timeout=30) == 0
+    survivor = servers[1 - x]
+    wait_for(
+        lambda: len(tab.find("ready")) >= 2, timeout=20, what="the tab back", show=tab.describe
+    )
+    # Archived once: by the shutdown, or by the grace of a tab subscribe_on closed on the
+    # survivor (that tab was closed too, and nothing of the user is left anywhere).
+    wait_for(lambda: survivor.archives(leaves), what="the leaving user's archive")
+    assert archives_of(survivor, leaves) in (["shutdown"], ["disconnect"])
+    assert survivor.archives(user) == []
+    assert "presence.elsewhere user=rolls" in servers[x].log()
+    again = nginx.chat(mint(user), "after the restart").json()
+    assert again["dialog"] == first["dialog"] and again["seq"] == 3
+    print(f"\nshutdown archived {archives_of(survivor, leaves)}; {user} went on at seq 3")
