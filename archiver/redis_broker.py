@@ -166,6 +166,7 @@ class RedisBroker(Broker):
         self.fanout.drop_pending()
         if self._lost_at is None:
             self._lost_at = time.monotonic()
+            self.fanout.invalidate()
             log.warning(
                 "broker.lost",
                 url=redacted_url(self.url),
@@ -175,6 +176,7 @@ class RedisBroker(Broker):
 
     async def _recover(self) -> None:
         count = await self.presence.reregister(self._redis)
+        self.fanout.invalidate()  # subscribe to exactly the users just written
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self.fanout.connected.wait()
