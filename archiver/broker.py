@@ -66,6 +66,10 @@ class Broker:
     def lost(self) -> bool:
         return False
 
+    def peers(self) -> int:
+        """How many other instances are alive (as last seen)."""
+        return 0
+
     # -- fan-out ------------------------------------------------------------------------
 
     def publish(self, user: str, event: Event) -> int:

@@ -166,6 +166,7 @@ class RedisBroker(Broker):
         self.fanout.drop_pending()
         if self._lost_at is None:
             self._lost_at = time.monotonic()
+            self.fanout.invalidate()
             log.warning(
                 "broker.lost",
                 url=redacted_url(self.url),
@@ -175,14 +176,15 @@ class RedisBroker(Broker):
 
     async def _recover(self) -> None:
         count = await self.presence.reregister(self._redis)
+        self.fanout.invalidate()  # subscribe to exactly the users just written
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self.fanout.connected.wait()
         assert self._lost_at is not None
         seconds = round(time.monotonic() - self._lost_at, 1)
         self._lost_at = None
-        # Events of other instances published meanwhile never reached these streams:
-        # end them, so each client reconnects and replays from the journal.
+        # Divergence #13: every stream ends here. Events of other instances published
+        # meanwhile never reached them: each client reconnects and replays the journal.
         resynced = sum(self.hub.close_user(user, "resync") for user in self.hub.users())
         log.info(
             "broker.recovered",
@@ -254,6 +256,9 @@ class RedisBroker(Broker):
 
     def alive(self, owner: str) -> bool:
         return owner in self._live
+
+    def peers(self) -> int:
+        return len(self._live) - 1
 
     async def acquire(self, user: str, kind: ClaimKind) -> bool:
         value = f"{self.id}:{kind}"

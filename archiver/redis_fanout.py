@@ -50,6 +50,7 @@ class RedisFanout:
         self._queue: deque[tuple[str, str]] = deque()
         self._wake = asyncio.Event()
         self._pubsub: Any = None
+        self._stale = False  # the listener must subscribe all over again
         self.received = 0  # events handed to the hub from other instances
 
     # -- sending ------------------------------------------------------------------------
@@ -60,6 +61,12 @@ class RedisFanout:
 
     def drop_pending(self) -> None:
         self._queue.clear()
+
+    def invalidate(self) -> None:
+        """Make the listener start over: its connection may be dead without an error
+        (a partition sends no RST), or its subscriptions out of date."""
+        self._stale = True
+        self.connected.clear()
 
     async def sender(self, redis: Any) -> None:
         while True:
@@ -103,12 +110,13 @@ class RedisFanout:
         say so (``on_error``), wait ``retry`` seconds, and subscribe all over again."""
         while True:
             pubsub = redis.pubsub()
+            self._stale = False
             try:
                 await pubsub.subscribe(self.keys.control, *map(self.keys.channel, users()))
                 self._pubsub = pubsub
                 self.connected.set()
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                while not self._stale:
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._handle(message)
             except Exception as exc:  # any failure: the broker is lost

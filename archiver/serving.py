@@ -177,7 +177,7 @@ def bound_dead_peers(sock: socket.socket, user_timeout: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-# Divergence #13: uvicorn's Multiprocess and Process subclassed, and one SO_REUSEPORT
+# Divergence #14: uvicorn's Multiprocess and Process subclassed, and one SO_REUSEPORT
 # socket per worker instead of its one shared socket.
 class Worker(Process):
     """One worker: uvicorn's supervised process, running our app and our ``Server``.

@@ -190,6 +190,12 @@ class Sessions:
         assert self.broker is not None
         if not self.broker.shared or not users:
             return users
+        if self.broker.peers():
+            # The browsers this shutdown ended reconnect to the other instances (the
+            # widget within 3 s): give them the grace, as a last tab's close does.
+            elapsed = time.monotonic() - (self.shutdown_started or time.monotonic())
+            room = self.settings.shutdown_timeout - elapsed - 2.0
+            await anyio.sleep(max(0.0, min(self.settings.disconnect_grace, room)))
         elsewhere = await self.broker.present_elsewhere(users)
         if elsewhere is None:
             log.warning("presence.unknown", users=len(users), broker=self.broker.name)

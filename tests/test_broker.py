@@ -305,3 +305,32 @@ async def test_a_dead_instance_is_recovered_by_one_survivor_and_its_users_go_on(
 
 async def _nothing() -> None:
     return None
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_stops_answering_without_closing_is_lost_and_recovered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGSTOP: no RST, no error, only silence (a partition). The commands time out, the
+    listener starts over, and delivery between instances works again afterwards."""
+    import os
+    import signal
+
+    async with node(tmp_path, redis_server.url) as x, node(tmp_path, redis_server.url) as y:
+        on_x = x.connect("p")
+        y.connect("p")
+        await x.broker.listening("p")
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: x.broker.lost and y.broker.lost, within=20, what="both lost")
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        await until(
+            lambda: not x.broker.lost and not y.broker.lost, within=20, what="both recovered"
+        )
+        await until(lambda: on_x.closed == "resync", what="x's stream resynced")
+        on_x = x.connect("p")  # the client reconnects
+        await x.broker.listening("p")
+        await y.chat("p", "after the silence")
+        await until(lambda: "message" in names(on_x), what="y's message on x again")

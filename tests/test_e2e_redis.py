@@ -11,6 +11,7 @@ Last-Event-ID after 0.1 s). Each test prints what it counted (docs/reliability.m
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.helpers import (
     LOOPBACK,
@@ -30,6 +32,7 @@ from tests.helpers import (
     mint,
     nginx_binary,
     render_conf,
+    soak,
     tail,
     wait_for,
 )
@@ -88,8 +91,9 @@ class Nginx:
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, make_server: Callable[..., Server], redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, make_server: Callable[..., Server]
 ) -> Iterator[Callable[..., tuple[list[Server], Nginx]]]:
+    # redis_server first: torn down after the instances, so they stop with their broker.
     made: list[Nginx] = []
 
     def make(count: int = 2, **settings: str) -> tuple[list[Server], Nginx]:
@@ -181,6 +185,7 @@ def test_a_chat_taken_by_another_instance_streams_live_to_the_tab(cluster: Calla
     assert tab.find("reply", lambda e: e.data["type"] == "end").__len__() == 6
     assert len(tab.find("open")) == 1  # live: never ended, nothing replayed
     print(f"\nchats on the tab's instance {x}: {landed[x]}, on the other: {landed[1 - x]}")
+    assert not any(s.log_lines("session.moved") for s in servers)
 
 
 def test_closing_one_of_two_tabs_archives_nothing_closing_both_archives_once(
@@ -204,6 +209,7 @@ def test_closing_one_of_two_tabs_archives_nothing_closing_both_archives_once(
     archived = [len(s.log_lines("dialog.archived", m)) for s, m in zip(servers, marks, strict=True)]
     assert sum(archived) == 1 and archives_of(servers[0], user) == ["disconnect"]
     print(f"\narchived lines per instance: {archived}; archives: {archives_of(servers[0], user)}")
+    assert not any(s.log_lines("session.moved") for s in servers)
 
 
 # -- faults -----------------------------------------------------------------------------
@@ -303,3 +309,77 @@ def test_sigkilled_instance_users_go_on_elsewhere_in_the_same_dialog(cluster: Ca
     reply = f"{again['dialog']}:{again['reply']['seq']}"
     wait_for(lambda: reply in message_ids(tab), what="the reply live on the moved tab")
     print(f"\n{line.strip()}")
+
+
+def test_sigterm_leaves_dialogs_of_users_who_reconnect_elsewhere(cluster: Callable) -> None:
+    servers, nginx = cluster()
+    user, leaves = "rolls", "leaves"
+    tab, x = subscribe_on(nginx, servers, mint(user), user, None)
+    gone, _ = subscribe_on(nginx, servers, mint(leaves), leaves, x)
+    gone.reconnect = False  # this browser does not come back
+    first = servers[x].chat(user, "before the restart").json()
+    assert servers[x].chat(leaves, "me too").status_code == 200
+    servers[x].signal(signal.SIGTERM)
+    assert servers[x].wait(timeout=30) == 0
+    survivor = servers[1 - x]
+    wait_for(
+        lambda: len(tab.find("ready")) >= 2, timeout=20, what="the tab back", show=tab.describe
+    )
+    # Archived once: by the shutdown, or by the grace of a tab subscribe_on closed on the
+    # survivor (that tab was closed too, and nothing of the user is left anywhere).
+    wait_for(lambda: survivor.archives(leaves), what="the leaving user's archive")
+    assert archives_of(survivor, leaves) in (["shutdown"], ["disconnect"])
+    assert survivor.archives(user) == []
+    assert "presence.elsewhere user=rolls" in servers[x].log()
+    again = nginx.chat(mint(user), "after the restart").json()
+    assert again["dialog"] == first["dialog"] and again["seq"] == 3
+    print(f"\nshutdown archived {archives_of(survivor, leaves)}; {user} went on at seq 3")
+
+
+def test_many_users_two_tabs_each_round_robin_every_event_once(cluster: Callable) -> None:
+    """Users chatting in threads, each with a tab on each instance: every message reaches
+    every tab exactly once, live, and is journaled once."""
+    import threading
+
+    servers, nginx = cluster()
+    users = [f"many{i}" for i in range(soak(6, 24))]
+    chats = soak(8, 40)
+    tabs = {}
+    for user in users:
+        a, x = subscribe_on(nginx, servers, mint(user), user, None)
+        b, _ = subscribe_on(nginx, servers, mint(user), user, 1 - x)
+        tabs[user] = (a, b)
+    answers: dict[str, list[dict]] = {u: [] for u in users}
+    failures: list[str] = []
+
+    def talk(user: str) -> None:
+        token = mint(user)
+        for i in range(chats):
+            response = nginx.chat(token, f"{user} says {i}")
+            if response.status_code != 200:
+                failures.append(f"{user} {i}: {response.status_code} {response.text[:80]}")
+                continue
+            answers[user].append(response.json())
+
+    threads = [threading.Thread(target=talk, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures
+    events = 0
+    for user in users:
+        dialog = answers[user][0]["dialog"]
+        want = {f"{dialog}:{n}" for n in range(1, 2 * chats + 1)}
+        assert {a["dialog"] for a in answers[user]} == {dialog}
+        for tab in tabs[user]:
+            wait_for(lambda t=tab, w=want: w <= set(message_ids(t)), what=f"{user}'s events")
+            ids = message_ids(tab)
+            assert len(ids) == len(set(ids)), f"an event twice: {tab.describe()}"
+            assert len(tab.find("open")) == 1, tab.describe()
+            events += len(ids)
+        doc = yaml.safe_load(servers[0].user_dir(user).joinpath("current.yaml").read_text())
+        asked = sorted(m["text"] for m in doc["messages"] if m["role"] == "user")
+        assert asked == sorted(f"{user} says {i}" for i in range(chats))  # each once
+    total = len(users) * chats
+    print(f"\n{len(users)} users x 2 tabs, {total} chats: {events} messages live, none twice")
