@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -235,3 +236,47 @@ def test_serve_refuses_reload_with_workers(tmp_path: Path) -> None:
     assert result.exit_code == 2
     [line] = result.stderr.splitlines()
     assert "--reload runs one process" in line
+
+
+def test_sigterm_with_chats_in_flight_loses_no_accepted_message(
+    make_server: Make, redis_server: RedisServer
+) -> None:
+    server = two_workers(make_server, redis_server, echo_delay="0.02")
+    instances_seen(server)
+    accepted: dict[str, list[str]] = {f"busy{n}": [] for n in range(6)}
+    stop = threading.Event()
+
+    def chat_loop(user: str) -> None:
+        for n in range(10_000):
+            if stop.is_set():
+                return
+            text = f"{user} says {n}"
+            try:
+                response = server.chat(user, text)
+            except httpx.HTTPError:
+                return  # the port is closed: the server is gone
+            if response.status_code == 200:
+                accepted[user].append(text)
+            elif response.status_code == 503:
+                return  # draining
+            else:
+                raise AssertionError(f"{user}: {response.status_code} {response.text}")
+
+    threads = [threading.Thread(target=chat_loop, args=(u,), daemon=True) for u in accepted]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: sum(map(len, accepted.values())) >= 30, timeout=60, what="30 chats")
+    server.signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert server.current() == []
+    for user, texts in accepted.items():
+        kept = [
+            m["text"]
+            for archive in server.archives(user)
+            for m in yaml.safe_load(archive.read_text())["messages"]
+            if m["role"] == "user"
+        ]
+        assert [t for t in kept if t in texts] == texts, f"{user}: every 2xx chat once, in order"
