@@ -271,6 +271,14 @@ class Workers(Multiprocess):
                 return
             self.processes[index] = self.spawn(worker.number)
 
+    def terminate_all(self) -> None:
+        # The parent's copies of the listeners first: once each worker closes its own at
+        # the start of its drain, the port refuses new connections (nginx tries another
+        # upstream at once) instead of queueing them for workers that will never accept.
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
     def join_all(self) -> None:
         super().join_all()
         self.exit_codes = [worker.exitcode for worker in self.processes]
