@@ -109,6 +109,14 @@ class Broker:
     async def release(self, user: str) -> None:
         """Give up the claim :meth:`acquire` made."""
 
+    async def acquire_all(self, users: list[str]) -> list[str]:
+        """Claim many dialogs for archiving at once, without waiting (a shutdown): the
+        users claimed; those another instance holds are left to it."""
+        return users
+
+    async def release_all(self, users: list[str]) -> None:
+        """Give up the claims :meth:`acquire_all` made."""
+
     def health(self) -> dict[str, Any]:
         return {"name": self.name, "state": "ok"}
 

@@ -287,6 +287,36 @@ class RedisBroker(Broker):
         except Exception as exc:  # any failure: the broker is lost
             self._failed(exc)
 
+    async def acquire_all(self, users: list[str]) -> list[str]:
+        if self.lost or not users:
+            return []  # nobody can be asked: the shutdown leaves them (see Sessions.drain)
+        value = f"{self.id}:archive"
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for user in users:
+                pipe.set(self.keys.claim(user), value, nx=True, px=self.lease_ms)
+            taken = await pipe.execute()
+        except Exception as exc:  # any failure: the broker is lost
+            self._failed(exc)
+            return []
+        claimed = [user for user, ok in zip(users, taken, strict=True) if ok]
+        self._held.update(dict.fromkeys(claimed, value))
+        return claimed
+
+    async def release_all(self, users: list[str]) -> None:
+        held = [(u, self._held.pop(u)) for u in users if u in self._held]
+        if not held or self.lost:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for user, value in held:
+                await self._scripts["release"](
+                    keys=[self.keys.claim(user)], args=[value], client=pipe
+                )
+            await pipe.execute()
+        except Exception as exc:  # any failure: the broker is lost
+            self._failed(exc)
+
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -99,9 +99,14 @@ class RedisFanout:
         if user in self.listening:
             return
         waiter = self._waiters.setdefault(user, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(within):
                 await waiter.wait()
+        except TimeoutError:
+            # Never confirmed (the user left first, or the broker is slow): forget the
+            # waiter, so users who never subscribed leave nothing behind.
+            if self._waiters.get(user) is waiter:
+                del self._waiters[user]
 
     # -- receiving ----------------------------------------------------------------------
 

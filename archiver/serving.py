@@ -289,21 +289,28 @@ class Workers(Multiprocess):
         )
 
     # uvicorn's SIGHUP (restart all), SIGTTIN and SIGTTOU (one more, one fewer) would start
-    # plain uvicorn workers without our app; the number of workers is a setting here.
+    # plain uvicorn workers without our app; the number of workers is a setting here. Said
+    # as uvicorn says it received a signal.
     def handle_hup(self) -> None:
-        log.info("workers.ignored", signal="SIGHUP")
+        _ignored("SIGHUP")
 
     def handle_ttin(self) -> None:
-        log.info("workers.ignored", signal="SIGTTIN")
+        _ignored("SIGTTIN")
 
     def handle_ttou(self) -> None:
-        log.info("workers.ignored", signal="SIGTTOU")
+        _ignored("SIGTTOU")
 
     def exit_code(self) -> int:
         """0 when every worker shut down cleanly; STARTUP_FAILURE if one could not start."""
         if self.failed_start:
             return STARTUP_FAILURE
         return 0 if all(code == 0 for code in self.exit_codes) else 1
+
+
+def _ignored(name: str) -> None:
+    logging.getLogger("uvicorn.error").info(
+        "Received %s, ignored: the number of workers is a setting.", name
+    )
 
 
 def _exit_name(code: int | None) -> str:

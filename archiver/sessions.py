@@ -171,8 +171,16 @@ class Sessions:
         # in flight had their part of it), but always a moment to write the archives.
         elapsed = time.monotonic() - (self.shutdown_started or started)
         budget = max(1.0, self.settings.shutdown_timeout - elapsed - 0.5)
+        assert self.broker is not None
+        shared = self.broker.shared
+        # With a shared broker, presence decided (above) and the claims order the replies
+        # of other instances; without one, a dialog another live instance appended to
+        # last is that instance's (owned).
+        users = await self.broker.acquire_all(users)
         with anyio.move_on_after(budget) as scope:
-            await self.archiver.archive_all(users, "shutdown", results)
+            await self.archiver.archive_all(users, "shutdown", results, owned=not shared)
+        with anyio.CancelScope(shield=True):
+            await self.broker.release_all(users)
         if self.settings.fsync == "everysec":
             await self.threads.sync_dirty()
         log.info(

@@ -334,3 +334,20 @@ async def test_a_redis_that_stops_answering_without_closing_is_lost_and_recovere
         await x.broker.listening("p")
         await y.chat("p", "after the silence")
         await until(lambda: "message" in names(on_x), what="y's message on x again")
+
+
+@pytest.mark.anyio
+async def test_a_shutdown_archives_only_users_connected_nowhere_else(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with node(tmp_path, redis_server.url) as x, node(tmp_path, redis_server.url) as y:
+        for user in ("here", "both", "busy"):
+            x.connect(user)
+            await x.chat(user, "hello")
+        y.connect("both")
+        await until(lambda: "both" in y.broker.presence.registered, what="both on y")  # type: ignore[union-attr]
+        assert await y.broker.acquire("busy", "reply")  # y streams a reply into it
+        await x.drain()
+        await y.broker.release("busy")
+        assert reasons(x, "here") == ["shutdown"]
+        assert archives(x, "both") == [] and archives(x, "busy") == []
