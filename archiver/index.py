@@ -45,7 +45,7 @@ from pathlib import Path
 
 from . import yamltext
 from .archives import FILE_ERRORS, Filter, name_time
-from .dialogfile import Dialog, Message, entry_offsets, parse_dialog, parse_entry
+from .dialogfile import Dialog, Message, parse_dialog, parse_entry, read_with_offsets
 from .errors import JournalError
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Hit, Search, index_text
@@ -415,7 +415,7 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
     finally:
         os.close(fd)
     try:
-        dialog = parse_dialog(data)
+        dialog, offsets = read_with_offsets(data)
     except FILE_ERRORS as exc:
         error = exc.detail if isinstance(exc, JournalError) else str(exc)
         ended = name_time(path.name)
@@ -433,7 +433,7 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
         dialog.dialog,
         ended,
         dialog.reason,
-        _rows(data, dialog),
+        _rows(dialog, offsets),
     )
 
 
@@ -444,8 +444,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _rows(data: bytes, dialog: Dialog) -> list[_Row]:
-    offsets = entry_offsets(data, len(dialog.messages))
+def _rows(dialog: Dialog, offsets: list[tuple[int, int]] | None) -> list[_Row]:
     out: list[_Row] = []
     for i, m in enumerate(dialog.messages):
         pos, length = offsets[i] if offsets is not None else (-1, 0)
