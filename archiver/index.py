@@ -44,15 +44,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import yamltext
-from .archives import FILE_ERRORS, Filter, name_time
-from .dialogfile import Dialog, Message, parse_dialog, parse_entry, read_with_offsets
+from .archives import (
+    FILE_ERRORS,
+    ArchiveInfo,
+    Filter,
+    OnError,
+    name_time,
+    newest_first,
+    read_info,
+)
+from .dialogfile import (
+    TAIL_READ,
+    Dialog,
+    Message,
+    Summary,
+    parse_dialog,
+    parse_entry,
+    read_with_offsets,
+    summary_of,
+)
 from .errors import JournalError
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Hit, Search, index_text
 from .stats import StatArchive, stamp_ms
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -73,6 +90,9 @@ CREATE TABLE files(
     mtime_ns INTEGER NOT NULL,
     tokens BLOB NOT NULL,
     error TEXT,  -- why a file could not be read as a dialog (then it has no messages)
+    -- What `archiver list` shows, read from the file's two ends as the listing reads
+    -- them (dialogfile.summary_of). s_messages NULL: those ends could not be read.
+    s_dialog TEXT, s_started TEXT, s_ended TEXT, s_reason TEXT, s_messages INTEGER,
     UNIQUE(udir, name)
 );
 CREATE TABLE msgs(
@@ -117,6 +137,7 @@ class _Parsed:
     reason: str | None
     rows: list[_Row]
     error: str | None = None
+    summary: Summary | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +352,31 @@ class Index:
         msgs = db.execute("SELECT count(*) FROM msgs").fetchone()[0]
         return int(files), int(msgs)
 
+    def listing(
+        self, users: list[str], where: Filter, on_error: OnError | None = None
+    ) -> list[ArchiveInfo]:
+        """What :func:`archiver.archives.list_archives` answers for ``users`` (no limit),
+        from the rows (a file whose ends could not be read is read again, as it would)."""
+        found: list[ArchiveInfo] = []
+        for user in users:
+            udir = user_dir_name(user)
+            rows = self._db().execute(
+                "SELECT name, s_dialog, s_started, s_ended, s_reason, s_messages FROM files"
+                " WHERE udir = ?",
+                (udir,),
+            )
+            for name, dialog, started, ended, reason, messages in rows:
+                if where.too_old(name):
+                    continue
+                if messages is None:
+                    path = Path(self.layout.archived_dir_named(udir), name)
+                    info = read_info(user, path, on_error)
+                else:
+                    info = ArchiveInfo(user, name, dialog, started, ended, reason, messages)
+                if info is not None and where.wants(info):
+                    found.append(info)
+        return newest_first(found)
+
     def stat_rows(self, where: Filter) -> Iterator[StatArchive]:
         """Every indexed archive that passes ``where``, with its messages' roles and
         times (what stats.py counts), without reading a file."""
@@ -412,6 +458,7 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
     try:
         st = os.fstat(fd)
         data = _read_all(fd)
+        summary = _summary(fd, data, path.name)
     finally:
         os.close(fd)
     try:
@@ -419,12 +466,16 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
     except FILE_ERRORS as exc:
         error = exc.detail if isinstance(exc, JournalError) else str(exc)
         ended = name_time(path.name)
-        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
+        return _Parsed(
+            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
+        )
     ended = dialog.ended or name_time(path.name)
     if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
         # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
         error = "a message seq is out of range"
-        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
+        return _Parsed(
+            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
+        )
     return _Parsed(
         udir,
         path.name,
@@ -434,7 +485,17 @@ def _parse(udir: str, path: Path) -> _Parsed | None:
         ended,
         dialog.reason,
         _rows(dialog, offsets),
+        None,
+        summary,
     )
+
+
+def _summary(fd: int, data: bytes, name: str) -> Summary | None:
+    """What the listing reads of this file (the same function, on the same bytes)."""
+    try:
+        return summary_of(fd, data[-TAIL_READ:], name)
+    except JournalError:
+        return None
 
 
 def _read_all(fd: int) -> bytes:
@@ -473,9 +534,11 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
     from it needs the tokens it was given, which ``files.tokens`` keeps, compressed."""
     _drop(db, item.udir, item.name)
     bodies = [row[4] for row in item.rows]
+    got = item.summary
     cursor = db.execute(
-        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error,"
+        " s_dialog, s_started, s_ended, s_reason, s_messages)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.udir,
             item.name,
@@ -486,6 +549,8 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
             item.mtime_ns,
             zlib.compress("\n".join(bodies).encode("utf-8")),
             item.error,
+            *(() if got is None else (got.dialog, got.started, got.ended, got.reason)),
+            *((None,) * 5 if got is None else (got.messages,)),
         ),
     )
     file_id = cursor.lastrowid

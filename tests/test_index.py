@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archiver import query
+from archiver.archives import Filter, list_archives
 from archiver.dialogfile import entry_offsets
 from archiver.index import Index
 from archiver.indexer import Indexer
@@ -389,3 +390,36 @@ def test_a_seq_sqlite_cannot_hold_marks_the_file_damaged_and_the_worker_goes_on(
     ]
     assert [h.archive for h in index.search(query.parse("hi")).hits] == [good.name]
     index.close()
+
+
+@PROPERTY
+@given(
+    corpus,
+    st.sampled_from([None, *USERS]),
+    st.sampled_from([None, "2026-11-10T00:00:00.000Z"]),
+    st.sampled_from([None, *REASONS]),
+)
+def test_the_index_lists_what_the_files_list(
+    archives: list[Archive], user: str | None, since: str | None, reason: str | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        paths = write_corpus(data, archives)
+        paths[0].write_bytes(paths[0].read_bytes()[:-40])  # torn: its ends cannot be read
+        if len(paths) > 1:
+            paths[1].write_bytes(paths[1].read_bytes().replace(b"\n- seq", b"\n-  seq", 1))
+        index = Index(data)
+        index.sync()
+        journal = Journal(data)
+        where = Filter(user=user, since=since, reason=reason)
+        users = [user] if user is not None else journal.layout.users()
+        if user is not None and not journal.layout.has_user(user):
+            return
+        listed: list[tuple[Path, str]] = []
+        indexed: list[tuple[Path, str]] = []
+        scanned = list_archives(
+            journal, where=where, on_error=lambda p, e: listed.append((p, str(e)))
+        )
+        assert index.listing(users, where, lambda p, e: indexed.append((p, str(e)))) == scanned
+        assert indexed == listed
+        index.close()
