@@ -250,7 +250,7 @@ def reindex(data_dir: Path | None) -> None:
     _journal(settings.data_dir)
     found = Index(settings.data_dir, settings.index_path)
     try:
-        done = found.rebuild()
+        done = found.rebuild(workers=SEARCH_WORKERS)  # this process has no other thread
         counted, messages = found.counts()
     except (sqlite3.Error, OSError) as exc:
         raise Failure(f"cannot write the search index: {exc}") from None

@@ -34,6 +34,8 @@ Do not put the index on NFS: SQLite's locking is not safe there (see the README)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import sqlite3
 import threading
@@ -44,29 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import yamltext
-from .archives import (
-    FILE_ERRORS,
-    ArchiveInfo,
-    Filter,
-    OnError,
-    name_time,
-    newest_first,
-    read_info,
-)
-from .dialogfile import (
-    TAIL_READ,
-    Dialog,
-    Message,
-    Summary,
-    parse_dialog,
-    parse_entry,
-    read_with_offsets,
-    summary_of,
-)
-from .errors import JournalError
+from .archives import FILE_ERRORS, ArchiveInfo, Filter, OnError, newest_first, read_info
+from .dialogfile import Message, parse_dialog, parse_entry
+from .index_read import Parsed, parse, parse_forked
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
-from .query import Hit, Search, index_text
-from .stats import StatArchive, stamp_ms
+from .query import Hit, Search
+from .stats import StatArchive
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
 SCHEMA_VERSION = "4"
@@ -74,7 +59,6 @@ BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
 MAX_LIMIT = 500
-SQLITE_MAX_INT = 2**63
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -119,25 +103,6 @@ class Synced:
     removed: int = 0  # files whose rows were dropped
     seen: int = 0  # files looked at
     ms: float = 0.0
-
-
-_Row = tuple[int, str, int, int, str, int | None, int]  # seq role pos len body at interrupted
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    """One archive read from disk, ready to be written (outside any transaction)."""
-
-    udir: str
-    name: str
-    size: int
-    mtime_ns: int
-    dialog: str
-    ended: str
-    reason: str | None
-    rows: list[_Row]
-    error: str | None = None
-    summary: Summary | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +222,11 @@ class Index:
         ms = (time.monotonic() - started) * 1000
         return Synced(totals[0], totals[1], totals[2], ms)
 
+    def _archived_dirs(self) -> Iterator[tuple[str, str]]:
+        with contextlib.suppress(FileNotFoundError):
+            for udir in sorted(os.listdir(self.users_dir)):
+                yield udir, self.layout.archived_dir_named(udir)
+
     def _sync_dir(
         self, db: sqlite3.Connection, udir: str, directory: str, mtime: int, known_mtime: int | None
     ) -> tuple[int, int, int]:
@@ -274,7 +244,7 @@ class Index:
         if not stale and not gone and known_mtime == mtime:
             return 0, 0, len(stats)  # nothing to write (a full sync of an index in step)
         for batch in _chunks(stale, BATCH_FILES):
-            parsed = [p for n in batch if (p := _parse(udir, Path(directory) / n)) is not None]
+            parsed = [p for n in batch if (p := parse(udir, Path(directory) / n)) is not None]
             with _write(db):
                 for item in parsed:
                     _store(db, item)
@@ -298,7 +268,7 @@ class Index:
         the rows of the ones that are not. One transaction for all of them."""
         started = time.monotonic()
         db = self._db()
-        parsed: list[_Parsed] = []
+        parsed: list[Parsed] = []
         missing: list[tuple[str, str]] = []
         for raw in paths:
             path = Path(raw)
@@ -306,7 +276,7 @@ class Index:
             if user is None:
                 continue
             udir = user_dir_name(user)
-            item = _parse(udir, path)
+            item = parse(udir, path)
             if item is None:
                 missing.append((udir, path.name))
             else:
@@ -323,14 +293,25 @@ class Index:
         """Drop every row of ``user`` (after :func:`archiver.review.forget`)."""
         return self._drop_dir(self._db(), user_dir_name(user))
 
-    def rebuild(self) -> Synced:
-        """Empty the index and index every archive again (``archiver reindex``)."""
+    def rebuild(self, workers: int = 1) -> Synced:
+        """Empty the index and index every archive again (``archiver reindex``). With
+        ``workers``, forked processes parse while this one writes (a single-threaded
+        caller only); a full sync then records the directories and catches any change."""
+        started = time.monotonic()
         db = self._db()
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")  # contentless: allowed
             for table in ("msgs", "files", "dirs"):
                 db.execute(f"DELETE FROM {table}")
+        if workers > 1 and hasattr(os, "fork"):
+            files = [(udir, Path(d, n)) for udir, d in self._archived_dirs() for n in _names(d)]
+            parsed = parse_forked(files, workers, BATCH_FILES)
+            while batch := list(itertools.islice(parsed, BATCH_FILES)):
+                with _write(db):
+                    for item in batch:
+                        _store(db, item)
         synced = self.sync(full=True)
+        synced = dataclasses.replace(synced, ms=(time.monotonic() - started) * 1000)
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a build's WAL is as big as the index
@@ -445,76 +426,6 @@ class Index:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading an archive for the index
-
-
-def _parse(udir: str, path: Path) -> _Parsed | None:
-    """The archive at ``path`` as rows; None if it is gone. A file that cannot be read as
-    a dialog is recorded with no messages, as the scan skips it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        st = os.fstat(fd)
-        data = _read_all(fd)
-        summary = _summary(fd, data, path.name)
-    finally:
-        os.close(fd)
-    try:
-        dialog, offsets = read_with_offsets(data)
-    except FILE_ERRORS as exc:
-        error = exc.detail if isinstance(exc, JournalError) else str(exc)
-        ended = name_time(path.name)
-        return _Parsed(
-            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
-        )
-    ended = dialog.ended or name_time(path.name)
-    if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
-        # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
-        error = "a message seq is out of range"
-        return _Parsed(
-            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
-        )
-    return _Parsed(
-        udir,
-        path.name,
-        st.st_size,
-        st.st_mtime_ns,
-        dialog.dialog,
-        ended,
-        dialog.reason,
-        _rows(dialog, offsets),
-        None,
-        summary,
-    )
-
-
-def _summary(fd: int, data: bytes, name: str) -> Summary | None:
-    """What the listing reads of this file (the same function, on the same bytes)."""
-    try:
-        return summary_of(fd, data[-TAIL_READ:], name)
-    except JournalError:
-        return None
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _rows(dialog: Dialog, offsets: list[tuple[int, int]] | None) -> list[_Row]:
-    out: list[_Row] = []
-    for i, m in enumerate(dialog.messages):
-        pos, length = offsets[i] if offsets is not None else (-1, 0)
-        at = stamp_ms(m.at)
-        out.append((m.seq, m.role, pos, length, index_text(m.text), at, int(m.interrupted)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # Writing
 
 
@@ -529,7 +440,7 @@ def _write(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _store(db: sqlite3.Connection, item: _Parsed) -> None:
+def _store(db: sqlite3.Connection, item: Parsed) -> None:
     """Index one archive. The FTS table is contentless (it keeps no text); deleting a row
     from it needs the tokens it was given, which ``files.tokens`` keeps, compressed."""
     _drop(db, item.udir, item.name)
@@ -578,6 +489,12 @@ def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     )
     db.execute("DELETE FROM msgs WHERE file = ?", (file_id,))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+
+def _names(directory: str) -> list[str]:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(n for n in os.listdir(directory) if ARCHIVE_NAME.match(n))
+    return []
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -423,3 +423,19 @@ def test_the_index_lists_what_the_files_list(
         assert index.listing(users, where, lambda p, e: indexed.append((p, str(e)))) == scanned
         assert indexed == listed
         index.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(corpus, st.lists(queries(), min_size=1, max_size=3))
+def test_a_rebuild_in_forked_workers_finds_what_the_scan_finds(
+    archives: list[Archive], texts: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_corpus(data, archives)
+        index = Index(data)
+        index.sync()
+        index.rebuild(workers=3)
+        assert index.counts()[0] == len(archives)
+        assert_agree(data, index, texts)
+        index.close()
