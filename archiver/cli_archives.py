@@ -96,7 +96,8 @@ def list_(
     """List archived dialogs, newest first.
 
     One tab-separated line per archive: user, name, started, ended, reason, messages.
-    Reads only the ends of each file, so it stays fast on large archives.
+    Answered by the search index when there is one (brought up to date first), else
+    from the ends of each file; either way it stays fast on large archives.
 
     \b
     archiver list
