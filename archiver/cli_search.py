@@ -206,7 +206,7 @@ def indexed_listing(
     if not settings.search_index or (limit is not None and where.user is not None):
         return None
     found = Index(settings.data_dir, settings.index_path)
-    if not found.exists():
+    if not found.exists() or not found.has_this_schema():
         return None  # listing never builds it: that is a search's, or reindex's, job
     users = archives.users_of(journal, where.user)
     try:

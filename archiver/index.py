@@ -144,6 +144,17 @@ class Index:
     def exists(self) -> bool:
         return self.path.is_file()
 
+    def has_this_schema(self) -> bool:
+        """Whether the file holds this version's schema, asked read-only: opening an index
+        of another version rebuilds it, which a listing should not wait for."""
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)) as db:
+                row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == SCHEMA_VERSION
+
     def open(self) -> None:
         """Create the database (or check its version) now, in this thread."""
         self._db()

@@ -439,3 +439,17 @@ def test_a_rebuild_in_forked_workers_finds_what_the_scan_finds(
         assert index.counts()[0] == len(archives)
         assert_agree(data, index, texts)
         index.close()
+
+
+def test_an_index_of_another_version_is_not_this_schema_until_opened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_archive(
+        data, "a", "2026-11-21-10-00-00.yaml", [("user", "hi")], ended="2026-11-21T10:00:00.000Z"
+    )
+    index = Index(data)
+    assert not index.has_this_schema()  # no file yet
+    index.sync()
+    assert index.has_this_schema()
+    index._db().execute("UPDATE meta SET value = 'old' WHERE key = 'version'")
+    assert not index.has_this_schema()
+    index.close()
