@@ -124,7 +124,8 @@ def test_runs_prints_each_figures_worst_and_median_beside_its_floor(tmp_path: Pa
     )
     for phase in ("paced", "burst"):
         assert re.search(
-            rf"^disconnect to archive, {phase}, p99(\s+[\d,]+(\.\d)? ms){{4}}\s+bare ASGI \+ rename$",
+            rf"^disconnect to archive, {phase}, p99(\s+[\d,]+(\.\d)? ms){{4}}"
+            r"\s+bare ASGI \+ rename$",
             out,
             re.M,
         ), out
