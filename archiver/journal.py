@@ -309,7 +309,7 @@ class Journal(CurrentDialogs):
             for i in sorted(range(len(group)), key=lambda i: group[i][0]):
                 user, reason, owned = group[i]
                 try:
-                    found = self._trail_held(held, user, reason, owned)
+                    found = _trail_held(self, held, user, reason, owned)
                 except (NotOwner, JournalError) as exc:
                     outcomes[i] = exc
                     continue
@@ -317,7 +317,7 @@ class Journal(CurrentDialogs):
                     trailed.append((i, *found))
                 else:
                     outcomes[i] = found
-            if not self._group_synced([i for i, _, _ in trailed], outcomes, "the trailers"):
+            if not _group_synced(self, [i for i, _, _ in trailed], outcomes, "the trailers"):
                 return outcomes
             for i, path, summary in trailed:
                 user, reason, _ = group[i]
@@ -330,43 +330,8 @@ class Journal(CurrentDialogs):
                 else:
                     outcomes[i] = archived(user, summary, reason, target)
             done = [i for i, o in enumerate(outcomes) if isinstance(o, Archived)]
-            self._group_synced(done, outcomes, "the archives")
+            _group_synced(self, done, outcomes, "the archives")
         return outcomes
-
-    def _trail_held(
-        self, held: contextlib.ExitStack, user: str, reason: str, owned: bool
-    ) -> tuple[Path, Summary] | Archived | None:
-        """archive_group's first pass for one user: take their flock (kept in ``held``),
-        write the trailer; the journal and its Summary, or what there was instead."""
-        if reason not in fmt.REASONS:
-            raise ValueError(f"unknown reason {reason!r}")
-        try:
-            lock = held.enter_context(self._locked(user, create=False))
-        except OSError as exc:
-            raise journal_error(exc, "locking the dialog") from exc
-        if lock is None:
-            return None
-        if owned:
-            self._check_owner(lock[1])
-        path = Path(lock[0]) / CURRENT
-        found = self._trail(user, path, reason, None, None, sync=False)
-        return (path, found) if isinstance(found, Summary) else found
-
-    def _group_synced(
-        self,
-        indexes: list[int],
-        outcomes: list[Archived | NotOwner | JournalError | None],
-        what: str,
-    ) -> bool:
-        """One sync_filesystem(); if it fails, the outcomes at ``indexes`` become the error."""
-        try:
-            self.sync_filesystem()
-        except OSError as exc:
-            error = journal_error(exc, f"syncing {what}")
-            for i in indexes:
-                outcomes[i] = error
-            return False
-        return True
 
     def move_to_archive(self, user: str, trailed: Summary) -> Archived | None:
         """Second pass, after sync_filesystem(): rename the trailed dialog into archived/
@@ -488,6 +453,43 @@ class Journal(CurrentDialogs):
         if dialog is not None and summary.dialog != dialog:
             return None
         return summary
+
+
+def _trail_held(
+    journal: Journal, held: contextlib.ExitStack, user: str, reason: str, owned: bool
+) -> tuple[Path, Summary] | Archived | None:
+    """archive_group's first pass for one user: take their flock (kept in ``held``),
+    write the trailer; the journal and its Summary, or what there was instead."""
+    if reason not in fmt.REASONS:
+        raise ValueError(f"unknown reason {reason!r}")
+    try:
+        lock = held.enter_context(journal._locked(user, create=False))
+    except OSError as exc:
+        raise journal_error(exc, "locking the dialog") from exc
+    if lock is None:
+        return None
+    if owned:
+        journal._check_owner(lock[1])
+    path = Path(lock[0]) / CURRENT
+    found = journal._trail(user, path, reason, None, None, sync=False)
+    return (path, found) if isinstance(found, Summary) else found
+
+
+def _group_synced(
+    journal: Journal,
+    indexes: list[int],
+    outcomes: list[Archived | NotOwner | JournalError | None],
+    what: str,
+) -> bool:
+    """One sync_filesystem(); if it fails, the outcomes at ``indexes`` become the error."""
+    try:
+        journal.sync_filesystem()
+    except OSError as exc:
+        error = journal_error(exc, f"syncing {what}")
+        for i in indexes:
+            outcomes[i] = error
+        return False
+    return True
 
 
 def _history(fd: int, size: int, count: int) -> list[Message] | None:
