@@ -211,19 +211,27 @@ def list_archives(
                 break
             if where.too_old(name):
                 break  # names are newest first, so every later one is older still
-            path = directory / name
-            try:
-                info = archive_info(name_user, path)
-            except FileNotFoundError:
-                continue  # pruned meanwhile
-            except FILE_ERRORS as exc:
-                if on_error is not None:
-                    on_error(path, exc)
-                continue
-            if where.wants(info):
+            info = read_info(name_user, directory / name, on_error)
+            if info is not None and where.wants(info):
                 found.append(info)
-    found.sort(key=_newest_first, reverse=True)
+    found = newest_first(found)
     return found if limit is None else found[:limit]
+
+
+def read_info(user: str, path: Path, on_error: OnError | None) -> ArchiveInfo | None:
+    """:func:`archive_info`, or None: gone (pruned meanwhile), or unreadable (``on_error``)."""
+    try:
+        return archive_info(user, path)
+    except FileNotFoundError:
+        return None
+    except FILE_ERRORS as exc:
+        if on_error is not None:
+            on_error(path, exc)
+        return None
+
+
+def newest_first(infos: list[ArchiveInfo]) -> list[ArchiveInfo]:
+    return sorted(infos, key=_newest_first, reverse=True)
 
 
 def user_archives(journal: Journal, user: str, limit: int | None = None) -> list[ArchiveInfo]:

@@ -23,7 +23,7 @@ import click
 
 from . import archive_writes, archives, logs, render, transcripts
 from .archives import ArchiveInfo
-from .cli_search import index_after
+from .cli_search import index_after, indexed_listing
 from .clikit import (
     Failure,
     _errors,
@@ -96,7 +96,8 @@ def list_(
     """List archived dialogs, newest first.
 
     One tab-separated line per archive: user, name, started, ended, reason, messages.
-    Reads only the ends of each file, so it stays fast on large archives.
+    Answered by the search index when there is one (brought up to date first), else
+    from the ends of each file; either way it stays fast on large archives.
 
     \b
     archiver list
@@ -104,14 +105,16 @@ def list_(
     archiver list --reason timeout --until 2026-11-21T12:00Z --limit 20
     archiver list --damaged
     """
-    journal = _journal(data_dir)
+    settings = _settings(data_dir=data_dir)
+    journal = _journal(settings.data_dir)
     if damaged:
         _list_damaged(journal, user, as_json)
         return
     with _errors():
-        infos = archives.list_archives(
-            journal, where=_filter(user, since, before, reason), limit=limit, on_error=_warn
-        )
+        where = _filter(user, since, before, reason)
+        infos = indexed_listing(settings, journal, where, limit)
+        if infos is None:
+            infos = archives.list_archives(journal, where=where, limit=limit, on_error=_warn)
         with _Output() as out:
             if as_json:
                 out.json_array(_info_json(i) for i in infos)

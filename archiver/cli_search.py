@@ -197,6 +197,28 @@ def _fresh_index(settings: Settings) -> Index | None:
     return found
 
 
+def indexed_listing(
+    settings: Settings, journal: Journal, where: archives.Filter, limit: int | None
+) -> list[archives.ArchiveInfo] | None:
+    """``archiver list`` from an existing index brought up to date (no file is opened but
+    those whose ends it could not read); None to read the files instead: no index, a
+    read-only one, or one user with a limit (that reads only the files it shows)."""
+    if not settings.search_index or (limit is not None and where.user is not None):
+        return None
+    found = Index(settings.data_dir, settings.index_path)
+    if not found.exists() or not found.has_this_schema():
+        return None  # listing never builds it: that is a search's, or reindex's, job
+    users = archives.users_of(journal, where.user)
+    try:
+        found.sync()
+        infos = found.listing(users, where, _warn)
+    except (sqlite3.Error, OSError):
+        return None
+    finally:
+        found.close()
+    return infos if limit is None else infos[:limit]
+
+
 def index_after(settings: Settings, paths: Iterable[Path] = (), user: str | None = None) -> None:
     """Tell an existing index about archives this command wrote or deleted (it would
     catch up by itself later; this keeps it current at once). Never builds one."""
@@ -228,7 +250,7 @@ def reindex(data_dir: Path | None) -> None:
     _journal(settings.data_dir)
     found = Index(settings.data_dir, settings.index_path)
     try:
-        done = found.rebuild()
+        done = found.rebuild(workers=SEARCH_WORKERS)  # this process has no other thread
         counted, messages = found.counts()
     except (sqlite3.Error, OSError) as exc:
         raise Failure(f"cannot write the search index: {exc}") from None

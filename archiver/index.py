@@ -34,6 +34,8 @@ Do not put the index on NFS: SQLite's locking is not safe there (see the README)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import sqlite3
 import threading
@@ -44,20 +46,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import yamltext
-from .archives import FILE_ERRORS, Filter, name_time
-from .dialogfile import Dialog, Message, entry_offsets, parse_dialog, parse_entry
-from .errors import JournalError
+from .archives import FILE_ERRORS, ArchiveInfo, Filter, OnError, newest_first, read_info
+from .dialogfile import Message, parse_dialog, parse_entry
+from .index_read import Parsed, parse, parse_forked
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
-from .query import Hit, Search, index_text
-from .stats import StatArchive, stamp_ms
+from .query import Hit, Search
+from .stats import StatArchive
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
 MAX_LIMIT = 500
-SQLITE_MAX_INT = 2**63
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,8 +72,11 @@ CREATE TABLE files(
     reason TEXT,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    tokens BLOB NOT NULL,
     error TEXT,  -- why a file could not be read as a dialog (then it has no messages)
+    -- What `archiver list` shows, read from the file's two ends as the listing reads
+    -- them (dialogfile.summary_of). s_messages NULL: those ends could not be read.
+    s_dialog TEXT, s_started TEXT, s_ended TEXT, s_reason TEXT, s_messages INTEGER,
+    tokens BLOB NOT NULL,  -- last: reading the columns before it skips its overflow pages
     UNIQUE(udir, name)
 );
 CREATE TABLE msgs(
@@ -99,24 +103,6 @@ class Synced:
     removed: int = 0  # files whose rows were dropped
     seen: int = 0  # files looked at
     ms: float = 0.0
-
-
-_Row = tuple[int, str, int, int, str, int | None, int]  # seq role pos len body at interrupted
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    """One archive read from disk, ready to be written (outside any transaction)."""
-
-    udir: str
-    name: str
-    size: int
-    mtime_ns: int
-    dialog: str
-    ended: str
-    reason: str | None
-    rows: list[_Row]
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +143,17 @@ class Index:
 
     def exists(self) -> bool:
         return self.path.is_file()
+
+    def has_this_schema(self) -> bool:
+        """Whether the file holds this version's schema, asked read-only: opening an index
+        of another version rebuilds it, which a listing should not wait for."""
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)) as db:
+                row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == SCHEMA_VERSION
 
     def open(self) -> None:
         """Create the database (or check its version) now, in this thread."""
@@ -236,6 +233,11 @@ class Index:
         ms = (time.monotonic() - started) * 1000
         return Synced(totals[0], totals[1], totals[2], ms)
 
+    def _archived_dirs(self) -> Iterator[tuple[str, str]]:
+        with contextlib.suppress(FileNotFoundError):
+            for udir in sorted(os.listdir(self.users_dir)):
+                yield udir, self.layout.archived_dir_named(udir)
+
     def _sync_dir(
         self, db: sqlite3.Connection, udir: str, directory: str, mtime: int, known_mtime: int | None
     ) -> tuple[int, int, int]:
@@ -253,7 +255,7 @@ class Index:
         if not stale and not gone and known_mtime == mtime:
             return 0, 0, len(stats)  # nothing to write (a full sync of an index in step)
         for batch in _chunks(stale, BATCH_FILES):
-            parsed = [p for n in batch if (p := _parse(udir, Path(directory) / n)) is not None]
+            parsed = [p for n in batch if (p := parse(udir, Path(directory) / n)) is not None]
             with _write(db):
                 for item in parsed:
                     _store(db, item)
@@ -277,7 +279,7 @@ class Index:
         the rows of the ones that are not. One transaction for all of them."""
         started = time.monotonic()
         db = self._db()
-        parsed: list[_Parsed] = []
+        parsed: list[Parsed] = []
         missing: list[tuple[str, str]] = []
         for raw in paths:
             path = Path(raw)
@@ -285,7 +287,7 @@ class Index:
             if user is None:
                 continue
             udir = user_dir_name(user)
-            item = _parse(udir, path)
+            item = parse(udir, path)
             if item is None:
                 missing.append((udir, path.name))
             else:
@@ -302,14 +304,25 @@ class Index:
         """Drop every row of ``user`` (after :func:`archiver.review.forget`)."""
         return self._drop_dir(self._db(), user_dir_name(user))
 
-    def rebuild(self) -> Synced:
-        """Empty the index and index every archive again (``archiver reindex``)."""
+    def rebuild(self, workers: int = 1) -> Synced:
+        """Empty the index and index every archive again (``archiver reindex``). With
+        ``workers``, forked processes parse while this one writes (a single-threaded
+        caller only); a full sync then records the directories and catches any change."""
+        started = time.monotonic()
         db = self._db()
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")  # contentless: allowed
             for table in ("msgs", "files", "dirs"):
                 db.execute(f"DELETE FROM {table}")
+        if workers > 1 and hasattr(os, "fork"):
+            files = [(udir, Path(d, n)) for udir, d in self._archived_dirs() for n in _names(d)]
+            parsed = parse_forked(files, workers, BATCH_FILES)
+            while batch := list(itertools.islice(parsed, BATCH_FILES)):
+                with _write(db):
+                    for item in batch:
+                        _store(db, item)
         synced = self.sync(full=True)
+        synced = dataclasses.replace(synced, ms=(time.monotonic() - started) * 1000)
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a build's WAL is as big as the index
@@ -330,6 +343,33 @@ class Index:
         files = db.execute("SELECT count(*) FROM files").fetchone()[0]
         msgs = db.execute("SELECT count(*) FROM msgs").fetchone()[0]
         return int(files), int(msgs)
+
+    def listing(
+        self, users: list[str], where: Filter, on_error: OnError | None = None
+    ) -> list[ArchiveInfo]:
+        """What :func:`archiver.archives.list_archives` answers for ``users`` (no limit),
+        from the rows (a file whose ends could not be read is read again, as it would)."""
+        found: list[ArchiveInfo] = []
+        # No bound and no reason (a plain `archiver list`): every archive passes.
+        every = where.since is None and where.before is None and where.reason is None
+        for user in users:
+            udir = user_dir_name(user)
+            rows = self._db().execute(
+                "SELECT name, s_dialog, s_started, s_ended, s_reason, s_messages FROM files"
+                " WHERE udir = ?",
+                (udir,),
+            )
+            for name, dialog, started, ended, reason, messages in rows:
+                if not every and where.too_old(name):
+                    continue
+                if messages is None:
+                    path = Path(self.layout.archived_dir_named(udir), name)
+                    info = read_info(user, path, on_error)
+                else:
+                    info = ArchiveInfo(user, name, dialog, started, ended, reason, messages)
+                if info is not None and (every or where.wants(info)):
+                    found.append(info)
+        return newest_first(found)
 
     def stat_rows(self, where: Filter) -> Iterator[StatArchive]:
         """Every indexed archive that passes ``where``, with its messages' roles and
@@ -399,62 +439,6 @@ class Index:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading an archive for the index
-
-
-def _parse(udir: str, path: Path) -> _Parsed | None:
-    """The archive at ``path`` as rows; None if it is gone. A file that cannot be read as
-    a dialog is recorded with no messages, as the scan skips it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        st = os.fstat(fd)
-        data = _read_all(fd)
-    finally:
-        os.close(fd)
-    try:
-        dialog = parse_dialog(data)
-    except FILE_ERRORS as exc:
-        error = exc.detail if isinstance(exc, JournalError) else str(exc)
-        ended = name_time(path.name)
-        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
-    ended = dialog.ended or name_time(path.name)
-    if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
-        # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
-        error = "a message seq is out of range"
-        return _Parsed(udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error)
-    return _Parsed(
-        udir,
-        path.name,
-        st.st_size,
-        st.st_mtime_ns,
-        dialog.dialog,
-        ended,
-        dialog.reason,
-        _rows(data, dialog),
-    )
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _rows(data: bytes, dialog: Dialog) -> list[_Row]:
-    offsets = entry_offsets(data, len(dialog.messages))
-    out: list[_Row] = []
-    for i, m in enumerate(dialog.messages):
-        pos, length = offsets[i] if offsets is not None else (-1, 0)
-        at = stamp_ms(m.at)
-        out.append((m.seq, m.role, pos, length, index_text(m.text), at, int(m.interrupted)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # Writing
 
 
@@ -469,14 +453,16 @@ def _write(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _store(db: sqlite3.Connection, item: _Parsed) -> None:
+def _store(db: sqlite3.Connection, item: Parsed) -> None:
     """Index one archive. The FTS table is contentless (it keeps no text); deleting a row
     from it needs the tokens it was given, which ``files.tokens`` keeps, compressed."""
     _drop(db, item.udir, item.name)
     bodies = [row[4] for row in item.rows]
+    got = item.summary
     cursor = db.execute(
-        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error,"
+        " s_dialog, s_started, s_ended, s_reason, s_messages)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.udir,
             item.name,
@@ -487,6 +473,8 @@ def _store(db: sqlite3.Connection, item: _Parsed) -> None:
             item.mtime_ns,
             zlib.compress("\n".join(bodies).encode("utf-8")),
             item.error,
+            *(() if got is None else (got.dialog, got.started, got.ended, got.reason)),
+            *((None,) * 5 if got is None else (got.messages,)),
         ),
     )
     file_id = cursor.lastrowid
@@ -514,6 +502,12 @@ def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     )
     db.execute("DELETE FROM msgs WHERE file = ?", (file_id,))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+
+def _names(directory: str) -> list[str]:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return sorted(n for n in os.listdir(directory) if ARCHIVE_NAME.match(n))
+    return []
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

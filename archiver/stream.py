@@ -17,20 +17,20 @@ runs in the request's own task, and one small task waits for ``http.disconnect``
 * **HEAD** gets the headers and an empty body and never opens a subscription
   (sse-starlette's #218: an endless body on HEAD would wedge the connection).
 
-Events are still encoded by sse-starlette's ``ServerSentEvent``, so the bytes on the wire
-are the same as before.
+Events are encoded by :func:`archiver.events.encode`, once for all of a user's streams,
+into the bytes sse-starlette's ``ServerSentEvent`` writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, Callable
 
 from sse_starlette import ServerSentEvent
 from starlette.types import Message, Receive, Scope, Send
 
+from .events import encode as encode_event
 from .hub import PING, Event, Inbox
 from .logs import log
 
@@ -43,8 +43,6 @@ HEADERS = [
 RETRY = ServerSentEvent(retry=3000, sep="\n").encode()  # browsers reconnect after 3 s
 PING_BYTES = ServerSentEvent(comment="ping", sep="\n").encode()
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-# One encoder: json.dumps with options builds a new JSONEncoder on every call.
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class SendTimeout(Exception):
@@ -54,8 +52,7 @@ class SendTimeout(Exception):
 def encode(event: Event) -> bytes:
     if event is PING:
         return PING_BYTES
-    data = _to_json(event.data)
-    return ServerSentEvent(data=data, event=event.name, id=event.id, sep="\n").encode()
+    return encode_event(event)
 
 
 # Divergence #1: one task per stream instead of sse-starlette's EventSourceResponse

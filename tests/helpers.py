@@ -631,14 +631,23 @@ class RedisServer:
     data would. Skips (fails under ARCHIVER_REQUIRE_E2E=1) when Debian's package is
     missing."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.password = password  # --requirepass: the URL then carries it
+        # Also on a unix socket: in /tmp, as a socket path may not exceed 107 bytes.
+        self.socket = Path("/tmp") / f"archiver-test-redis-{self.port}.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket}?db=0"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -661,6 +670,11 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "yes",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -672,7 +686,9 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                answer = sock.recv(64)
+                # With a password, an unauthenticated PING is refused: it still answers.
+                return answer.startswith(b"+PONG") or b"NOAUTH" in answer
         except OSError:
             return False
 
@@ -682,6 +698,7 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=20)
         self.proc = None
+        self.socket.unlink(missing_ok=True)  # a killed redis-server leaves it behind
 
     def restart(self) -> RedisServer:
         """Stop it and start it again on the same port, empty."""

@@ -131,3 +131,38 @@ def test_every_benchmark_prints_its_table(tmp_path: Path) -> None:
             )
     if redis is not None:
         unavailable(f"{', '.join(NEEDS_REDIS)} did not run: {redis}")
+
+
+@pytest.mark.timeout(200)
+def test_runs_prints_each_figures_worst_and_median_beside_its_floor(tmp_path: Path) -> None:
+    """``--runs 2``: each run's table, then one row per figure (never a timing checked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "archive", "--quick", "--runs", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert len(re.findall(r"^-- archive, run \d of 2 \(load average [\d. ]+\)$", out, re.M)) == 2
+    assert len(re.findall(r"^archiver\s+\d+\.\d", out, re.M)) == 2  # each run's table
+    assert re.search(r"^archive: worst and median of 2 runs", out, re.M)
+    assert re.search(
+        r"^\(load average 1/5/15 min at each run's start: [\d. ]+; [\d. ]+\)$", out, re.M
+    )
+    assert re.search(
+        r"^figure\s+worst\s+median\s+floor, worst run\s+floor median\s+floor$", out, re.M
+    )
+    for phase in ("paced", "burst"):
+        assert re.search(
+            rf"^disconnect to archive, {phase}, p99(\s+[\d,]+(\.\d)? ms){{4}}"
+            r"\s+bare ASGI \+ rename$",
+            out,
+            re.M,
+        ), out
+    assert re.search(r"^disconnect to archive, missing\s+\d+\s+\d+\s+-\s+-\s*$", out, re.M), out

@@ -351,3 +351,28 @@ async def test_a_shutdown_archives_only_users_connected_nowhere_else(
         await y.broker.release("busy")
         assert reasons(x, "here") == ["shutdown"]
         assert archives(x, "both") == [] and archives(x, "busy") == []
+
+
+@pytest.mark.anyio
+async def test_a_password_and_a_unix_socket_and_no_password_in_any_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="archiver")
+    server = RedisServer(tmp_path / "redis", password="s3cret-pw").start()
+    try:
+        wrong = server.url.replace("s3cret-pw", "nope")
+        with pytest.raises(BrokerUnavailable) as caught:
+            preflight(Settings(data_dir=tmp_path, jwt_secret="x" * 32, broker=wrong))
+        assert "nope" not in str(caught.value) and ":***@" in str(caught.value)
+        async with (
+            node(tmp_path, server.url) as x,
+            node(tmp_path, server.unix_url) as y,
+        ):
+            on_x = x.connect("s")
+            await x.broker.listening("s")
+            await y.chat("s", "over a unix socket")
+            await until(lambda: "message" in names(on_x), what="y's message on x")
+    finally:
+        server.stop()
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "broker.connected" in text and "s3cret-pw" not in text

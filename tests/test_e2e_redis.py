@@ -383,3 +383,23 @@ def test_many_users_two_tabs_each_round_robin_every_event_once(cluster: Callable
         assert asked == sorted(f"{user} says {i}" for i in range(chats))  # each once
     total = len(users) * chats
     print(f"\n{len(users)} users x 2 tabs, {total} chats: {events} messages live, none twice")
+
+
+def test_the_round_robin_config_is_the_hashing_one_without_the_hash() -> None:
+    """deploy/nginx-roundrobin.conf keeps every proxy setting of deploy/nginx.conf (SSE
+    unbuffered, client aborts passed on, no query in the access log); only routing
+    differs."""
+    import re
+
+    def directives(text: str) -> list[str]:
+        lines = (re.sub(r"#.*", "", line).strip() for line in text.splitlines())
+        return [line for line in lines if line]
+
+    hashing = directives((REPO / "deploy" / "nginx.conf").read_text("utf-8"))
+    round_robin = directives(ROUND_ROBIN.read_text("utf-8"))
+    routing = [d for d in hashing if "archiver_route_key" in d or "archiver_bearer_token" in d]
+    assert "hash $archiver_route_key consistent;" in routing
+    assert not any("archiver_route_key" in d or "hash " in d for d in round_robin)
+    kept = [d for d in hashing if d not in routing and not d.startswith(('"~', "default"))]
+    missing = [d for d in kept if d not in round_robin and d != "}"]
+    assert not missing, missing

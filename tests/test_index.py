@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archiver import query
+from archiver.archives import Filter, list_archives
 from archiver.dialogfile import entry_offsets
 from archiver.index import Index
 from archiver.indexer import Indexer
@@ -388,4 +389,67 @@ def test_a_seq_sqlite_cannot_hold_marks_the_file_damaged_and_the_worker_goes_on(
         (bad.name, "a message seq is out of range")
     ]
     assert [h.archive for h in index.search(query.parse("hi")).hits] == [good.name]
+    index.close()
+
+
+@PROPERTY
+@given(
+    corpus,
+    st.sampled_from([None, *USERS]),
+    st.sampled_from([None, "2026-11-10T00:00:00.000Z"]),
+    st.sampled_from([None, *REASONS]),
+)
+def test_the_index_lists_what_the_files_list(
+    archives: list[Archive], user: str | None, since: str | None, reason: str | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        paths = write_corpus(data, archives)
+        paths[0].write_bytes(paths[0].read_bytes()[:-40])  # torn: its ends cannot be read
+        if len(paths) > 1:
+            paths[1].write_bytes(paths[1].read_bytes().replace(b"\n- seq", b"\n-  seq", 1))
+        index = Index(data)
+        index.sync()
+        journal = Journal(data)
+        where = Filter(user=user, since=since, reason=reason)
+        users = [user] if user is not None else journal.layout.users()
+        if user is not None and not journal.layout.has_user(user):
+            return
+        listed: list[tuple[Path, str]] = []
+        indexed: list[tuple[Path, str]] = []
+        scanned = list_archives(
+            journal, where=where, on_error=lambda p, e: listed.append((p, str(e)))
+        )
+        assert index.listing(users, where, lambda p, e: indexed.append((p, str(e)))) == scanned
+        assert indexed == listed
+        index.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(corpus, st.lists(queries(), min_size=1, max_size=3))
+def test_a_rebuild_in_forked_workers_finds_what_the_scan_finds(
+    archives: list[Archive], texts: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_corpus(data, archives)
+        index = Index(data)
+        index.sync()
+        index.rebuild(workers=3)
+        assert index.counts()[0] == len(archives)
+        assert_agree(data, index, texts)
+        index.close()
+
+
+def test_an_index_of_another_version_is_not_this_schema_until_opened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_archive(
+        data, "a", "2026-11-21-10-00-00.yaml", [("user", "hi")], ended="2026-11-21T10:00:00.000Z"
+    )
+    index = Index(data)
+    assert not index.has_this_schema()  # no file yet
+    index.sync()
+    assert index.has_this_schema()
+    index._db().execute("UPDATE meta SET value = 'old' WHERE key = 'version'")
+    assert not index.has_this_schema()
     index.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from archiver.journal import Journal
+from archiver.journal import Appended, Journal
 from archiver.threads import JournalThreads
 
 pytestmark = pytest.mark.anyio
@@ -70,3 +70,39 @@ def test_every_worker_thread_starts_at_once(tmp_path: Path) -> None:
         assert workers() == before + 5
     finally:
         store.close()
+
+
+async def test_one_turns_appends_go_in_one_thread_call_each_with_its_own_outcome(
+    tmp_path: Path,
+) -> None:
+    threads = JournalThreads(Journal(tmp_path, fsync="no"), threads=2)
+    names: dict[str, str] = {}
+    results: dict[str, object] = {}
+
+    def noting(user: str) -> None:
+        names[user] = threading.current_thread().name
+
+    real = threads.journal.append
+
+    def append(user: str, role: str, text: str, **kwargs: object) -> object:
+        noting(user)
+        return real(user, role, text, **kwargs)  # type: ignore[arg-type]
+
+    threads.journal.append = append  # type: ignore[method-assign]
+
+    async def one(user: str, role: str) -> None:
+        try:
+            results[user] = await threads.append(user, role, f"hi from {user}")
+        except ValueError as exc:
+            results[user] = exc
+
+    async with anyio.create_task_group() as tg:
+        for n in range(6):
+            tg.start_soon(one, f"u{n}", "user")
+        tg.start_soon(one, "bad", "nobody")  # its error is its own
+    assert isinstance(results.pop("bad"), ValueError)
+    assert sorted(results) == [f"u{n}" for n in range(6)]
+    for user, appended in results.items():
+        assert isinstance(appended, Appended) and appended.message.text == f"hi from {user}"
+    assert len(set(names.values())) == 1  # one worker-thread call for the turn
+    threads.close()
