@@ -6,7 +6,7 @@ channels of the users it has a connection of (while presence.py has them registe
 and hands what arrives to its hub, skipping what it published itself: so every stream
 gets each event once, whichever instance took the chat. Why a channel per user and not
 one per instance with a presence lookup: docs/broker.md (measured with
-``python -m tools.fanout_choice``): one hop instead of a lookup and a hop.
+``python -m bench.fanout_choice``): one hop instead of a lookup and a hop.
 
 Publishing never waits: events go into a queue that one task sends in pipelined batches,
 in order. While the broker is lost, nothing is queued (the local streams still get

@@ -376,3 +376,28 @@ async def test_a_password_and_a_unix_socket_and_no_password_in_any_line(
         server.stop()
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "broker.connected" in text and "s3cret-pw" not in text
+
+
+@pytest.mark.anyio
+async def test_presence_flushed_away_without_an_error_is_written_again(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FLUSHALL: no connection breaks, so nothing is lost; the next renewal finds the
+    instance's presence gone and writes it again (`broker.registered`)."""
+    import redis as redis_py
+
+    caplog.set_level(logging.INFO, logger="archiver")
+    async with node(tmp_path, redis_server.url) as x, node(tmp_path, redis_server.url) as y:
+        x.connect("f")
+        await until(lambda: "f" in x.broker.presence.registered, what="f registered")  # type: ignore[union-attr]
+        redis_py.Redis.from_url(redis_server.url).flushall()
+        assert await y.broker.present_elsewhere(["f"]) == set()
+
+        async def present() -> bool:
+            return await y.broker.present_elsewhere(["f"]) == {"f"}  # type: ignore[union-attr]
+
+        with anyio.fail_after(10):
+            while not await present():  # noqa: ASYNC110 (polling Redis: no event to wait on)
+                await anyio.sleep(0.05)
+        assert not x.broker.lost
+    assert "broker.registered" in [r.getMessage() for r in caplog.records]

@@ -1,6 +1,6 @@
 """Channel per user, or channel per instance with a presence lookup? Measured.
 
-    python tools/fanout_choice.py [--users 2000] [--events 2000]
+    python -m bench.fanout_choice [--users 2000] [--events 2000]
 
 Starts a real redis-server of its own (tests/helpers.RedisServer) and plays two
 instances in one process: A publishes events of users whose streams are on B.
