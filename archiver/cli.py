@@ -9,14 +9,10 @@ the review commands start faster without them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -51,6 +47,13 @@ __all__ = ["COMMANDS", "REFERENCE_WIDTH", "cli_reference", "main"]
 )
 @click.option("--port", type=int, default=None, help="Port.  [env: ARCHIVER_PORT; default: 8000]")
 @data_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes serving the port; more than 1 needs ARCHIVER_BROKER (Redis).  "
+    "[env: ARCHIVER_WORKERS; default: 1]",
+)
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
 @click.option(
     "--forwarded-allow-ips",
@@ -61,6 +64,7 @@ def serve(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
+    workers: int | None,
     reload: bool,
     forwarded_allow_ips: str | None,
 ) -> None:
@@ -69,15 +73,23 @@ def serve(
     \b
     archiver serve
     archiver serve --port 9000 --data /var/lib/archiver
+    ARCHIVER_BROKER=redis://127.0.0.1:6379/0 archiver serve --workers 4
     ARCHIVER_DISCONNECT_GRACE=0 archiver serve
     """
-    import uvicorn
-
-    from . import auth, logs, redact
+    from . import auth, logs, redact, serving
 
     settings = _settings(
-        host=host, port=port, data_dir=data_dir, forwarded_allow_ips=forwarded_allow_ips
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        workers=workers,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
+    refused = serving.refusal(settings)
+    if refused is not None:
+        raise Failure(refused)
+    if reload and settings.workers > 1:
+        raise Failure("--reload runs one process: drop --workers (or ARCHIVER_WORKERS)")
     settings = auth.resolve_settings(settings)
     try:
         redact.load(settings.redact, settings.redact_file)
@@ -85,79 +97,21 @@ def serve(
         raise click.UsageError(str(exc)) from None
     logs.setup(settings)
     _print_demo_url(settings)
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": settings.access_log,
-        "timeout_graceful_shutdown": settings.shutdown_timeout,
-        "proxy_headers": True,
-        "forwarded_allow_ips": settings.forwarded_allow_ips,
-        "lifespan": "on",
-        # uvloop and httptools come with uvicorn[standard] (a dependency); name them so a
-        # missing one shows up as an error here, not as a server that is quietly slower.
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "http": "httptools",
-    }
     if reload:
+        import uvicorn
+
         # The reloader imports the app in a child process, so pass settings by env.
         os.environ.update(_env_of(settings))
         package = str(Path(__file__).parent)
         uvicorn.run(
-            "archiver.app:from_env", factory=True, reload=True, reload_dirs=[package], **options
+            "archiver.app:from_env",
+            factory=True,
+            reload=True,
+            reload_dirs=[package],
+            **serving.uvicorn_options(settings),
         )
         return
-    from .app import create_app
-    from .httpproto import JsonErrorsProtocol
-
-    # Divergence #11: uvicorn's httptools protocol, subclassed so that a request it cannot
-    # parse (a 1 MB token in the query) is answered in JSON like every other error.
-    options["http"] = JsonErrorsProtocol
-
-    # Divergence #5: a uvicorn internal, Server._captured_signals, is cleared so that a
-    # graceful SIGTERM exits 0.
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                yield
-                # A graceful shutdown after SIGTERM is a clean exit: exit 0 instead of
-                # uvicorn's re-raising the signal, which supervisors would read as "killed".
-                self._captured_signals.clear()
-
-    config = uvicorn.Config(create_app(settings), **options)
-    # Our own listening socket, so accepted connections inherit keepalive and a user
-    # timeout (Linux copies them from the listener): a vanished peer cannot hold a stream.
-    # Divergence #6: uvicorn internals Config.bind_socket() and Config.backlog, to set
-    # socket options on the listener and listen before start-up.
-    sock = config.bind_socket()
-    bound_dead_peers(sock, settings.tcp_user_timeout)
-    # bind_socket() already printed "Uvicorn running on ...": listen now, so a connection
-    # made on reading it waits in the backlog for start-up instead of being refused.
-    sock.listen(config.backlog)
-    Server(config).run(sockets=[sock])
-
-
-def bound_dead_peers(sock: socket.socket, user_timeout: float) -> None:
-    """Drop a peer that stops acknowledging for ``user_timeout`` seconds.
-
-    TCP_USER_TIMEOUT aborts a connection whose sent data (a ping, an event) stays
-    unacknowledged that long; keepalive probes, from half of it on, cover a connection
-    with nothing to send. Without them a peer that vanished without FIN/RST (a laptop
-    that sleeps, a dropped route) holds its stream until TCP gives up: ~15 minutes.
-    """
-    if user_timeout <= 0:
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (
-        ("TCP_KEEPIDLE", max(1, round(user_timeout / 2))),
-        ("TCP_KEEPINTVL", max(1, round(user_timeout / 6))),
-        ("TCP_KEEPCNT", 3),
-        ("TCP_USER_TIMEOUT", max(1, round(user_timeout * 1000))),
-    ):
-        option = getattr(socket, name, None)
-        if option is not None:  # Linux has them all; other systems some
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    serving.serve(settings)
 
 
 def _env_of(settings: Settings) -> dict[str, str]:

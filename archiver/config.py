@@ -145,6 +145,8 @@ class Settings:
     # Seconds an instance's registration in the broker lasts unless renewed (every third
     # of it): a dead instance's connections leave presence, and its claims expire, within it.
     broker_lease: float = DEFAULT_BROKER_LEASE
+    # Processes of `archiver serve` on one port (serving.py); more than 1 needs a broker.
+    workers: int = 1
     # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None
@@ -218,6 +220,8 @@ class Settings:
             )
         if self.broker_lease < 0.3:
             raise ConfigError("ARCHIVER_BROKER_LEASE must be at least 0.3 seconds")
+        if self.workers < 1:
+            raise ConfigError("ARCHIVER_WORKERS must be at least 1")
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:

@@ -108,7 +108,22 @@ def _timestamp(created: float) -> str:
     return f"{cached[1]}.{int(created * 1000) % 1000:03d}Z"
 
 
+# Fields every line of this process carries, first (`worker=2` under `serve --workers`):
+# N workers share one stderr, and a line must say which of them wrote it.
+_tags: dict[str, Any] = {}
+
+
+def tag(**fields: Any) -> None:
+    """Add ``fields`` to every line this process logs from now on."""
+    _tags.update(fields)
+
+
 def _event_and_fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    event, fields = _untagged(record)
+    return event, ({**_tags, **fields} if _tags else fields)
+
+
+def _untagged(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
     fields = getattr(record, _FIELDS, None)
     if fields is not None:
         return record.getMessage(), fields

@@ -1,17 +1,30 @@
-"""``python -m bench {journal,search,index,subscriptions,archive,chat,drain,all} [--quick]
-[--runs N]``.
+"""``python -m bench {journal,...,drain,cross,workers,redismem,all} [--quick] [--runs N]``.
 
 The live benchmarks (subscriptions, archive, chat, drain) start their servers on
 loopback and drive them from a separate client process; each prints a table with
-archiver and its floor measured in the same run. ``--runs N`` runs each N times in a
-row and then prints each figure's worst and median beside its floors (bench/runs.py).
+archiver and its floor measured in the same run. cross, workers and redismem (several
+instances, ARCHIVER_BROKER) start a redis-server of their own; without one installed they
+print why they did not run. ``--runs N`` runs each N times in a row and then prints each
+figure's worst and median beside its floors (bench/runs.py).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bench import archive, chat, drain, index, journal, runs, search, subscriptions
+from bench import (
+    archive,
+    chat,
+    cross,
+    drain,
+    index,
+    journal,
+    redismem,
+    runs,
+    search,
+    subscriptions,
+    workers,
+)
 
 BENCHMARKS = {
     "journal": journal.run,
@@ -21,6 +34,9 @@ BENCHMARKS = {
     "archive": archive.run,
     "chat": chat.run,
     "drain": drain.run,
+    "cross": cross.run,
+    "workers": workers.run,
+    "redismem": redismem.run,
 }
 
 

@@ -147,10 +147,13 @@ def _python(gc_path: Path) -> list[str]:
     return [sys.executable, "-m", "bench.gcwatch", str(gc_path)]
 
 
-def start_archiver(root: Path, name: str = "archiver", **settings: str) -> Proc:
-    """``python -m archiver serve`` on a fresh data directory under ``root``."""
+def start_archiver(
+    root: Path, name: str = "archiver", data: Path | None = None, **settings: str
+) -> Proc:
+    """``python -m archiver serve`` on a fresh data directory under ``root`` (or on
+    ``data``, which several instances may share)."""
     port = free_port()
-    data = root / f"{name}-data"
+    data = data or root / f"{name}-data"
     # The load comes from one loopback address: per-address limits off (a deployment has
     # as many addresses as visitors).
     defaults = {
@@ -193,11 +196,13 @@ def running(proc: Proc) -> Iterator[Proc]:
 class Client:
     """A :mod:`bench.load` process: one scenario, JSON lines out, commands in."""
 
-    def __init__(self, scenario: str, config: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, scenario: str, config: dict[str, Any], timeout: float, module: str = "bench.load"
+    ) -> None:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.load", scenario, json.dumps(config)],
+            [sys.executable, "-m", module, scenario, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,  # unbuffered, so select() sees every line the client printed
@@ -241,9 +246,11 @@ def _readline(stream: IO[bytes], timeout: float) -> bytes:
     return stream.readline()
 
 
-def run_client(scenario: str, config: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one client scenario to its end and return its final JSON line."""
-    client = Client(scenario, config, timeout)
+def run_client(
+    scenario: str, config: dict[str, Any], timeout: float, module: str = "bench.load"
+) -> dict[str, Any]:
+    """Run one client scenario (of ``module``) to its end and return its final JSON line."""
+    client = Client(scenario, config, timeout, module)
     try:
         while True:
             result = client.read()

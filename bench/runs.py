@@ -105,7 +105,36 @@ def _journal(results: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def _cross(results: dict[str, Any]) -> list[Figure]:
+    ms, same = results["ms"]["cross"], results["ms"]["same"]
+    figures = [
+        Figure(f"cross-instance delivery {name}", "ms", percentile(ms, q), percentile(same, q))
+        for name, q in (("p50", 0.5), ("p99", 0.99))
+    ]
+    figures = [Figure(f.name, f.unit, f.value, f.floor, "same instance") for f in figures]
+    missing = float(sum(results["missing"].values()))
+    return [*figures, Figure("cross-instance delivery, missing", "", missing)]
+
+
+def _workers(results: dict[str, Any]) -> list[Figure]:
+    floor = results["memory, 1 process"]["per_s"]
+    return [
+        Figure(f"chats/s, {name}", "/s", results[name]["per_s"], floor, "memory, 1 process", True)
+        for name in ("redis, --workers 1", "redis, --workers 2")
+    ]
+
+
+def _redismem(results: dict[str, Any]) -> list[Figure]:
+    redis, memory = results["redis broker"], results["memory broker"]
+    held = redis["steps"][-1]["held"]
+    name = f"memory per idle subscription, Redis ({held:,})"
+    return [Figure(name, "KB", _kb_per_sub(redis), _kb_per_sub(memory), "memory broker")]
+
+
 FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
+    "cross": _cross,
+    "workers": _workers,
+    "redismem": _redismem,
     "journal": _journal,
     "subscriptions": _subscriptions,
     "archive": _archive,
@@ -133,7 +162,7 @@ def repeat(name: str, func: Callable[..., Any], runs: int, quick: bool) -> None:
         loads.append(_load())
         print(f"-- {name}, run {n + 1} of {runs} (load average {loads[-1]})", flush=True)
         results = func(quick=quick)
-        if name in FIGURES:
+        if name in FIGURES and results is not None:  # None: it could not run (no Redis)
             per_run.append(FIGURES[name](results))
         print(flush=True)
     if per_run:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster import missing_redis
+from tests.helpers import unavailable
+
 ROOT = Path(__file__).parent.parent
 
 # benchmark -> lines (regexes) its table must contain
@@ -66,7 +69,34 @@ TABLES = {
         # every dialog archived, every stream told and ended cleanly, nothing cut
         r"^archiver\s+\d+\.\d+\s+\d+\.\d+\s+300\s+300\s+300\s+0$",
     ],
+    "cross": [
+        r"^cross-instance delivery: 10 users streaming from X, 200 chats",
+        r"^\s+p50 ms\s+p99 ms\s+max ms\s+chats\s+missing$",
+        # every chat delivered to the stream on X, whichever instance took it
+        r"^same instance \(floor\)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d\s+100\s+0$",
+        r"^cross instance \(Y->X\)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d\s+100\s+0$",
+        r"^cross - same\s+-?\d+\.\d+\s+-?\d+\.\d+$",
+        r"^\(errors 0; missing: ",
+    ],
+    "workers": [
+        r"^chat throughput by workers: 8 users",
+        r"^\s+chats/s\s+p50 ms\s+p99 ms\s+errors\s+lost$",
+        r"^memory, 1 process\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",
+        r"^redis, --workers 1\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",
+        r"^redis, --workers 2\s+\d+\s+\d+\.\d+\s+\d+\.\d+\s+0\s+0$",  # no reply lost
+        r"^redis, --workers 2 / floor\s+\d+\.\d+x$",
+    ],
+    "redismem": [
+        r"^idle subscriptions by broker",
+        r"^\s+100\s+300\s+RSS at max$",
+        r"^memory broker\s+\d+\.\d\s+\d+\.\d\s+\d+ MB$",
+        r"^redis broker\s+\d+\.\d\s+\d+\.\d\s+\d+ MB$",
+        r"^redis - memory\s+[+-]\d+\.\d\s+[+-]\d+\.\d$",
+        r"^redis-server, KB\s+-?\d+\.\d\d\s+-?\d+\.\d\d$",
+    ],
 }
+# These start a redis-server of their own; without one they print why instead.
+NEEDS_REDIS = ("cross", "workers", "redismem")
 
 
 def _sections(output: str) -> dict[str, str]:
@@ -90,11 +120,17 @@ def test_every_benchmark_prints_its_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sections = _sections(result.stdout)
     assert list(sections) == list(TABLES)
+    redis = missing_redis()
     for name, patterns in TABLES.items():
+        if redis is not None and name in NEEDS_REDIS:
+            assert f"(not run: {redis})" in sections[name]
+            continue
         for pattern in patterns:
             assert re.search(pattern, sections[name], re.M), (
                 f"{name}: no line matching {pattern!r} in:\n{sections[name]}"
             )
+    if redis is not None:
+        unavailable(f"{', '.join(NEEDS_REDIS)} did not run: {redis}")
 
 
 @pytest.mark.timeout(200)

@@ -126,3 +126,13 @@ def test_lines_outside_an_event_loop_are_written_at_once(tmp_path: Path) -> None
     handler, stream = _handler(tmp_path)
     handler.handle(record("chat.append", seq=1))
     assert len(stream.writes) == 1
+
+
+def test_a_tagged_process_names_itself_on_every_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver import logs
+
+    monkeypatch.setattr(logs, "_tags", {})
+    logs.tag(worker=2)
+    line = LogfmtFormatter().format(record("sse.connect", user="u"))
+    assert line.endswith(" INFO sse.connect worker=2 user=u")
+    assert json.loads(JsonFormatter().format(record("sse.connect")))["worker"] == 2
