@@ -19,7 +19,7 @@ from archiver.cli import main
 from archiver.config import Settings
 from archiver.index import Index
 from archiver.journal import Journal
-from archiver.stats import StatArchive, percentile
+from archiver.stats import StatArchive, StatMessage, percentile
 from tests.helpers import SECRET, mint
 from tests.test_review import build_fixture, write_archive
 
@@ -34,16 +34,16 @@ def test_reply_times_lengths_days_and_failures() -> None:
             "2026-11-20T10:00:00.000Z",
             "disconnect",
             [
-                ("user", T0, False),
-                ("assistant", T0 + 400, False),
-                ("user", T0 + 1000, False),
-                ("assistant", T0 + 2500, True),
-                ("user", T0 + 3000, False),
-                ("error", T0 + 3100, False),
+                StatMessage("user", T0, False),
+                StatMessage("assistant", T0 + 400, False),
+                StatMessage("user", T0 + 1000, False),
+                StatMessage("assistant", T0 + 2500, True),
+                StatMessage("user", T0 + 3000, False),
+                StatMessage("error", T0 + 3100, False),
             ],
         ),
-        StatArchive("b", "2026-11-21T09:00:00.000Z", "timeout", [("user", T0, False)]),
-        StatArchive("a", "2026-11-21T23:59:59.999Z", "timeout", [("assistant", T0, False)]),
+        StatArchive("b", "2026-11-21T09:00:00.000Z", "timeout", [StatMessage("user", T0, False)]),
+        StatArchive("a", "2026-11-21T23:59:59.999Z", "timeout", [StatMessage("assistant", T0, False)]),
     ]
     f = stats.compute(rows)
     assert (f["archives"], f["messages"], f["users"]) == (3, 8, 2)
