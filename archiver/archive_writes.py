@@ -281,7 +281,7 @@ def read_export_line(number: int, text: str) -> Importable:
     return Importable(number, fields["user"], fields["name"], dialog, archive_bytes(dialog))
 
 
-_MESSAGE_KEYS = {"seq", "role", "at", "text", "interrupted", "key", "responder", "first_token_ms"}
+_MESSAGE_KEYS = {"seq", "role", "at", "text", "interrupted", "key", "upstream", "first_token_ms"}
 
 
 def _messages(raw: Any) -> list[Message]:
@@ -303,14 +303,14 @@ def _messages(raw: Any) -> list[Message]:
 
 
 def _message(n: int, m: dict[str, Any]) -> Message:
-    """Message ``n`` with its optional fields (key, responder, first_token_ms), checked."""
-    key, responder, first = m.get("key"), m.get("responder"), m.get("first_token_ms")
-    if not all(v is None or (isinstance(v, str) and v) for v in (key, responder)):
-        raise ValueError(f"message {n}: key and responder must be non-empty strings")
+    """Message ``n`` with its optional fields (key, upstream, first_token_ms), checked."""
+    key, upstream, first = m.get("key"), m.get("upstream"), m.get("first_token_ms")
+    if not all(v is None or (isinstance(v, str) and v) for v in (key, upstream)):
+        raise ValueError(f"message {n}: key and upstream must be non-empty strings")
     if first is not None and (type(first) is not int or first < 0):
         raise ValueError(f"message {n}: first_token_ms must be a whole number >= 0")
     interrupted = bool(m.get("interrupted"))
-    return Message(n, m["role"], m["at"], m["text"], interrupted, key, responder, first)
+    return Message(n, m["role"], m["at"], m["text"], interrupted, key, upstream, first)
 
 
 def check_import(journal: Journal, items: list[Importable]) -> list[str]:

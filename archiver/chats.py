@@ -342,10 +342,10 @@ class Chats:
         first_token_ms: int | None = None,
     ) -> Appended:
         # An assistant or error entry records which upstream answered (for stats).
-        responder = None if role == "user" else self.responder.name
+        upstream = None if role == "user" else self.responder.name
         try:
             appended = await self.threads.append(
-                user, role, text, interrupted, history, key, responder, first_token_ms
+                user, role, text, interrupted, history, key, upstream, first_token_ms
             )
         except JournalError as exc:
             self.incidents.failed(user, "append", exc)

@@ -55,7 +55,7 @@ MARKER = b"...\n"
 TAIL_OK = b"\n...\n"
 REASONS = ("disconnect", "timeout", "shutdown", "recovery", "user")
 ROLES = ("user", "assistant", "error")
-OPTIONAL = ("key", "responder", "first_token_ms")  # entry fields after ``interrupted``
+OPTIONAL = ("key", "upstream", "first_token_ms")  # entry fields after ``interrupted``
 TAIL_READ = 4096  # the first read of a tail: a few entries
 HEAD_READ = 4096  # the header: a few short lines, the user id at most ~1 KB escaped
 ENTRY_START = b"- seq: "  # every entry starts with this line, at column 0
@@ -84,11 +84,11 @@ class Message:
     # The client's Idempotency-Key of a user message (POST /chat), recorded so a repeat
     # is recognized across restarts and after the dialog is archived.
     key: str | None = None
-    # Which reply producer (`replies`: echo, openai, n8n) wrote an assistant or
+    # Which upstream (ARCHIVER_UPSTREAM: echo, openai, n8n) wrote an assistant or
     # error entry, and ms from the question being journaled to the first streamed chunk
     # (floored, so never above the entries' own ``at`` difference). Absent in archives
     # written before they were recorded: every reader takes them as optional.
-    responder: str | None = None
+    upstream: str | None = None
     first_token_ms: int | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -182,8 +182,8 @@ def message_text(message: Message) -> str:
         fields.append(("interrupted", "true"))
     if message.key is not None:
         fields.append(("key", yamltext.inline(message.key)))
-    if message.responder is not None:
-        fields.append(("responder", yamltext.inline(message.responder)))
+    if message.upstream is not None:
+        fields.append(("upstream", yamltext.inline(message.upstream)))
     if message.first_token_ms is not None:
         fields.append(("first_token_ms", str(message.first_token_ms)))
     return yamltext.entry_text(fields)
@@ -426,7 +426,7 @@ def message_from_fields(fields: dict[str, str]) -> Message:
             text=fields.get("text", ""),
             interrupted=fields.get("interrupted") == "true",
             key=fields.get("key"),
-            responder=fields.get("responder"),
+            upstream=fields.get("upstream"),
             first_token_ms=_optional_int(fields.get("first_token_ms")),
         )
     except (KeyError, ValueError) as exc:
@@ -531,9 +531,9 @@ def _exact_entry(entry: bytes, whole: bool = True) -> Message | None:
         return None
     if not found.get("first_token_ms", "0").isdigit():
         return None
-    key, responder = found.get("key"), found.get("responder")
+    key, upstream = found.get("key"), found.get("upstream")
     first = _optional_int(found.get("first_token_ms"))
-    return Message(int(head[1]), head[2], head[3], value, interrupted, key, responder, first)
+    return Message(int(head[1]), head[2], head[3], value, interrupted, key, upstream, first)
 
 
 def has_our_header(data: bytes) -> bool:
@@ -588,7 +588,7 @@ def _parse_with_ruamel(text: str) -> Dialog:
                 text=str(m.get("text", "")),
                 interrupted=bool(m.get("interrupted", False)),
                 key=None if m.get("key") is None else str(m["key"]),
-                responder=None if m.get("responder") is None else str(m["responder"]),
+                upstream=None if m.get("upstream") is None else str(m["upstream"]),
                 first_token_ms=_optional_int(m.get("first_token_ms")),
             )
             for m in raw

@@ -54,7 +54,7 @@ from .query import Hit, Search
 from .stats import StatArchive, StatMessage
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "5"  # 5: msgs.responder, msgs.first_token_ms
+SCHEMA_VERSION = "5"  # 5: msgs.upstream, msgs.first_token_ms
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -88,7 +88,7 @@ CREATE TABLE msgs(
     len INTEGER NOT NULL,
     at INTEGER,  -- the message time in ms since the epoch (for stats), NULL if unreadable
     interrupted INTEGER NOT NULL DEFAULT 0,
-    responder TEXT,  -- the entry's responder and first_token_ms (NULL when it has none)
+    upstream TEXT,  -- the entry's upstream and first_token_ms (NULL when it has none)
     first_token_ms INTEGER
 );
 CREATE INDEX msgs_file ON msgs(file);
@@ -378,7 +378,7 @@ class Index:
         times (what stats.py counts), without reading a file."""
         sql = [
             "SELECT f.id, f.udir, f.ended, f.reason,",
-            "m.role, m.at, m.interrupted, m.responder, m.first_token_ms",
+            "m.role, m.at, m.interrupted, m.upstream, m.first_token_ms",
             "FROM files f LEFT JOIN msgs m ON m.file = f.id WHERE f.error IS NULL",
         ]
         args: list[object] = []
@@ -401,9 +401,9 @@ class Index:
                 current_id = file_id
                 current = StatArchive(user_from_dir_name(udir), ended, reason, [])
             if role is not None and current is not None:
-                at, interrupted, responder, first_ms = message
+                at, interrupted, upstream, first_ms = message
                 current.messages.append(
-                    StatMessage(role, at, bool(interrupted), responder, first_ms)
+                    StatMessage(role, at, bool(interrupted), upstream, first_ms)
                 )
         if current is not None:
             yield current
@@ -485,7 +485,7 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
     first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM msgs").fetchone()[0]
     ids = range(first, first + len(item.rows))
     db.executemany(
-        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted, responder,"
+        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted, upstream,"
         " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )

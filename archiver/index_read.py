@@ -23,7 +23,7 @@ from .stats import stamp_ms
 
 SQLITE_MAX_INT = 2**63
 
-# seq role pos len body at interrupted responder first_token_ms
+# seq role pos len body at interrupted upstream first_token_ms
 Row = tuple[int, str, int, int, str, int | None, int, str | None, int | None]
 
 
@@ -116,7 +116,7 @@ def _rows(dialog: Dialog, offsets: list[tuple[int, int]] | None) -> list[Row]:
         pos, length = offsets[i] if offsets is not None else (-1, 0)
         at = stamp_ms(m.at)
         body = index_text(m.text)
-        extra = (m.responder, m.first_token_ms)
+        extra = (m.upstream, m.first_token_ms)
         out.append((m.seq, m.role, pos, length, body, at, int(m.interrupted), *extra))
     return out
 

@@ -113,12 +113,12 @@ class Journal(CurrentDialogs):
         interrupted: bool = False,
         history: int = 0,
         key: str | None = None,
-        responder: str | None = None,
+        upstream: str | None = None,
         first_token_ms: int | None = None,
     ) -> Appended:
         """Append one message to the user's current dialog, starting one if needed; with
         ``history``, also return the dialog's last ``history`` messages (this one too).
-        ``responder`` and ``first_token_ms`` are recorded in the entry as given.
+        ``upstream`` and ``first_token_ms`` are recorded in the entry as given.
 
         With ``key`` (a user message's Idempotency-Key), raise
         :class:`~archiver.idempotency.Repeated` instead if the user sent that key before,
@@ -130,7 +130,7 @@ class Journal(CurrentDialogs):
             directory, lock_fd = held
             path = os.path.join(directory, CURRENT)
             # seq and at are decided under the lock, from the journal and the clock.
-            draft = Message(0, role, "", text, interrupted, key, responder, first_token_ms)
+            draft = Message(0, role, "", text, interrupted, key, upstream, first_token_ms)
             try:
                 appended = self._append_locked(user, path, draft, history)
             except JournalError as exc:

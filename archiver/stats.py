@@ -1,7 +1,7 @@
 """Numbers about archives, for ``GET /admin/stats`` and ``archiver stats``: counted once.
 
 The input is one :class:`StatArchive` per archive: who, when it ended, why, and each
-message's role, time, interrupted flag, responder and first-token time. The search
+message's role, time, interrupted flag, upstream and first-token time. The search
 index holds exactly that (:meth:`archiver.index.Index.stat_rows`, no file read);
 :func:`from_dialogs` makes the same from parsed files, for a data directory whose index
 cannot be written.
@@ -15,8 +15,8 @@ cannot be written.
   question being journaled to the first streamed chunk), for the same replies as the
   reply time; entries without it (older archives, a reply stopped before its first
   chunk) are not counted.
-* **By responder**: replies (assistant or error after a user message), interrupted and
-  error ones, per the ``responder`` their entry records; entries written before it was
+* **By upstream**: replies (assistant or error after a user message), interrupted and
+  error ones, per the ``upstream`` their entry records; entries written before it was
   recorded count under ``unknown``.
 """
 
@@ -38,14 +38,14 @@ LENGTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOP_USERS = 50
 
 
-UNKNOWN = "unknown"  # the responder of an entry that does not name one
+UNKNOWN = "unknown"  # the upstream of an entry that does not name one
 
 
 class StatMessage(NamedTuple):
     role: str
     at: int | None  # ms since the epoch
     interrupted: bool = False
-    responder: str | None = None
+    upstream: str | None = None
     first_token_ms: int | None = None
 
 
@@ -65,7 +65,7 @@ class _Replies:
     first_ms: list[int] = field(default_factory=list)
     failed: Counter[str] = field(default_factory=Counter)  # per day
     interrupted: Counter[str] = field(default_factory=Counter)  # per day
-    by_responder: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    by_upstream: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def stamp_ms(stamp: str) -> int | None:
@@ -80,7 +80,7 @@ def from_dialogs(pairs: Iterable[tuple[str, str, Dialog]]) -> Iterator[StatArchi
     """(user, ended, dialog) triples as stat rows."""
     for user, ended, dialog in pairs:
         messages = [
-            StatMessage(m.role, stamp_ms(m.at), m.interrupted, m.responder, m.first_token_ms)
+            StatMessage(m.role, stamp_ms(m.at), m.interrupted, m.upstream, m.first_token_ms)
             for m in dialog.messages
         ]
         yield StatArchive(user, ended, dialog.reason, messages)
@@ -143,9 +143,9 @@ def compute(archives: Iterable[StatArchive]) -> dict[str, Any]:
             {"day": d, "interrupted": interrupted[d], "errors": failed[d]}
             for d in sorted(set(interrupted) | set(failed))
         ],
-        "problems_by_responder": [
-            {"responder": name, **{k: c[k] for k in ("replies", "interrupted", "errors")}}
-            for name, c in sorted(replies.by_responder.items())
+        "problems_by_upstream": [
+            {"upstream": name, **{k: c[k] for k in ("replies", "interrupted", "errors")}}
+            for name, c in sorted(replies.by_upstream.items())
         ],
     }
 
@@ -164,7 +164,7 @@ def _count_replies(archive: StatArchive, day: str, out: _Replies) -> None:
     for asked, answer in itertools.pairwise(archive.messages):
         if asked.role != "user" or answer.role not in ("assistant", "error"):
             continue
-        counts = out.by_responder[answer.responder or UNKNOWN]
+        counts = out.by_upstream[answer.upstream or UNKNOWN]
         counts["replies"] += 1
         if answer.role == "error":
             out.failed[day] += 1

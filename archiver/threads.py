@@ -128,7 +128,7 @@ class JournalThreads:
         interrupted: bool = False,
         history: int = 0,
         key: str | None = None,
-        responder: str | None = None,
+        upstream: str | None = None,
         first_token_ms: int | None = None,
     ) -> Appended:
         call = partial(
@@ -139,7 +139,7 @@ class JournalThreads:
             interrupted=interrupted,
             history=history,
             key=key,
-            responder=responder,
+            upstream=upstream,
             first_token_ms=first_token_ms,
         )
         if self.journal.fsync == "always":

@@ -43,7 +43,9 @@ def test_reply_times_lengths_days_and_failures() -> None:
             ],
         ),
         StatArchive("b", "2026-11-21T09:00:00.000Z", "timeout", [StatMessage("user", T0, False)]),
-        StatArchive("a", "2026-11-21T23:59:59.999Z", "timeout", [StatMessage("assistant", T0, False)]),
+        StatArchive(
+            "a", "2026-11-21T23:59:59.999Z", "timeout", [StatMessage("assistant", T0, False)]
+        ),
     ]
     f = stats.compute(rows)
     assert (f["archives"], f["messages"], f["users"]) == (3, 8, 2)
