@@ -65,6 +65,52 @@ def test_reply_times_lengths_days_and_failures() -> None:
     assert f["dialog_length"]["p50"] == 1 and f["dialog_length"]["p95"] == 6
 
 
+def test_first_token_and_problems_by_upstream_with_old_archives_as_unknown() -> None:
+    def ask(at: int) -> StatMessage:
+        return StatMessage("user", at)
+
+    rows = [
+        # New entries: echo answered twice (once cut off), openai failed once.
+        StatArchive(
+            "a",
+            "2026-11-22T10:00:00.000Z",
+            "user",
+            [
+                ask(T0),
+                StatMessage("assistant", T0 + 900, False, "echo", 120),
+                ask(T0 + 1000),
+                StatMessage("assistant", T0 + 1300, True, "echo", 300),
+                ask(T0 + 2000),
+                StatMessage("error", T0 + 2100, False, "openai"),
+                ask(T0 + 3000),  # a reply stopped before its first chunk: no first token
+                StatMessage("assistant", T0 + 3050, True, "openai", None),
+            ],
+        ),
+        # An archive from before the fields: counted, under "unknown", no first token.
+        StatArchive(
+            "b",
+            "2026-11-21T10:00:00.000Z",
+            "timeout",
+            [ask(T0), StatMessage("assistant", T0 + 50, True), ask(T0 + 60)],
+        ),
+        StatArchive(
+            "b", "2026-11-21T11:00:00.000Z", "timeout", [ask(T0), StatMessage("error", T0)]
+        ),
+    ]
+    f = stats.compute(rows)
+    assert f["first_token_ms"]["count"] == 2
+    assert (f["first_token_ms"]["p50"], f["first_token_ms"]["p95"]) == (120, 300)
+    assert f["reply_ms"]["count"] == 4  # every assistant answer, with or without the field
+    assert f["problems_by_upstream"] == [
+        {"upstream": "echo", "replies": 2, "interrupted": 1, "errors": 0},
+        {"upstream": "openai", "replies": 2, "interrupted": 1, "errors": 1},
+        {"upstream": "unknown", "replies": 2, "interrupted": 1, "errors": 1},
+    ]
+    assert (f["interrupted"], f["errors"]) == (3, 2)
+    empty = stats.compute([])
+    assert empty["first_token_ms"] == empty["reply_ms"] and empty["problems_by_upstream"] == []
+
+
 def test_percentile_is_the_nearest_rank() -> None:
     assert percentile([], 0.5) is None
     assert percentile([5], 0.95) == 5
@@ -80,6 +126,20 @@ def test_the_index_counts_what_the_files_hold(tmp_path: Path) -> None:
         [("user", "q")],
         ended="2026-11-22T00:00:00.000Z",
     )
+    write_archive(  # entries that name their upstream, beside the old ones above
+        tmp_path,
+        "carol",
+        "2026-11-22-01-00-00.yaml",
+        [
+            ("user", "q"),
+            ("assistant", "a", {"upstream": "echo", "first_token_ms": 7}),
+            ("user", "q2"),
+            ("assistant", "cut", {"interrupted": True, "upstream": "n8n", "first_token_ms": 0}),
+            ("user", "q3"),
+            ("error", "down", {"upstream": "n8n"}),
+        ],
+        ended="2026-11-22T01:00:00.000Z",
+    )
     journal = Journal(tmp_path)
     index = Index(tmp_path)
     index.sync()
@@ -93,6 +153,9 @@ def test_the_index_counts_what_the_files_hold(tmp_path: Path) -> None:
             stats.from_dialogs((i.user, archives.archive_time(i), d) for i, d in pairs)
         )
         assert stats.compute(index.stat_rows(where)) == from_files
+    mixed = stats.compute(index.stat_rows(archives.Filter(user="carol")))
+    assert mixed["first_token_ms"]["count"] == 2
+    assert [r["upstream"] for r in mixed["problems_by_upstream"]] == ["echo", "n8n"]
     index.close()
 
 
