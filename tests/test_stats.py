@@ -201,3 +201,6 @@ async def test_admin_stats_answers_what_the_cli_prints(
     assert narrowed.json()["archives"] == 3
     text = CliRunner().invoke(main, ["stats", "--data", str(tmp_path)], catch_exceptions=False)
     assert text.stdout.startswith("archives   6 (") and "2026-11-21" in text.stdout
+    # The fixture's archives predate the upstream field: their replies are "unknown".
+    assert "\nfirst token 0: p50 -, p95 -\n" in text.stdout
+    assert "\nunknown     " in text.stdout and "upstream    replies" in text.stdout
