@@ -507,7 +507,8 @@ function drawTimes(figure, times = {}, name, label) {
 function drawUpstreams(rows) {
   const table = make("table", "upstreams");
   const head = make("tr");
-  for (const title of ["Upstream", "Replies", "Interrupted", "Failed"]) head.append(make("th", "", title));
+  head.append(make("th", "", "Upstream"));
+  for (const title of ["Replies", "Interrupted", "Failed"]) head.append(make("th", "upstreams__n", title));
   table.append(head);
   for (const row of rows) {
     const tr = make("tr", "upstreams__row");
