@@ -7,11 +7,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from archiver import archives, stats
 from archiver.app import create_app
@@ -156,6 +159,47 @@ def test_the_index_counts_what_the_files_hold(tmp_path: Path) -> None:
     mixed = stats.compute(index.stat_rows(archives.Filter(user="carol")))
     assert mixed["first_token_ms"]["count"] == 2
     assert [r["upstream"] for r in mixed["problems_by_upstream"]] == ["echo", "n8n"]
+    index.close()
+
+
+entry = st.tuples(
+    st.sampled_from(["user", "assistant", "error"]),
+    st.just("t"),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "interrupted": st.booleans(),
+            "upstream": st.sampled_from(["echo", "openai", "n8n", "no"]),
+            "first_token_ms": st.integers(0, 70_000),
+        },
+    ),
+)
+corpus = st.lists(
+    st.tuples(st.sampled_from(["ann", "bob"]), st.lists(entry, min_size=1, max_size=6)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(corpus)
+def test_the_index_and_the_files_agree_on_random_upstreams(
+    tmp_path_factory: pytest.TempPathFactory, archived: list[tuple[str, list[Any]]]
+) -> None:
+    """Old and new entries mixed at random: the index's figures are the files'."""
+    data = tmp_path_factory.mktemp("data")
+    for n, (user, texts) in enumerate(archived):
+        ended = f"2026-11-2{n % 3}T10:00:{n:02d}.000Z"
+        write_archive(data, user, f"2026-11-2{n % 3}-10-00-{n:02d}.yaml", texts, ended=ended)
+    index = Index(data)
+    index.sync()
+    pairs = archives.export_dialogs(Journal(data), archives.Filter())
+    rows = ((i.user, archives.archive_time(i), d) for i, d in pairs)
+    assert stats.compute(index.stat_rows(archives.Filter())) == stats.compute(
+        stats.from_dialogs(rows)
+    )
     index.close()
 
 
