@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import auth, collector, guests, openapi, redact
 from .admission import Admission
 from .auth import JWTBackend, User
+from .broker import make_broker, preflight
 from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
 from .errors import JournalError
@@ -417,18 +418,22 @@ def create_app(settings: Settings) -> Starlette:
     guests.check(settings)
     # Load redaction rules now, so a bad pattern stops the start with its message.
     redactor = redact.load(settings.redact, settings.redact_file)
+    # An unreachable broker stops the start here, in one line (BrokerUnavailable).
+    preflight(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Divergence #8: sse-starlette's process-global AppStatus is reset per app.
         AppStatus.should_exit = False  # process-global in sse-starlette; a new server starts
         instance = Instance(settings.data_dir)
-        journal = Journal(settings.data_dir, settings.fsync, instance.id, instance.alive)
+        hub = Hub()
+        broker = make_broker(settings, hub, instance)
+        # Liveness is the broker's: the instance locks (memory) or the leases (Redis).
+        journal = Journal(settings.data_dir, settings.fsync, instance.id, broker.alive)
         client = make_client(settings) if settings.upstream != "echo" else None
         journal.redactor = redactor
         if settings.fault_point:
             journal.fault = _armed_fault(settings.fault_point)
-        hub = Hub()
         indexer = _indexer(settings)
         sessions = Sessions(
             settings=settings,
@@ -443,6 +448,7 @@ def create_app(settings: Settings) -> Starlette:
             metrics=Metrics(lambda: hub.connections, lambda: len(hub.users()), collector.frozen),
             feed=Feed(journal),
             index=indexer,
+            broker=broker,
         )
         app.state.sessions = sessions
         app.state.tickets = Tickets(auth.load_or_create_ticket_key(settings.data_dir))
@@ -457,6 +463,7 @@ def create_app(settings: Settings) -> Starlette:
             instance=instance.id,
             data=settings.data_dir,
             fsync=settings.fsync,
+            broker=broker.name,
             responder=sessions.responder.name,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
@@ -476,6 +483,7 @@ def create_app(settings: Settings) -> Starlette:
                 indexer.stop()  # after the drain: the shutdown's archives are indexed too
             if client is not None:
                 await client.aclose()
+            await broker.close()
             instance.close()
             log.info("server.stop", pid=os.getpid(), instance=instance.id)
 

@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import archive_writes as archives  # the sweep's question, and prune
+from .broker import Broker
 from .commit import Archived
 from .config import Settings
 from .dialogfile import Summary
@@ -60,10 +61,12 @@ class Archiver:
         instance: Instance | None = None,
         chatting: Callable[[str], bool] = lambda user: False,
         index: Indexer | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.threads = threads
         self.hub = hub
+        self.broker = broker if broker is not None else Broker(hub, instance)
         self.metrics = metrics
         self.incidents = incidents
         self.instance = instance
@@ -81,7 +84,8 @@ class Archiver:
         self.threads.journal.observer = self._observed
         await self.recover()
         task_group.start_soon(self._sweeper)
-        if self.instance is not None:
+        if self.instance is not None and not self.broker.shared:
+            # Only without a shared broker: streams and chats then meet only by routing.
             task_group.start_soon(self._follow_owners)
         if self.settings.fsync == "everysec":
             task_group.start_soon(self._fsync_ticker)
@@ -105,10 +109,16 @@ class Archiver:
         """
         started = time.monotonic()
         async with self.threads.user_lock(user):
-            if reason == "disconnect" and idle_for is None:
-                result = await self.group.archive(user, reason, owned)
-            else:
-                result = await self._archive_one(user, reason, idle_for, owned)
+            # Waits while a reply streams into this dialog on another instance.
+            await self.broker.acquire(user, "archive")
+            try:
+                if reason == "disconnect" and idle_for is None:
+                    result = await self.group.archive(user, reason, owned)
+                else:
+                    result = await self._archive_one(user, reason, idle_for, owned)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.broker.release(user)
         if isinstance(result, (NotOwner, JournalError)):
             self._outcome(user, reason, result, 0.0, [])
             if raise_errors and isinstance(result, JournalError):
@@ -166,13 +176,15 @@ class Archiver:
             file=result.path,
             ms=round(ms, 1),
         )
-        self.hub.publish(result.user, archived_event(result.dialog, result.name, result.reason))
+        self.broker.publish(result.user, archived_event(result.dialog, result.name, result.reason))
         if self.index is not None:
             self.index.submit(result.path)
 
     # -- many dialogs -------------------------------------------------------------------
 
-    async def archive_all(self, users: list[str], reason: str, results: list[Archived]) -> None:
+    async def archive_all(
+        self, users: list[str], reason: str, results: list[Archived], owned: bool = True
+    ) -> None:
         """Archive many dialogs in the journal's two passes, a batch per thread call.
 
         One archive() per user, 16 at a time, took 5.9 s for 10,000 dialogs at shutdown:
@@ -186,7 +198,7 @@ class Archiver:
         trailed: list[tuple[str, Summary]] = []
 
         def trail_batch(batch: list[str]) -> list[tuple[str, _Outcome]]:
-            return [(u, _attempt(journal.write_trailer, u, reason, owned=True)) for u in batch]
+            return [(u, _attempt(journal.write_trailer, u, reason, owned=owned)) for u in batch]
 
         def move_batch(batch: list[tuple[str, Summary]]) -> list[tuple[str, _Outcome]]:
             return [(u, _attempt(journal.move_to_archive, u, summary)) for u, summary in batch]
@@ -235,14 +247,40 @@ class Archiver:
                 continue
             if self.instance is not None:
                 owner = await self.threads.run(journal.owner, user)
-                if await self.threads.run(self.instance.other_live_owner, owner):
-                    continue  # a live instance's dialog, not an orphan
+                if owner and owner != self.instance.id:
+                    if await self.threads.run(self.broker.alive, owner):
+                        continue  # a live instance's dialog, not an orphan
+                    if await self.broker.gone_everywhere(user) is not True:
+                        continue  # its user reconnected elsewhere: the dialog goes on
             if await self.archive(user, "recovery") is not None:
                 archived += 1
         log.info(
             "recovery.run",
             dialogs=len(users),
             archived=archived,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    async def recover_instance(self, dead: str) -> None:
+        """Archive, with reason ``recovery``, the dialogs of an instance found dead
+        (the broker tells exactly one survivor), except those whose user is connected
+        somewhere: they go on in the same dialog wherever the user is now."""
+        started = time.monotonic()
+        journal = self.threads.journal
+        mtimes = await self.threads.run(lambda: list(archives.current_mtimes(journal)))
+        archived = kept = 0
+        for user, _ in mtimes:
+            if await self.threads.run(journal.owner, user) != dead:
+                continue
+            if await self.broker.gone_everywhere(user) is not True:
+                kept += 1
+            elif await self.archive(user, "recovery", owned=True) is not None:
+                archived += 1
+        log.warning(
+            "instance.dead",
+            instance=dead,
+            archived=archived,
+            kept=kept,
             ms=round((time.monotonic() - started) * 1000, 1),
         )
 

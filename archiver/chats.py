@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from .broker import Broker
 from .errors import JournalError
 from .events import message_event, reply_event
 from .hub import Hub
@@ -114,9 +115,11 @@ class Chats:
         on_append: Callable[[str], None] = lambda user: None,
         rate_limit: RateLimit | None = None,
         breaker: Breaker | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.threads = threads
-        self.hub = hub
+        # Every event goes through the broker: this instance's streams, then the others'.
+        self.broker = broker if broker is not None else Broker(hub, None)
         self.responder = responder
         self.metrics = metrics
         self.incidents = incidents
@@ -166,7 +169,15 @@ class Chats:
         chat = self._chats[user] = _Chat(text, key)
         try:
             async with self.threads.user_lock(user):
-                chat.result = await self._chat_locked(user, text, chat)
+                # The user's lock orders this process; the broker's claim the others: a
+                # reply streaming on another instance makes this chat Busy, as it would here.
+                if not await self.broker.acquire(user, "reply"):
+                    raise Busy()
+                try:
+                    chat.result = await self._chat_locked(user, text, chat)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.broker.release(user)
                 return chat.result
         except BaseException as exc:
             chat.error = exc
@@ -228,10 +239,10 @@ class Chats:
             asked = await self._append(user, "user", text, history=history_messages, key=chat.key)
         except Repeated as repeat:
             return self._repeated(user, text, repeat.found)
-        self.hub.publish(user, message_event(asked.dialog, asked.message))
+        self.broker.publish(user, message_event(asked.dialog, asked.message))
         history = asked.history or []
         message_id = f"{asked.dialog}:{asked.message.seq + 1}"
-        self.hub.publish(user, reply_event("begin", message_id))
+        self.broker.publish(user, reply_event("begin", message_id))
         request = ReplyRequest(user=user, dialog=asked.dialog, message=text, history=history)
         log.info(
             "reply.start",
@@ -255,7 +266,7 @@ class Chats:
                         if first is None:
                             first = time.monotonic()
                         chunks.append(chunk)
-                        self.hub.publish(user, reply_event("item", message_id, chunk))
+                        self.broker.publish(user, reply_event("item", message_id, chunk))
             except ReplyError as exc:
                 error = exc
         chat.scope = None
@@ -278,8 +289,8 @@ class Chats:
                 return await self._reply_failed(user, asked, message_id, error, reply, timing)
         assert reply is not None
         self.metrics.reply_seconds.observe(time.monotonic() - started)
-        self.hub.publish(user, reply_event("end", message_id, interrupted=interrupted))
-        self.hub.publish(user, message_event(reply.dialog, reply.message))
+        self.broker.publish(user, reply_event("end", message_id, interrupted=interrupted))
+        self.broker.publish(user, message_event(reply.dialog, reply.message))
         log.info(
             "reply.stopped" if interrupted else "reply.done",
             user=user,
@@ -325,10 +336,10 @@ class Chats:
             **timing,
         )
         if partial is not None:
-            self.hub.publish(user, message_event(partial.dialog, partial.message))
+            self.broker.publish(user, message_event(partial.dialog, partial.message))
         entry = await self._append(user, "error", error.detail)
-        self.hub.publish(user, reply_event("error", message_id, error.detail))
-        self.hub.publish(user, message_event(entry.dialog, entry.message))
+        self.broker.publish(user, reply_event("error", message_id, error.detail))
+        self.broker.publish(user, message_event(entry.dialog, entry.message))
         raise error
 
     async def _append(

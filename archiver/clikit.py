@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, archives
+from .broker import BrokerUnavailable
 from .config import ConfigError, Settings
 from .dialogfile import REASONS
 from .errors import JournalError
@@ -50,6 +51,12 @@ COMMANDS = [
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if name in self.commands]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokerUnavailable as exc:  # `serve` with ARCHIVER_BROKER unreachable
+            raise Failure(str(exc)) from None
 
 
 def _settings(**overrides: Any) -> Settings:

@@ -40,6 +40,7 @@ DEFAULT_RATE_LIMIT_PER_IP = 600.0  # chats and new streams a minute, one address
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_GUEST_TTL = 3600.0
 DEFAULT_GUEST_RATE_PER_IP = 10.0
+DEFAULT_BROKER_LEASE = 10.0
 
 ENV_PREFIX = "ARCHIVER_"
 
@@ -141,6 +142,9 @@ class Settings:
     # "memory" (one process, nothing to install) or a Redis URL (redis://, rediss://,
     # unix://) shared by every instance: presence, live fan-out, liveness (#15).
     broker: str = field(default="memory", repr=False)  # a URL may carry a password
+    # Seconds an instance's registration in the broker lasts unless renewed (every third
+    # of it): a dead instance's connections leave presence, and its claims expire, within it.
+    broker_lease: float = DEFAULT_BROKER_LEASE
     # Test-only: "<point>[@<nth>][#<bytes>]" SIGKILLs the process the nth time the journal
     # reaches <point> (FAULT_POINTS); a *.torn point first writes only <bytes> of the write.
     fault_point: str | None = None
@@ -212,6 +216,8 @@ class Settings:
                 "ARCHIVER_BROKER must be memory or a Redis URL (redis://host:port/db, "
                 f"rediss://..., unix:///path), not {redacted_url(self.broker)!r}"
             )
+        if self.broker_lease < 0.3:
+            raise ConfigError("ARCHIVER_BROKER_LEASE must be at least 0.3 seconds")
         if self.max_message_bytes < 1:
             raise ConfigError("ARCHIVER_MAX_MESSAGE_BYTES must be at least 1")
         if self.jwt_algorithm.startswith("HS") and self.jwt_public_key:

@@ -219,6 +219,17 @@ SCHEMAS: dict[str, Schema] = {
         {
             "tasks": {"type": "integer", "description": "Admin token only: asyncio tasks."},
             "threads": {"type": "integer", "description": "Admin token only: threads."},
+            "broker": {
+                "type": "object",
+                "description": "ARCHIVER_BROKER: name (memory, redis) and state (ok, lost); "
+                "with Redis also the live instances and the events received from them.",
+                "properties": {
+                    "name": {"type": "string", "enum": ["memory", "redis"]},
+                    "state": {"type": "string", "enum": ["ok", "lost"]},
+                    "instances": {"type": "integer"},
+                    "received": {"type": "integer"},
+                },
+            },
         },
         status={"type": "string", "enum": ["ok", "draining"]},
         uptime={"type": "number"},

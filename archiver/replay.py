@@ -9,7 +9,7 @@ sent may also be queued: those copies are skipped. No per-user state lives here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from .dialogfile import Summary
 from .events import archived_event, message_event, ready_event
@@ -17,9 +17,18 @@ from .hub import Event, Inbox
 from .threads import JournalThreads
 
 
+async def _here(user: str) -> None:
+    return None
+
+
 class Replay:
-    def __init__(self, threads: JournalThreads) -> None:
+    def __init__(
+        self, threads: JournalThreads, listening: Callable[[str], Awaitable[None]] = _here
+    ) -> None:
         self.threads = threads
+        # The broker's: until events published on other instances reach this one, so
+        # that what follows `ready` is complete.
+        self.listening = listening
 
     async def stream(
         self, inbox: Inbox, last_event_id: str | None, ping: float | None = None
@@ -28,6 +37,7 @@ class Replay:
         the replay, then live events (and, with ``ping``, :data:`~archiver.hub.PING`
         every ``ping`` seconds of quiet)."""
         user = inbox.user
+        await self.listening(user)
         summary = await self.threads.current_summary(user)
         sent: dict[str, int] = {}
         dialog, count = (summary.dialog, summary.messages) if summary else (None, 0)

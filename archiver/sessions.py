@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .archiving import Archiver
+from .broker import Broker
 from .chats import Busy, ChatResult, Chats, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .commit import Archived
 from .config import Settings
@@ -66,12 +67,16 @@ class Sessions:
     metrics: Metrics | None = None
     feed: Feed | None = None
     index: Indexer | None = None  # the search index's worker, told of every archive
+    broker: Broker | None = None  # None: the memory broker (one process)
     incidents: Incidents = field(default_factory=Incidents)
     started_at: float = field(default_factory=time.time)
     shutdown_started: float | None = None
 
     def __post_init__(self) -> None:
         hub = self.hub
+        if self.broker is None:
+            self.broker = Broker(hub, self.instance)
+        broker = self.broker
         if self.metrics is None:
             self.metrics = Metrics(lambda: hub.connections, lambda: len(hub.users()))
         self.chats = Chats(
@@ -83,6 +88,7 @@ class Sessions:
             on_append=self._serve,
             rate_limit=self.rate_limit,
             breaker=self.breaker,
+            broker=broker,
         )
         self.archiver = Archiver(
             self.settings,
@@ -93,6 +99,7 @@ class Sessions:
             self.instance,
             chatting=self.chats.__contains__,
             index=self.index,
+            broker=broker,
         )
         self.presence = Presence(
             hub,
@@ -101,18 +108,33 @@ class Sessions:
             on_connect=self._serve,
             max_per_user=self.settings.max_streams_per_user,
         )
-        self.replay = Replay(self.threads)
+        self.replay = Replay(self.threads, broker.listening)
 
     def _serve(self, user: str) -> None:
         self.archiver.serve(user)
 
     async def _gone(self, user: str) -> None:
-        await self.archiver.archive(user, "disconnect", owned=True)
+        """The grace ran out with no connection here: archive unless the user is
+        connected on another instance, or the broker cannot tell (the sweeper ends
+        such a dialog later)."""
+        assert self.broker is not None
+        gone = await self.broker.gone_everywhere(user)
+        if gone is None:
+            log.info("presence.unknown", user=user, broker=self.broker.name)
+            return
+        if not gone:
+            log.info("presence.elsewhere", user=user)
+            return
+        # Without a shared broker, a dialog another live instance appended to last is
+        # that instance's (its user's browser moved there); with one, presence decided.
+        await self.archiver.archive(user, "disconnect", owned=not self.broker.shared)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, task_group: TaskGroup) -> None:
         """Start the background work in ``task_group`` (owned by the lifespan)."""
+        assert self.broker is not None
+        await self.broker.start(task_group, self.archiver.recover_instance)
         self.presence.start(task_group)
         if self.feed is not None:
             self.feed.start(task_group)
@@ -143,14 +165,22 @@ class Sessions:
         """Archive every dialog this process served, with reason ``shutdown``."""
         self.begin_shutdown()
         started = time.monotonic()
-        users = sorted(self.archiver.served)
+        users = await self._not_elsewhere(sorted(self.archiver.served))
         results: list[Archived] = []
         # Whatever is left of ARCHIVER_SHUTDOWN_TIMEOUT since SIGTERM (streams and requests
         # in flight had their part of it), but always a moment to write the archives.
         elapsed = time.monotonic() - (self.shutdown_started or started)
         budget = max(1.0, self.settings.shutdown_timeout - elapsed - 0.5)
+        assert self.broker is not None
+        shared = self.broker.shared
+        # With a shared broker, presence decided (above) and the claims order the replies
+        # of other instances; without one, a dialog another live instance appended to
+        # last is that instance's (owned).
+        users = await self.broker.acquire_all(users)
         with anyio.move_on_after(budget) as scope:
-            await self.archiver.archive_all(users, "shutdown", results)
+            await self.archiver.archive_all(users, "shutdown", results, owned=not shared)
+        with anyio.CancelScope(shield=True):
+            await self.broker.release_all(users)
         if self.settings.fsync == "everysec":
             await self.threads.sync_dirty()
         log.info(
@@ -161,14 +191,42 @@ class Sessions:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
 
+    async def _not_elsewhere(self, users: list[str]) -> list[str]:
+        """The served users a shutdown archives: with a shared broker, not those
+        connected on another instance (their dialog goes on there), and none if the
+        broker cannot tell (recovery or the sweeper ends them later)."""
+        assert self.broker is not None
+        if not self.broker.shared or not users:
+            return users
+        if self.broker.peers():
+            # The browsers this shutdown ended reconnect to the other instances (the
+            # widget within 3 s): give them the grace, as a last tab's close does.
+            elapsed = time.monotonic() - (self.shutdown_started or time.monotonic())
+            room = self.settings.shutdown_timeout - elapsed - 2.0
+            await anyio.sleep(max(0.0, min(self.settings.disconnect_grace, room)))
+        elsewhere = await self.broker.present_elsewhere(users)
+        if elsewhere is None:
+            log.warning("presence.unknown", users=len(users), broker=self.broker.name)
+            return []
+        for user in sorted(elsewhere):
+            log.info("presence.elsewhere", user=user)
+        return [u for u in users if u not in elsewhere]
+
     # -- what the routes call -----------------------------------------------------------
 
     def connect(self, user: str) -> Inbox:
-        return self.presence.connect(user)
+        assert self.broker is not None
+        inbox = self.presence.connect(user)
+        self.broker.joined(user)
+        return inbox
 
     def disconnect(self, inbox: Inbox) -> int:
         """Forget a connection; start the grace timer if it was the user's last one."""
-        return self.presence.disconnect(inbox)
+        assert self.broker is not None
+        remaining = self.presence.disconnect(inbox)
+        if not remaining:
+            self.broker.left(inbox.user)
+        return remaining
 
     async def chat(self, user: str, text: str, key: str | None = None) -> ChatResult:
         return await self.chats.chat(user, text, key)
@@ -206,4 +264,5 @@ class Sessions:
             "replies": len(self.chats),
             "archived": self.archived,
             "instance": self.instance.id if self.instance else None,
+            "broker": self.broker.health() if self.broker else None,
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import queue
 import re
 import shutil
@@ -630,14 +631,23 @@ class RedisServer:
     data would. Skips (fails under ARCHIVER_REQUIRE_E2E=1) when Debian's package is
     missing."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.password = password  # --requirepass: the URL then carries it
+        # Also on a unix socket: in /tmp, as a socket path may not exceed 107 bytes.
+        self.socket = Path("/tmp") / f"archiver-test-redis-{self.port}.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket}?db=0"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -660,6 +670,11 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "yes",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -671,7 +686,9 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                answer = sock.recv(64)
+                # With a password, an unauthenticated PING is refused: it still answers.
+                return answer.startswith(b"+PONG") or b"NOAUTH" in answer
         except OSError:
             return False
 
@@ -681,8 +698,125 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=20)
         self.proc = None
+        self.socket.unlink(missing_ok=True)  # a killed redis-server leaves it behind
 
     def restart(self) -> RedisServer:
         """Stop it and start it again on the same port, empty."""
         self.stop()
         return self.start()
+
+
+# --------------------------------------------------------------------------------------
+# nginx: a shipped config (deploy/nginx*.conf) with only its ports and paths changed
+
+LOOPBACK = "127.0.0.1"
+
+
+def ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        unavailable("nginx is not installed (apt-get install nginx)")
+    return found
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"--- {path.name}: (missing)"
+    return f"--- {path.name} (last {lines} lines):\n" + "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------
+# The config: ports and paths filled in, nothing else
+
+DIRECTIVE = re.compile(r"^(\s*)(\w+)(\s+)([^\s;]+)(.*)$")
+PATH_DIRECTIVES = {"pid", "error_log", "access_log"}
+TEMP_PATH = re.compile(r"^\w+_temp_path$")
+TLS_COMMENTED = re.compile(r"^(\s*)#(\S.*|\s{4}.*|)$")  # "#server {", "#    listen", "#"
+ALLOWED_CHANGES = {"listen", "server", "user", "pid", "error_log", "access_log"}
+ALLOWED_CHANGES |= {"ssl_certificate", "ssl_certificate_key"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a rendered config puts things."""
+
+    prefix: Path
+    http_port: int
+    upstream_ports: tuple[int, ...]
+    tls_port: int | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "access.log"
+
+    @property
+    def error_log(self) -> Path:
+        return self.prefix / "error.log"
+
+
+def render_conf(text: str, layout: Layout) -> str:
+    """The shipped config with only ports and paths changed; the line count is kept."""
+    ipv6 = ipv6_loopback_works()
+    ports = iter(layout.upstream_ports)
+    upstream_servers = 0
+    block: str | None = None
+    out: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# BEGIN TLS"):
+            block = "tls"
+        elif stripped.startswith("# END TLS"):
+            block = None
+        elif block == "tls" and layout.tls_port is not None:
+            line = TLS_COMMENTED.sub(r"\1\2", line)
+        if stripped.startswith("upstream archiver"):
+            block = "upstream"
+        elif block == "upstream" and stripped == "}":
+            block = None
+        match = DIRECTIVE.match(line)
+        if match is None or line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        indent, name, space, arg, rest = match.groups()
+        if name == "listen":
+            port = layout.tls_port if arg.endswith(":443") or arg == "443" else layout.http_port
+            if arg.startswith("[") and not ipv6:
+                line = f"{indent}# (no IPv6 loopback here) {stripped}"
+            else:
+                host = "[::1]" if arg.startswith("[") else LOOPBACK
+                line = f"{indent}listen{space}{host}:{port}{rest}"
+        elif name == "server" and block == "upstream":
+            upstream_servers += 1
+            line = f"{indent}server{space}{LOOPBACK}:{next(ports)}{rest}"
+        elif name == "user":
+            if os.geteuid() == 0:  # workers must reach the (0700) pytest temp dirs
+                line = f"{indent}user{space}{pwd.getpwuid(os.geteuid()).pw_name};"
+        elif name in PATH_DIRECTIVES:
+            line = f"{indent}{name}{space}{layout.prefix / (name.replace('_', '.'))}{rest}"
+        elif TEMP_PATH.match(name):
+            line = f"{indent}{name}{space}{layout.prefix / 'temp' / name}{rest}"
+        elif name == "ssl_certificate":
+            line = f"{indent}{name}{space}{layout.cert};"
+        elif name == "ssl_certificate_key":
+            line = f"{indent}{name}{space}{layout.key};"
+        out.append(line)
+    assert upstream_servers == len(layout.upstream_ports), (
+        f"deploy/nginx.conf has {upstream_servers} upstream servers; "
+        f"the tests run {len(layout.upstream_ports)} instances"
+    )
+    return "\n".join(out) + "\n"
