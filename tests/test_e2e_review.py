@@ -146,6 +146,10 @@ def test_download_markdown_and_print_the_transcript(
     page.goto(server.review_url(USER))
     page.locator(f"#archives .archive[data-name='{SHORT}']").click()
     expect(page.locator("#messages .tmsg")).to_have_count(2)
+    # The answer names its upstream and first-word time; the question has neither.
+    origin = page.locator("#messages .tmsg__origin")
+    expect(origin).to_have_count(1)
+    expect(origin).to_have_text("echo · first word 120 ms")
     with page.expect_download() as download:
         page.get_by_role("button", name="Download Markdown").click()
     saved = tmp_path / "t.md"

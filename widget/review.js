@@ -289,6 +289,11 @@ function transcriptMessage(m) {
   const meta = make("p", "tmsg__meta");
   meta.append(make("span", "tmsg__who", WHO[role]), timeElement(m.at, longTime));
   if (m.interrupted) meta.append(make("span", "tmsg__flag", "stopped"));
+  // Entries from before these were recorded have neither: show nothing then.
+  const origin = [m.upstream, m.first_token_ms == null ? null : `first word ${m.first_token_ms} ms`];
+  if (origin.some((part) => part != null)) {
+    meta.append(make("span", "tmsg__origin", origin.filter((part) => part != null).join(" · ")));
+  }
   item.append(meta, make("div", "tmsg__body", m.text ?? ""));
   return item;
 }
