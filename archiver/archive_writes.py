@@ -281,22 +281,36 @@ def read_export_line(number: int, text: str) -> Importable:
     return Importable(number, fields["user"], fields["name"], dialog, archive_bytes(dialog))
 
 
+_MESSAGE_KEYS = {"seq", "role", "at", "text", "interrupted", "key", "upstream", "first_token_ms"}
+
+
 def _messages(raw: Any) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise ValueError("messages must be a non-empty list")
     out = []
     for n, m in enumerate(raw, start=1):
-        ok = isinstance(m, dict) and set(m) <= {"seq", "role", "at", "text", "interrupted"}
+        ok = isinstance(m, dict) and set(m) <= _MESSAGE_KEYS
         if not ok or not {"seq", "role", "at", "text"} <= set(m):
-            raise ValueError(f"message {n} is not {{seq, role, at, text[, interrupted]}}")
+            raise ValueError(f"message {n} is not {{seq, role, at, text[, interrupted, ...]}}")
         if not isinstance(m["seq"], int) or isinstance(m["seq"], bool) or m["seq"] != n:
             raise ValueError(f"message {n} has seq {m['seq']!r}, not {n}")
         if m["role"] not in ROLES or not isinstance(m["at"], str):
             raise ValueError(f"message {n}: role must be one of {', '.join(ROLES)}")
         if not isinstance(m["text"], str) or m.get("interrupted", False) not in (True, False):
             raise ValueError(f"message {n}: text must be a string, interrupted true or false")
-        out.append(Message(n, m["role"], m["at"], m["text"], bool(m.get("interrupted"))))
+        out.append(_message(n, m))
     return out
+
+
+def _message(n: int, m: dict[str, Any]) -> Message:
+    """Message ``n`` with its optional fields (key, upstream, first_token_ms), checked."""
+    key, upstream, first = m.get("key"), m.get("upstream"), m.get("first_token_ms")
+    if not all(v is None or (isinstance(v, str) and v) for v in (key, upstream)):
+        raise ValueError(f"message {n}: key and upstream must be non-empty strings")
+    if first is not None and (type(first) is not int or first < 0):
+        raise ValueError(f"message {n}: first_token_ms must be a whole number >= 0")
+    interrupted = bool(m.get("interrupted"))
+    return Message(n, m["role"], m["at"], m["text"], interrupted, key, upstream, first)
 
 
 def check_import(journal: Journal, items: list[Importable]) -> list[str]:

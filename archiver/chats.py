@@ -281,7 +281,10 @@ class Chats:
         with anyio.CancelScope(shield=True):
             reply = None
             if chunks or error is None:
-                reply = await self._append(user, "assistant", "".join(chunks), interrupted)
+                first_ms = None if first is None else int((first - started) * 1000)
+                reply = await self._append(
+                    user, "assistant", "".join(chunks), interrupted, first_token_ms=first_ms
+                )
             if error is not None:
                 return await self._reply_failed(user, asked, message_id, error, reply, timing)
         assert reply is not None
@@ -347,9 +350,14 @@ class Chats:
         interrupted: bool = False,
         history: int = 0,
         key: str | None = None,
+        first_token_ms: int | None = None,
     ) -> Appended:
+        # An assistant or error entry records which upstream answered (for stats).
+        upstream = None if role == "user" else self.responder.name
         try:
-            appended = await self.threads.append(user, role, text, interrupted, history, key)
+            appended = await self.threads.append(
+                user, role, text, interrupted, history, key, upstream, first_token_ms
+            )
         except JournalError as exc:
             self.incidents.failed(user, "append", exc)
             raise

@@ -278,9 +278,10 @@ def stats_(
     """Print figures: archives by reason and day, users, reply times.
 
     Archives by reason and by day, dialogs and messages per user, the dialog length
-    distribution, reply time (user message to the assistant's) p50/p95, interrupted and
-    failed replies. Read from the search index (brought up to date first); --json prints
-    what GET /admin/stats answers.
+    distribution, reply time (user message to the assistant's) and time to the first
+    streamed chunk p50/p95, interrupted and failed replies, by day and by upstream
+    (unknown: archives from before entries named it). Read from the search index
+    (brought up to date first); --json prints what GET /admin/stats answers.
 
     \b
     archiver stats
@@ -312,7 +313,7 @@ def stats_(
 
 
 def _stats_lines(f: dict[str, Any]) -> list[str]:
-    reply, length = f["reply_ms"], f["dialog_length"]
+    reply, length, first = f["reply_ms"], f["dialog_length"], f["first_token_ms"]
     reasons = ", ".join(f"{r} {n}" for r, n in f["by_reason"].items()) or "none"
     out = [
         f"archives   {f['archives']} ({reasons})",
@@ -320,9 +321,16 @@ def _stats_lines(f: dict[str, Any]) -> list[str]:
         f"length     p50 {length['p50']}, p95 {length['p95']} messages per dialog",
         f"replies    {reply['count']}: p50 {_ms(reply['p50'])}, p95 {_ms(reply['p95'])}; "
         f"{f['interrupted']} interrupted, {f['errors']} failed",
+        f"first token {first['count']}: p50 {_ms(first['p50'])}, p95 {_ms(first['p95'])}",
         "",
-        "day          archives  by reason",
+        "upstream    replies  interrupted  failed",
     ]
+    out += [
+        f"{render.printable(r['upstream'])[:10]:10}  {r['replies']:7}  {r['interrupted']:11}"
+        f"  {r['errors']:6}"
+        for r in f["problems_by_upstream"]
+    ]
+    out += ["", "day          archives  by reason"]
     for day in f["by_day"]:
         parts = ", ".join(f"{r} {n}" for r, n in day["reasons"].items())
         out.append(f"{day['day']}  {sum(day['reasons'].values()):8}  {parts}")

@@ -55,6 +55,7 @@ MARKER = b"...\n"
 TAIL_OK = b"\n...\n"
 REASONS = ("disconnect", "timeout", "shutdown", "recovery", "user")
 ROLES = ("user", "assistant", "error")
+OPTIONAL = ("key", "upstream", "first_token_ms")  # entry fields after ``interrupted``
 TAIL_READ = 4096  # the first read of a tail: a few entries
 HEAD_READ = 4096  # the header: a few short lines, the user id at most ~1 KB escaped
 ENTRY_START = b"- seq: "  # every entry starts with this line, at column 0
@@ -64,7 +65,6 @@ _TRAILER_WINDOW = 256  # a journal's trailer is the last ~70 bytes before the ma
 _HEAD_LINE = re.compile(rb"^(user|dialog|started): (.*)$", re.M)
 _SEQ = b"\n" + ENTRY_START
 _AT = b"\n  at: '"
-_KEY_LINE = "  key: "
 _ENTRY_HEAD = re.compile(
     r"- seq: (\d+)\n  role: (user|assistant|error)\n  at: '([^'\n]*)'\n  text: "
 )
@@ -84,14 +84,21 @@ class Message:
     # The client's Idempotency-Key of a user message (POST /chat), recorded so a repeat
     # is recognized across restarts and after the dialog is archived.
     key: str | None = None
+    # Which upstream (ARCHIVER_UPSTREAM: echo, openai, n8n) wrote an assistant or
+    # error entry, and ms from the question being journaled to the first streamed chunk
+    # (floored, so never above the entries' own ``at`` difference). Absent in archives
+    # written before they were recorded: every reader takes them as optional.
+    upstream: str | None = None
+    first_token_ms: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "role": self.role, "at": self.at}
         out["text"] = self.text
         if self.interrupted:
             out["interrupted"] = True
-        if self.key is not None:
-            out["key"] = self.key
+        for name in OPTIONAL:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -175,6 +182,10 @@ def message_text(message: Message) -> str:
         fields.append(("interrupted", "true"))
     if message.key is not None:
         fields.append(("key", yamltext.inline(message.key)))
+    if message.upstream is not None:
+        fields.append(("upstream", yamltext.inline(message.upstream)))
+    if message.first_token_ms is not None:
+        fields.append(("first_token_ms", str(message.first_token_ms)))
     return yamltext.entry_text(fields)
 
 
@@ -415,31 +426,23 @@ def message_from_fields(fields: dict[str, str]) -> Message:
             text=fields.get("text", ""),
             interrupted=fields.get("interrupted") == "true",
             key=fields.get("key"),
+            upstream=fields.get("upstream"),
+            first_token_ms=_optional_int(fields.get("first_token_ms")),
         )
     except (KeyError, ValueError) as exc:
         raise yamltext.ParseError(f"entry without a valid {exc}") from None
 
 
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
 def parse_entry(entry: bytes) -> Message:
     """One entry, in the exact shape :func:`message_text` writes (the four fields in
-    their order, then maybe ``interrupted`` and ``key``: only the text needs a YAML
-    reader), or else read generically."""
-    text = entry.decode("utf-8")
-    head = _ENTRY_HEAD.match(text)
-    if head is None:
-        return _entry_of_fields(text)
-    lines = yamltext.split_lines(text[head.end() - 8 :])  # from "  text: " on
-    value, end = yamltext.parse_value(lines[0][8:], lines, 1, 2)
-    rest = lines[end:]
-    interrupted = bool(rest) and rest[0] == "  interrupted: true"
-    rest = rest[1:] if interrupted else rest
-    key = None
-    if rest and rest[0].startswith(_KEY_LINE):
-        key = yamltext.parse_value(rest[0][len(_KEY_LINE) :], [], 0, 0)[0]
-        rest = rest[1:]
-    if rest:
-        return _entry_of_fields(text)
-    return Message(int(head[1]), head[2], head[3], value, interrupted=interrupted, key=key)
+    their order, then maybe ``interrupted`` and the :data:`OPTIONAL` ones: only the text
+    needs a YAML reader), or else read generically."""
+    message = _exact_entry(entry, whole=False)
+    return _entry_of_fields(entry.decode("utf-8")) if message is None else message
 
 
 def _entry_of_fields(text: str) -> Message:
@@ -507,8 +510,9 @@ def _read_entries(data: bytes) -> tuple[Dialog, list[tuple[int, int]]] | None:
     return _dialog_from(top, messages), offsets
 
 
-def _exact_entry(entry: bytes) -> Message | None:
-    """One entry exactly as :func:`message_text` writes it, else None."""
+def _exact_entry(entry: bytes, whole: bool = True) -> Message | None:
+    """One entry exactly as :func:`message_text` writes it (``whole``: with its final
+    newline), else None."""
     text = entry.decode("utf-8")
     head = _ENTRY_HEAD.match(text)
     if head is None:
@@ -518,13 +522,18 @@ def _exact_entry(entry: bytes) -> Message | None:
     rest = lines[end:]
     interrupted = bool(rest) and rest[0] == "  interrupted: true"
     rest = rest[1:] if interrupted else rest
-    key = None
-    if rest and rest[0].startswith(_KEY_LINE):
-        key = yamltext.parse_value(rest[0][len(_KEY_LINE) :], [], 0, 0)[0]
-        rest = rest[1:]
-    if rest or not text.endswith("\n"):
+    found: dict[str, str] = {}
+    for name in OPTIONAL:
+        if rest and rest[0].startswith(f"  {name}: "):
+            found[name] = yamltext.parse_value(rest[0][len(name) + 4 :], [], 0, 0)[0]
+            rest = rest[1:]
+    if rest or (whole and not text.endswith("\n")):
         return None
-    return Message(int(head[1]), head[2], head[3], value, interrupted=interrupted, key=key)
+    if not found.get("first_token_ms", "0").isdigit():
+        return None
+    key, upstream = found.get("key"), found.get("upstream")
+    first = _optional_int(found.get("first_token_ms"))
+    return Message(int(head[1]), head[2], head[3], value, interrupted, key, upstream, first)
 
 
 def has_our_header(data: bytes) -> bool:
@@ -579,6 +588,8 @@ def _parse_with_ruamel(text: str) -> Dialog:
                 text=str(m.get("text", "")),
                 interrupted=bool(m.get("interrupted", False)),
                 key=None if m.get("key") is None else str(m["key"]),
+                upstream=None if m.get("upstream") is None else str(m["upstream"]),
+                first_token_ms=_optional_int(m.get("first_token_ms")),
             )
             for m in raw
         ]

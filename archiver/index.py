@@ -51,10 +51,10 @@ from .dialogfile import Message, parse_dialog, parse_entry
 from .index_read import Parsed, parse, parse_forked
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Hit, Search
-from .stats import StatArchive
+from .stats import StatArchive, StatMessage
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"  # 5: msgs.upstream, msgs.first_token_ms
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -87,7 +87,9 @@ CREATE TABLE msgs(
     pos INTEGER NOT NULL,
     len INTEGER NOT NULL,
     at INTEGER,  -- the message time in ms since the epoch (for stats), NULL if unreadable
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    upstream TEXT,  -- the entry's upstream and first_token_ms (NULL when it has none)
+    first_token_ms INTEGER
 );
 CREATE INDEX msgs_file ON msgs(file);
 CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
@@ -375,7 +377,8 @@ class Index:
         """Every indexed archive that passes ``where``, with its messages' roles and
         times (what stats.py counts), without reading a file."""
         sql = [
-            "SELECT f.id, f.udir, f.ended, f.reason, m.role, m.at, m.interrupted",
+            "SELECT f.id, f.udir, f.ended, f.reason,",
+            "m.role, m.at, m.interrupted, m.upstream, m.first_token_ms",
             "FROM files f LEFT JOIN msgs m ON m.file = f.id WHERE f.error IS NULL",
         ]
         args: list[object] = []
@@ -391,16 +394,17 @@ class Index:
         sql.append("ORDER BY f.id, m.seq")
         current: StatArchive | None = None
         current_id = None
-        for file_id, udir, ended, reason, role, at, interrupted in self._db().execute(
-            " ".join(sql), args
-        ):
+        for file_id, udir, ended, reason, role, *message in self._db().execute(" ".join(sql), args):
             if file_id != current_id:
                 if current is not None:
                     yield current
                 current_id = file_id
                 current = StatArchive(user_from_dir_name(udir), ended, reason, [])
             if role is not None and current is not None:
-                current.messages.append((role, at, bool(interrupted)))
+                at, interrupted, upstream, first_ms = message
+                current.messages.append(
+                    StatMessage(role, at, bool(interrupted), upstream, first_ms)
+                )
         if current is not None:
             yield current
 
@@ -481,8 +485,8 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
     first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM msgs").fetchone()[0]
     ids = range(first, first + len(item.rows))
     db.executemany(
-        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted, upstream,"
+        " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )
     db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))

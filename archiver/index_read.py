@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .archives import FILE_ERRORS, name_time
-from .dialogfile import TAIL_READ, Dialog, Summary, read_with_offsets, summary_of
+from .dialogfile import TAIL_READ, Dialog, Message, Summary, read_with_offsets, summary_of
 from .errors import JournalError
 from .query import index_text
 from .stats import stamp_ms
 
 SQLITE_MAX_INT = 2**63
 
-Row = tuple[int, str, int, int, str, int | None, int]  # seq role pos len body at interrupted
+# seq role pos len body at interrupted upstream first_token_ms
+Row = tuple[int, str, int, int, str, int | None, int, str | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,11 @@ def parse(udir: str, path: Path) -> Parsed | None:
             udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
         )
     ended = dialog.ended or name_time(path.name)
-    if not all(0 <= m.seq < SQLITE_MAX_INT for m in dialog.messages):
-        # A file edited by hand: SQLite cannot hold such a seq (an OverflowError once).
-        error = "a message seq is out of range"
+    unstorable = _unstorable(dialog.messages)
+    if unstorable is not None:
+        # A file edited by hand: SQLite cannot hold such a number (an OverflowError once).
         return Parsed(
-            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], error, summary
+            udir, path.name, st.st_size, st.st_mtime_ns, "", ended, None, [], unstorable, summary
         )
     return Parsed(
         udir,
@@ -93,6 +94,15 @@ def _summary(fd: int, data: bytes, name: str) -> Summary | None:
     return found if 0 <= found.messages < SQLITE_MAX_INT else None  # else: read again
 
 
+def _unstorable(messages: list[Message]) -> str | None:
+    if not all(0 <= m.seq < SQLITE_MAX_INT for m in messages):
+        return "a message seq is out of range"
+    firsts = [m.first_token_ms for m in messages if m.first_token_ms is not None]
+    if not all(-SQLITE_MAX_INT <= f < SQLITE_MAX_INT for f in firsts):
+        return "a message first_token_ms is out of range"
+    return None
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 1 << 20):
@@ -105,7 +115,9 @@ def _rows(dialog: Dialog, offsets: list[tuple[int, int]] | None) -> list[Row]:
     for i, m in enumerate(dialog.messages):
         pos, length = offsets[i] if offsets is not None else (-1, 0)
         at = stamp_ms(m.at)
-        out.append((m.seq, m.role, pos, length, index_text(m.text), at, int(m.interrupted)))
+        body = index_text(m.text)
+        extra = (m.upstream, m.first_token_ms)
+        out.append((m.seq, m.role, pos, length, body, at, int(m.interrupted), *extra))
     return out
 
 

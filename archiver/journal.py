@@ -113,9 +113,12 @@ class Journal(CurrentDialogs):
         interrupted: bool = False,
         history: int = 0,
         key: str | None = None,
+        upstream: str | None = None,
+        first_token_ms: int | None = None,
     ) -> Appended:
         """Append one message to the user's current dialog, starting one if needed; with
         ``history``, also return the dialog's last ``history`` messages (this one too).
+        ``upstream`` and ``first_token_ms`` are recorded in the entry as given.
 
         With ``key`` (a user message's Idempotency-Key), raise
         :class:`~archiver.idempotency.Repeated` instead if the user sent that key before,
@@ -126,27 +129,20 @@ class Journal(CurrentDialogs):
             assert held is not None
             directory, lock_fd = held
             path = os.path.join(directory, CURRENT)
+            # seq and at are decided under the lock, from the journal and the clock.
+            draft = Message(0, role, "", text, interrupted, key, upstream, first_token_ms)
             try:
-                appended = self._append_locked(user, path, role, text, interrupted, history, key)
+                appended = self._append_locked(user, path, draft, history)
             except JournalError as exc:
                 if exc.kind != "corrupt":
                     raise
                 # Damaged beyond repair: move it aside, and go on in a fresh dialog at once.
                 self._set_aside(user, Path(path), exc.detail)
-                appended = self._append_locked(user, path, role, text, interrupted, history, key)
+                appended = self._append_locked(user, path, draft, history)
             userlock.record_owner(lock_fd, self._owner_bytes)
             return appended
 
-    def _append_locked(
-        self,
-        user: str,
-        path: str,
-        role: str,
-        text: str,
-        interrupted: bool,
-        history: int,
-        key: str | None = None,
-    ) -> Appended:
+    def _append_locked(self, user: str, path: str, draft: Message, history: int) -> Appended:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -159,7 +155,7 @@ class Journal(CurrentDialogs):
                 os.close(fd)
                 fd = -1
                 self._finish_crashed(user, Path(path))
-                return self._append_locked(user, path, role, text, interrupted, history, key)
+                return self._append_locked(user, path, draft, history)
             now = time.time()
             if size == 0:
                 dialog, seq, offset = fmt.new_dialog_id(now), 1, 0
@@ -167,22 +163,17 @@ class Journal(CurrentDialogs):
                 dialog = fmt.dialog_id_of(fd)
                 seq = fmt.last_seq(fd, size, tail) + 1
                 offset = size - len(MARKER)
-            if key is not None:
+            if draft.key is not None:
                 archived = self.layout.archived_dir(user)
-                found = self.keys.lookup(user, fd, size, dialog if size else None, key, archived)
+                found = self.keys.lookup(
+                    user, fd, size, dialog if size else None, draft.key, archived
+                )
                 if found is not None:
                     if size == 0:  # opened with O_CREAT: leave no empty journal behind
                         with contextlib.suppress(OSError):
                             os.unlink(path)
                     raise Repeated(found)
-            message = Message(
-                seq=seq,
-                role=role,
-                at=fmt.utc_stamp(now),
-                text=text,
-                interrupted=interrupted,
-                key=key,
-            )
+            message = dataclasses.replace(draft, seq=seq, at=fmt.utc_stamp(now))
             body = fmt.message_text(message).encode("utf-8")
             if size == 0:
                 body = fmt.header_text(user, dialog, message.at).encode("utf-8") + body

@@ -90,7 +90,21 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Message": obj(
         ["seq", "role", "at", "text"],
-        {"interrupted": INTERRUPTED},
+        {
+            "interrupted": INTERRUPTED,
+            "key": {"type": "string", "description": "A user message's Idempotency-Key."},
+            "upstream": {
+                "type": "string",
+                "description": "An assistant or error message: the ARCHIVER_UPSTREAM that "
+                "answered (echo, openai, n8n). Absent in messages written before it was kept.",
+            },
+            "first_token_ms": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "An assistant message: ms from the question being journaled "
+                "to the first streamed chunk. Absent if none came, or in older messages.",
+            },
+        },
         seq=INT,
         role=ROLE,
         at=TIME,
@@ -143,11 +157,48 @@ SCHEMAS: dict[str, Schema] = {
         next={"type": "string", "nullable": True, "description": "The cursor of the next page."},
     ),
     "Stats": {
-        "type": "object",
-        "description": "Archives by reason and by day, users, dialog lengths and reply times "
-        "(the same figures as `archiver stats --json`).",
+        **obj(
+            ["archives", "messages", "reply_ms", "first_token_ms", "problems_by_upstream"],
+            archives=INT,
+            messages=INT,
+            users=INT,
+            by_reason={"type": "object", "additionalProperties": INT},
+            reply_ms=ref("Distribution"),
+            first_token_ms=ref("Distribution"),
+            interrupted=INT,
+            errors=INT,
+            problems_by_upstream={
+                "type": "array",
+                "description": "Replies, interrupted and error replies per upstream "
+                "(`unknown`: archives written before the entries named it).",
+                "items": obj(
+                    ["upstream", "replies", "interrupted", "errors"],
+                    upstream=STR,
+                    replies=INT,
+                    interrupted=INT,
+                    errors=INT,
+                ),
+            },
+        ),
+        "description": "Archives by reason and by day, users, dialog lengths, reply and "
+        "first-token times, problems per day and per upstream (the same figures as "
+        "`archiver stats --json`; docs/search.md gives every field).",
         "additionalProperties": True,
     },
+    "Distribution": obj(
+        ["count", "p50", "p95", "histogram"],
+        count=INT,
+        p50={"type": "integer", "nullable": True, "description": "ms; null with no sample."},
+        p95={"type": "integer", "nullable": True},
+        histogram={
+            "type": "array",
+            "items": obj(
+                ["le", "count"],
+                le={"type": "integer", "nullable": True, "description": "null: the rest."},
+                count=INT,
+            ),
+        },
+    ),
     "ArchiveInfo": obj(
         ["name", "dialog", "started", "ended", "reason", "messages"],
         name={"type": "string", "description": "The file name, e.g. 2026-11-21-10-30-00.yaml"},

@@ -1,17 +1,23 @@
 """Numbers about archives, for ``GET /admin/stats`` and ``archiver stats``: counted once.
 
 The input is one :class:`StatArchive` per archive: who, when it ended, why, and each
-message's role, time and interrupted flag. The search index holds exactly that
-(:meth:`archiver.index.Index.stat_rows`, no file read); :func:`from_dialogs` makes the
-same from parsed files, for a data directory whose index cannot be written.
+message's role, time, interrupted flag, upstream and first-token time. The search
+index holds exactly that (:meth:`archiver.index.Index.stat_rows`, no file read);
+:func:`from_dialogs` makes the same from parsed files, for a data directory whose index
+cannot be written.
 
 * **Reply time** is measured from a user message to the next message when that one is
   the assistant's (the times the journal wrote: when the question was journaled, and
   when the whole answer was). A user message followed by an ``error`` message counts as
   a failed reply; one followed by nothing, or by another user message, is not counted.
 * **Days** are the UTC day of the archive's ``ended`` time.
-* The journal does not record which upstream produced a reply, so interrupted and error
-  replies are counted per day, not per upstream.
+* **First token** is the ``first_token_ms`` an assistant entry records (ms from the
+  question being journaled to the first streamed chunk), for the same replies as the
+  reply time; entries without it (older archives, a reply stopped before its first
+  chunk) are not counted.
+* **By upstream**: replies (assistant or error after a user message), interrupted and
+  error ones, per the ``upstream`` their entry records; entries written before it was
+  recorded count under ``unknown``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dialogfile import Dialog
 
@@ -32,12 +38,34 @@ LENGTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOP_USERS = 50
 
 
+UNKNOWN = "unknown"  # the upstream of an entry that does not name one
+
+
+class StatMessage(NamedTuple):
+    role: str
+    at: int | None  # ms since the epoch
+    interrupted: bool = False
+    upstream: str | None = None
+    first_token_ms: int | None = None
+
+
 @dataclass
 class StatArchive:
     user: str
     ended: str
     reason: str | None
-    messages: list[tuple[str, int | None, bool]] = field(default_factory=list)
+    messages: list[StatMessage] = field(default_factory=list)
+
+
+@dataclass
+class _Replies:
+    """What the user-message/answer pairs add up to."""
+
+    ms: list[int] = field(default_factory=list)
+    first_ms: list[int] = field(default_factory=list)
+    failed: Counter[str] = field(default_factory=Counter)  # per day
+    interrupted: Counter[str] = field(default_factory=Counter)  # per day
+    by_upstream: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def stamp_ms(stamp: str) -> int | None:
@@ -51,7 +79,10 @@ def stamp_ms(stamp: str) -> int | None:
 def from_dialogs(pairs: Iterable[tuple[str, str, Dialog]]) -> Iterator[StatArchive]:
     """(user, ended, dialog) triples as stat rows."""
     for user, ended, dialog in pairs:
-        messages = [(m.role, stamp_ms(m.at), m.interrupted) for m in dialog.messages]
+        messages = [
+            StatMessage(m.role, stamp_ms(m.at), m.interrupted, m.upstream, m.first_token_ms)
+            for m in dialog.messages
+        ]
         yield StatArchive(user, ended, dialog.reason, messages)
 
 
@@ -77,9 +108,7 @@ def compute(archives: Iterable[StatArchive]) -> dict[str, Any]:
     by_day: dict[str, Counter[str]] = defaultdict(Counter)
     users: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     lengths: list[int] = []
-    replies: list[int] = []
-    failed: Counter[str] = Counter()
-    interrupted: Counter[str] = Counter()
+    replies = _Replies()
     for archive in archives:
         reason = archive.reason or "unknown"
         day = archive.ended[:10]
@@ -88,10 +117,10 @@ def compute(archives: Iterable[StatArchive]) -> dict[str, Any]:
         users[archive.user][0] += 1
         users[archive.user][1] += len(archive.messages)
         lengths.append(len(archive.messages))
-        _replies(archive, replies, day, failed, interrupted)
-    replies.sort()
+        _count_replies(archive, day, replies)
     lengths.sort()
     top = sorted(users.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_USERS]
+    failed, interrupted = replies.failed, replies.interrupted
     return {
         "archives": len(lengths),
         "messages": sum(lengths),
@@ -106,36 +135,45 @@ def compute(archives: Iterable[StatArchive]) -> dict[str, Any]:
             "p95": percentile(lengths, 0.95),
             "histogram": histogram(lengths, LENGTH_BUCKETS),
         },
-        "reply_ms": {
-            "count": len(replies),
-            "p50": percentile(replies, 0.5),
-            "p95": percentile(replies, 0.95),
-            "histogram": histogram(replies, REPLY_BUCKETS),
-        },
+        "reply_ms": _distribution(replies.ms),
+        "first_token_ms": _distribution(replies.first_ms),
         "interrupted": sum(interrupted.values()),
         "errors": sum(failed.values()),
         "problems_by_day": [
             {"day": d, "interrupted": interrupted[d], "errors": failed[d]}
             for d in sorted(set(interrupted) | set(failed))
         ],
+        "problems_by_upstream": [
+            {"upstream": name, **{k: c[k] for k in ("replies", "interrupted", "errors")}}
+            for name, c in sorted(replies.by_upstream.items())
+        ],
     }
 
 
-def _replies(
-    archive: StatArchive,
-    replies: list[int],
-    day: str,
-    failed: Counter[str],
-    interrupted: Counter[str],
-) -> None:
-    messages = archive.messages
-    for (role, at, _), (next_role, next_at, was_cut) in itertools.pairwise(messages):
-        if role != "user":
+def _distribution(values: list[int]) -> dict[str, Any]:
+    values.sort()
+    return {
+        "count": len(values),
+        "p50": percentile(values, 0.5),
+        "p95": percentile(values, 0.95),
+        "histogram": histogram(values, REPLY_BUCKETS),
+    }
+
+
+def _count_replies(archive: StatArchive, day: str, out: _Replies) -> None:
+    for asked, answer in itertools.pairwise(archive.messages):
+        if asked.role != "user" or answer.role not in ("assistant", "error"):
             continue
-        if next_role == "error":
-            failed[day] += 1
-        elif next_role == "assistant":
-            if was_cut:
-                interrupted[day] += 1
-            if at is not None and next_at is not None and next_at >= at:
-                replies.append(next_at - at)
+        counts = out.by_upstream[answer.upstream or UNKNOWN]
+        counts["replies"] += 1
+        if answer.role == "error":
+            out.failed[day] += 1
+            counts["errors"] += 1
+            continue
+        if answer.interrupted:
+            out.interrupted[day] += 1
+            counts["interrupted"] += 1
+        if asked.at is not None and answer.at is not None and answer.at >= asked.at:
+            out.ms.append(answer.at - asked.at)
+            if answer.first_token_ms is not None:
+                out.first_ms.append(answer.first_token_ms)

@@ -128,6 +128,8 @@ class JournalThreads:
         interrupted: bool = False,
         history: int = 0,
         key: str | None = None,
+        upstream: str | None = None,
+        first_token_ms: int | None = None,
     ) -> Appended:
         call = partial(
             self.journal.append,
@@ -137,6 +139,8 @@ class JournalThreads:
             interrupted=interrupted,
             history=history,
             key=key,
+            upstream=upstream,
+            first_token_ms=first_token_ms,
         )
         if self.journal.fsync == "always":
             # Each waits for its fdatasync: side by side in the pool, not one after another.

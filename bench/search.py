@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from archiver.dialogfile import Message, header_text, message_text, trailer_text, utc_stamp
 from archiver.layout import user_dir_name
@@ -139,9 +140,21 @@ def _dialog_texts(rng: random.Random) -> list[tuple[str, str]]:
     return texts
 
 
+def _reply_fields(role: str, rng: random.Random) -> dict[str, Any]:
+    """What the journal writes on an assistant or error entry now: its upstream, and an
+    assistant's first-token time (a quarter of the corpus predates them: none)."""
+    if role == "user" or rng.random() < 0.25:
+        return {}
+    upstream = rng.choice(["echo", "openai", "n8n"])
+    if role == "error":
+        return {"upstream": upstream}
+    return {"upstream": upstream, "first_token_ms": rng.randrange(40, 4000)}
+
+
 def generate(root: Path, archives: int, seed: int = 7) -> tuple[int, int]:
     """Write ``archives`` archive files under ``root``; return (archives, messages)."""
     rng = random.Random(seed)
+    extra = random.Random(seed + 1)  # its own stream: the texts stay what they were
     users = [f"user{i:03d}" for i in range(USERS - 2)] + ["auth0|4242", "team/ops"]
     start = time.time() - 365 * 86400
     messages = 0
@@ -156,7 +169,9 @@ def generate(root: Path, archives: int, seed: int = 7) -> tuple[int, int]:
         parts = [header_text(user, dialog, utc_stamp(t))]
         for seq, (role, text) in enumerate(_dialog_texts(rng), start=1):
             t += rng.uniform(1, 90)
-            parts.append(message_text(Message(seq=seq, role=role, at=utc_stamp(t), text=text)))
+            fields = _reply_fields(role, extra)
+            message = Message(seq=seq, role=role, at=utc_stamp(t), text=text, **fields)
+            parts.append(message_text(message))
             messages += 1
         t += 300
         parts.append(trailer_text(utc_stamp(t), rng.choice(["disconnect", "timeout", "user"])))

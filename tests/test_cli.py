@@ -552,7 +552,8 @@ def test_export_as_csv_markdown_and_html(data: Path) -> None:
 
 def journal_made_archives(data: Path) -> list[Path]:
     """Archives written by the journal itself: odd texts, an interrupted reply, an error,
-    two in one second, and a redacted one."""
+    two in one second, a redacted one, and the optional entry fields (a key, upstream,
+    first_token_ms, each in some entries and not in others)."""
     journal = Journal(data, fsync="no")
     texts = [
         "no",
@@ -562,10 +563,19 @@ def journal_made_archives(data: Path) -> list[Path]:
         "ü 😀 \t tab",
     ]
     for n, text in enumerate(texts):
-        journal.append("bob", "user", text)
-        journal.append("bob", "assistant", f"reply {n}", interrupted=n == 2)
+        journal.append("bob", "user", text, key=f"k-{n}" if n % 2 else None)
+        upstream = None if n == 4 else "echo"  # n == 4: as an entry from before the field
+        first = n * 10 if n < 3 else None
+        journal.append(
+            "bob",
+            "assistant",
+            f"reply {n}",
+            interrupted=n == 2,
+            upstream=upstream,
+            first_token_ms=first,
+        )
         if n == 3:
-            journal.append("bob", "error", "upstream_timeout")
+            journal.append("bob", "error", "upstream_timeout", upstream="openai")
         journal.archive("bob", "disconnect")
     redacting = Journal(data, fsync="no")
     redacting.redactor = redact.load(("email",), None)
@@ -579,6 +589,9 @@ def test_export_forget_import_gives_the_same_bytes(tmp_path: Path) -> None:
     paths = journal_made_archives(data)
     assert any(p.name.endswith("-2.yaml") for p in paths), "two archives in one second"
     original = {p: p.read_bytes() for p in paths}
+    joined = b"".join(original.values())
+    for field in (b"  upstream: echo\n  first_token_ms: 0\n", b"  upstream: openai\n"):
+        assert field in joined
     exported = run(data, "export")
     assert exported.exit_code == 0, exported.output
     dump = tmp_path / "all.jsonl"

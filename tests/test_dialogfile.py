@@ -1,17 +1,25 @@
-"""dialogfile's one-pass reader against the generic one: the same Dialog, the same offsets."""
+"""dialogfile's one-pass reader against the generic one: the same Dialog, the same offsets;
+and the optional entry fields (upstream, first_token_ms) written and read back."""
 
 from __future__ import annotations
 
+import os
+
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archiver.dialogfile import (
     Dialog,
     Message,
+    _parse_with_ruamel,
     archive_bytes,
     entry_offsets,
+    message_text,
     parse_dialog,
+    parse_entry,
     read_with_offsets,
+    tail_messages,
 )
 from tests.test_yamltext import TRICKY
 
@@ -24,6 +32,8 @@ message = st.builds(
     text=text,
     interrupted=st.booleans(),
     key=st.none() | st.sampled_from(["k1", "a key: with colon", "ключ"]),
+    upstream=st.none() | st.sampled_from(["echo", "openai", "n8n", "no"]),
+    first_token_ms=st.none() | st.integers(0, 10**7),
 )
 dialog = st.builds(
     Dialog,
@@ -50,6 +60,9 @@ EDITS = [
     (b"\n...\n", b"\n"),
     (b"user: ", b"\xef\xbb\xbfuser: "),
     (b"\n  text: ", b"\n  text: \xff"),
+    (b"\n  first_token_ms: ", b"\n  first_token_ms: -"),
+    (b"\n  first_token_ms: ", b"\n  first_token_ms: x"),
+    (b"\n  upstream: ", b"\n  note: 1\n  upstream: "),
 ]
 
 
@@ -83,3 +96,56 @@ def test_the_one_pass_reader_reads_what_parse_dialog_reads(
     assert one_pass(data) == generic(data), data
     if not old:
         assert one_pass(data)[0] == wanted
+
+
+OLD_ENTRY = "- seq: 2\n  role: assistant\n  at: '2026-11-21T10:30:05.420Z'\n  text: hi\n"
+AT = "2026-11-21T10:30:05.420Z"
+
+
+def test_an_entry_without_the_optional_fields_keeps_its_old_bytes() -> None:
+    old = Message(2, "assistant", AT, "hi")
+    assert message_text(old) == OLD_ENTRY
+    assert parse_entry(OLD_ENTRY.encode()) == old
+    assert old.upstream is None and old.first_token_ms is None
+    assert "upstream" not in old.as_json() and "first_token_ms" not in old.as_json()
+
+
+def test_upstream_and_first_token_ms_are_written_last_and_read_back() -> None:
+    reply = Message(2, "assistant", AT, "hi", True, None, "openai", 0)
+    failed = Message(3, "error", AT, "The model did not answer in time.", upstream="n8n")
+    text = message_text(reply)
+    assert text == OLD_ENTRY + "  interrupted: true\n  upstream: openai\n  first_token_ms: 0\n"
+    assert message_text(failed).endswith("  upstream: n8n\n")
+    for message in (reply, failed):
+        assert parse_entry(message_text(message).encode()) == message
+    assert reply.as_json() == {
+        "seq": 2,
+        "role": "assistant",
+        "at": AT,
+        "text": "hi",
+        "interrupted": True,
+        "upstream": "openai",
+        "first_token_ms": 0,
+    }
+
+
+def test_every_reader_takes_the_fields_whole_file_tail_and_other_yaml_loaders() -> None:
+    messages = [
+        Message(1, "user", AT, "no", key="k-1"),
+        Message(2, "assistant", AT, "yes", upstream="echo", first_token_ms=412),
+        Message(3, "user", AT, "again"),
+        Message(4, "error", AT, "down", upstream="no"),  # a name YAML 1.1 reads as false
+    ]
+    wanted = Dialog("a1", "d-1", AT, messages, AT, "user")
+    data = archive_bytes(wanted)
+    assert parse_dialog(data) == wanted and read_with_offsets(data)[0] == wanted
+    assert _parse_with_ruamel(data.decode()) == wanted
+    loaded = yaml.safe_load(data)["messages"]
+    assert loaded[1]["upstream"] == "echo" and loaded[1]["first_token_ms"] == 412
+    assert loaded[3]["upstream"] == "no"
+    fd = os.memfd_create("dialog")
+    try:
+        os.write(fd, data)
+        assert tail_messages(fd, len(data), 3) == messages[1:]
+    finally:
+        os.close(fd)

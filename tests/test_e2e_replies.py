@@ -130,7 +130,9 @@ def test_upstream_failures_keep_the_question_and_journal_the_error(
     if partial:
         assert on_disk[1]["role"] == "assistant" and on_disk[1]["text"] == partial
         assert on_disk[1]["interrupted"] is True
+        assert on_disk[1]["upstream"] == "openai" and on_disk[1]["first_token_ms"] >= 0
     assert on_disk[-1]["role"] == "error" and on_disk[-1]["text"] == error["detail"]
+    assert on_disk[-1]["upstream"] == "openai" and "first_token_ms" not in on_disk[-1]
     line = server.wait_log("reply.error")[0]
     assert "user=carol" in line and "kind=" in line
 

@@ -35,7 +35,8 @@ MARKUP = "Please refund <b>now</b> & <img src=x onerror=alert(1)>"
 
 
 def seed(data: Path) -> None:
-    """ana: a long dialog with one refund question deep inside, and a short one; bob: one."""
+    """ana: a long dialog with one refund question deep inside (written before entries
+    named their upstream), and a short one answered by echo; bob: one, openai failed."""
     texts = []
     for seq in range(1, 41):
         role = "user" if seq % 2 else "assistant"
@@ -45,7 +46,10 @@ def seed(data: Path) -> None:
         data,
         USER,
         SHORT,
-        [("user", "Where is my parcel?"), ("assistant", "On its way.")],
+        [
+            ("user", "Where is my parcel?"),
+            ("assistant", "On its way.", {"upstream": "echo", "first_token_ms": 120}),
+        ],
         ended="2026-11-21T09:00:00.000Z",
         reason="timeout",
     )
@@ -53,7 +57,10 @@ def seed(data: Path) -> None:
         data,
         "bob",
         "2026-11-21-12-00-00.yaml",
-        [("user", "a refund for bob"), ("error", "The model did not answer in time.")],
+        [
+            ("user", "a refund for bob"),
+            ("error", "The model did not answer in time.", {"upstream": "openai"}),
+        ],
         ended="2026-11-21T12:00:00.000Z",
         reason="user",
     )
@@ -139,6 +146,10 @@ def test_download_markdown_and_print_the_transcript(
     page.goto(server.review_url(USER))
     page.locator(f"#archives .archive[data-name='{SHORT}']").click()
     expect(page.locator("#messages .tmsg")).to_have_count(2)
+    # The answer names its upstream and first-word time; the question has neither.
+    origin = page.locator("#messages .tmsg__origin")
+    expect(origin).to_have_count(1)
+    expect(origin).to_have_text("echo · first word 120 ms")
     with page.expect_download() as download:
         page.get_by_role("button", name="Download Markdown").click()
     saved = tmp_path / "t.md"
@@ -177,6 +188,16 @@ def test_an_admin_sees_charts_and_searches_every_user(server: Server, pages: Pag
     replies = admin.locator("#chart-replies svg .chart__bar")
     expect(replies).to_have_count(10)  # nine bounds and "more"
     expect(admin.locator("#chart-replies figcaption")).to_contain_text("p50")
+    # The one reply that recorded its first-token time (the seeded 120 ms), and the
+    # replies per upstream: ana's long dialog predates the field, so "unknown".
+    first = admin.locator("#chart-first")
+    expect(first.locator("figcaption")).to_have_text("First word: p50 0.12 s, p95 0.12 s (1 reply)")
+    expect(first.locator("svg .chart__bar")).to_have_count(10)
+    rows = admin.locator("#chart-upstreams .upstreams__row")
+    expect(rows).to_have_count(3)
+    for upstream, counts in (("echo", "1 0 0"), ("openai", "1 0 1"), ("unknown", "20 0 0")):
+        cells = rows.and_(admin.locator(f"[data-upstream='{upstream}']")).locator("td")
+        expect(cells).to_have_text([upstream, *counts.split()])
 
     # Every user's hits, each naming its user; a click opens that user's transcript.
     admin.locator("#q").fill("refund")

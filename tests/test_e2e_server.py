@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from archiver import stats
 from tests.helpers import Server, SSEClient, mint, sign, wait_for
 
 Make = Callable[..., Server]
@@ -70,6 +71,32 @@ def test_connect_chat_close_archives_with_reason_disconnect(make_server: Make) -
     wait_for(lambda: server.log_lines("dialog.archived"), what="the log line")
     line = server.log_lines("dialog.archived")[0]
     assert "user=alice" in line and "reason=disconnect" in line and "messages=2" in line
+
+
+def test_a_reply_records_its_upstream_and_first_word_time(make_server: Make) -> None:
+    """The echo responder streams word by word (ARCHIVER_ECHO_DELAY between words): the
+    assistant's entry names it and says when its first word came; stats count both."""
+    server = make_server(echo_delay="0.05", disconnect_grace="0")
+    response = server.chat("fay", "one two three")
+    assert response.status_code == 200, response.text
+    asked, answer = load(server.user_dir("fay") / "current.yaml")["messages"]
+    assert "upstream" not in asked and "first_token_ms" not in asked
+    assert answer["upstream"] == "echo"
+    reply_ms = stats.stamp_ms(answer["at"]) - stats.stamp_ms(asked["at"])  # type: ignore[operator]
+    assert isinstance(answer["first_token_ms"], int)
+    assert 0 <= answer["first_token_ms"] <= reply_ms
+    assert httpx.post(server.url + "/dialog/archive", headers=server.headers("fay")).is_success
+    admin = {"Authorization": f"Bearer {mint('root', admin=True)}"}
+
+    def counted() -> dict | None:  # type: ignore[type-arg]
+        figures = httpx.get(server.url + "/admin/stats", headers=admin).json()
+        return figures if figures["first_token_ms"]["count"] == 1 else None
+
+    figures = wait_for(counted, what="the stats to count the reply")
+    assert figures["first_token_ms"]["p50"] == answer["first_token_ms"]
+    assert figures["problems_by_upstream"] == [
+        {"upstream": "echo", "replies": 1, "interrupted": 0, "errors": 0}
+    ]
 
 
 def test_connect_alone_creates_no_journal(make_server: Make) -> None:
@@ -264,6 +291,7 @@ def test_stop_journals_the_partial_reply_as_interrupted(make_server: Make) -> No
     reply = dialog["messages"][1]
     assert reply["interrupted"] is True
     assert "seven" not in reply["text"] and reply["text"].startswith("Echo:")
+    assert reply["upstream"] == "echo" and reply["first_token_ms"] >= 0  # a word had come
 
 
 def test_race_many_users_chats_disconnects_sweeps_exactly_once(make_server: Make) -> None:

@@ -441,6 +441,37 @@ def test_a_rebuild_in_forked_workers_finds_what_the_scan_finds(
         index.close()
 
 
+def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Path) -> None:
+    """Schema 4's msgs had no upstream/first_token_ms: such an index is made again, and
+    the new columns then hold what the entries say (NULL where they say nothing)."""
+    data = tmp_path / "data"
+    texts = [
+        ("user", "q"),
+        ("assistant", "a", {"upstream": "echo", "first_token_ms": 5}),
+        ("user", "q2"),
+        ("assistant", "old"),
+    ]
+    write_corpus(data, [("alice", 1, "user", texts)])
+    index = Index(data)
+    index.sync()
+    index.close()
+    db = sqlite3.connect(index.path)
+    db.execute("ALTER TABLE msgs DROP COLUMN upstream")
+    db.execute("UPDATE meta SET value='4' WHERE key='version'")
+    db.commit()
+    db.close()
+    again = Index(data)
+    again.sync()
+    [row] = list(again.stat_rows(Filter()))
+    assert [(m.upstream, m.first_token_ms) for m in row.messages] == [
+        (None, None),
+        ("echo", 5),
+        (None, None),
+        (None, None),
+    ]
+    again.close()
+
+
 def test_an_index_of_another_version_is_not_this_schema_until_opened(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_archive(

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Match
 from archiver import openapi
 from archiver.app import create_app
 from archiver.config import Settings
-from tests.helpers import Server, SSEClient, mint
+from tests.helpers import Server, SSEClient, mint, wait_for
 
 DOCS = Path(__file__).parent.parent / "docs" / "openapi.json"
 REGENERATE = "python -m archiver.openapi > docs/openapi.json"
@@ -140,6 +140,16 @@ def test_real_answers_match_their_schemas(make_server: Make) -> None:
     )
     check(response_schema("/archives/{name}", "get", 200), one.json())
     check(response_schema("/health", "get", 200), httpx.get(server.url + "/health").json())
+    admin = {"Authorization": f"Bearer {mint('root', admin=True)}"}
+    # The archive above names its upstream and first-token time once the index has it.
+
+    def stats() -> Any:
+        figures = httpx.get(server.url + "/admin/stats", headers=admin).json()
+        return figures if figures["archives"] else None
+
+    figures = wait_for(stats, what="the stats to count the archive")
+    check(response_schema("/admin/stats", "get", 200), figures)
+    assert figures["problems_by_upstream"][0]["upstream"] == "echo"
     empty = httpx.post(server.url + "/chat", json={"message": " "}, headers=auth)
     assert empty.status_code == 400
     check(response_schema("/chat", "post", 400), empty.json())

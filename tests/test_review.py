@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,20 +38,22 @@ def write_archive(
     data: Path,
     user: str,
     name: str,
-    texts: list[tuple[str, str]],
+    texts: list[tuple[str, str]] | list[tuple[str, str, dict[str, Any]]],
     *,
     ended: str,
     reason: str = "disconnect",
     dialog: str | None = None,
 ) -> Path:
-    """An archive file exactly as the journal writes one, with the times given."""
+    """An archive file exactly as the journal writes one, with the times given (a third
+    item of a text: the entry's optional fields, e.g. upstream and first_token_ms)."""
     directory = data / "users" / user_dir_name(user) / "dialogs" / "archived"
     directory.mkdir(parents=True, exist_ok=True)
     started = ended[:11] + "00:00:00.000Z"
     parts = [header_text(user, dialog or f"d-{name[:-5]}", started)]
-    for seq, (role, text) in enumerate(texts, start=1):
+    for seq, (role, text, *more) in enumerate(texts, start=1):
         at = ended[:17] + f"{min(seq, 59):02d}.000Z"
-        parts.append(message_text(Message(seq=seq, role=role, at=at, text=text)))
+        fields = more[0] if more else {}
+        parts.append(message_text(Message(seq=seq, role=role, at=at, text=text, **fields)))
     parts.append(trailer_text(ended, reason) + "...\n")
     path = directory / name
     path.write_text("".join(parts), encoding="utf-8")

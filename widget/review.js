@@ -45,6 +45,8 @@ const ui = {
   statsSummary: $("stats-summary"),
   chartDays: $("chart-days"),
   chartReplies: $("chart-replies"),
+  chartFirst: $("chart-first"),
+  chartUpstreams: $("chart-upstreams"),
   facts: $("facts"),
   transcriptEmpty: $("transcript-empty"),
   messages: $("messages"),
@@ -287,6 +289,11 @@ function transcriptMessage(m) {
   const meta = make("p", "tmsg__meta");
   meta.append(make("span", "tmsg__who", WHO[role]), timeElement(m.at, longTime));
   if (m.interrupted) meta.append(make("span", "tmsg__flag", "stopped"));
+  // Entries from before these were recorded have neither: show nothing then.
+  const origin = [m.upstream, m.first_token_ms == null ? null : `first word ${m.first_token_ms} ms`];
+  if (origin.some((part) => part != null)) {
+    meta.append(make("span", "tmsg__origin", origin.filter((part) => part != null).join(" · ")));
+  }
   item.append(meta, make("div", "tmsg__body", m.text ?? ""));
   return item;
 }
@@ -480,18 +487,42 @@ function drawStats(f) {
     barChart(dayBars, { label: "Archives per day, by reason" }),
     legend(reasons),
   );
-  const reply = f.reply_ms || {};
-  const replyBars = (reply.histogram || []).map((b) => ({
+  drawTimes(ui.chartReplies, f.reply_ms, "Reply time", "Reply time distribution");
+  // Archives from before entries recorded it have no first-token time: count says how many do.
+  drawTimes(ui.chartFirst, f.first_token_ms, "First word", "Time to the first word distribution");
+  drawUpstreams(Array.isArray(f.problems_by_upstream) ? f.problems_by_upstream : []);
+  ui.statsSummary.textContent = `(${f.archives} archives, ${f.messages} messages, ${f.interrupted} interrupted, ${f.errors} failed)`;
+  ui.stats.hidden = false;
+}
+
+const seconds = (ms) => (ms == null ? "—" : `${(ms / 1000).toFixed(2)} s`);
+
+/** A figure of one time distribution ({count, p50, p95, histogram}) as bars. */
+function drawTimes(figure, times = {}, name, label) {
+  const bars = (times.histogram || []).map((b) => ({
     label: replyLabel(b.le),
     parts: [{ name: "replies", value: b.count, color: "#0f766e" }],
   }));
-  const seconds = (ms) => (ms == null ? "—" : `${(ms / 1000).toFixed(2)} s`);
-  ui.chartReplies.replaceChildren(
-    make("figcaption", "", `Reply time: p50 ${seconds(reply.p50)}, p95 ${seconds(reply.p95)}`),
-    barChart(replyBars, { label: "Reply time distribution" }),
-  );
-  ui.statsSummary.textContent = `(${f.archives} archives, ${f.messages} messages, ${f.interrupted} interrupted, ${f.errors} failed)`;
-  ui.stats.hidden = false;
+  const count = times.count || 0;
+  const caption = `${name}: p50 ${seconds(times.p50)}, p95 ${seconds(times.p95)} (${count} ${count === 1 ? "reply" : "replies"})`;
+  figure.replaceChildren(make("figcaption", "", caption), barChart(bars, { label }));
+}
+
+/** Replies, interrupted and failed ones per upstream, as a table ("unknown": older archives). */
+function drawUpstreams(rows) {
+  const table = make("table", "upstreams");
+  const head = make("tr");
+  head.append(make("th", "", "Upstream"));
+  for (const title of ["Replies", "Interrupted", "Failed"]) head.append(make("th", "upstreams__n", title));
+  table.append(head);
+  for (const row of rows) {
+    const tr = make("tr", "upstreams__row");
+    tr.dataset.upstream = row.upstream;
+    tr.append(make("td", "", row.upstream));
+    for (const key of ["replies", "interrupted", "errors"]) tr.append(make("td", "upstreams__n", String(row[key])));
+    table.append(tr);
+  }
+  ui.chartUpstreams.replaceChildren(make("figcaption", "", "Replies by upstream"), table);
 }
 
 async function loadStats() {
