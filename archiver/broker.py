@@ -70,6 +70,15 @@ class Broker:
         """How many other instances are alive (as last seen)."""
         return 0
 
+    async def leaving(self) -> None:
+        """This instance has begun to shut down: the others stop counting it as a peer
+        a user could reconnect to (:meth:`peers_staying`)."""
+
+    async def peers_staying(self) -> int:
+        """How many other live instances are not shutting down, asked now (0 if the
+        broker cannot be asked)."""
+        return 0
+
     # -- fan-out ------------------------------------------------------------------------
 
     def publish(self, user: str, event: Event) -> int:

@@ -260,6 +260,28 @@ class RedisBroker(Broker):
     def peers(self) -> int:
         return len(self._live) - 1
 
+    async def leaving(self) -> None:
+        if self.lost:
+            return
+        try:  # expires with the lease: a marker left by a crash misleads no one for long
+            await self._redis.set(self.keys.leaving_of(self.id), "1", px=self.lease_ms)
+        except Exception as exc:  # any failure: the broker is lost
+            self._failed(exc)
+
+    async def peers_staying(self) -> int:
+        others = sorted(self._live - {self.id})
+        if self.lost or not others:
+            return 0
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for instance in others:
+                pipe.exists(self.keys.leaving_of(instance))
+            leaving = await pipe.execute()
+        except Exception as exc:  # any failure: the broker is lost
+            self._failed(exc)
+            return 0
+        return sum(1 for marked in leaving if not marked)
+
     async def acquire(self, user: str, kind: ClaimKind) -> bool:
         value = f"{self.id}:{kind}"
         key = self.keys.claim(user)

@@ -61,6 +61,9 @@ class Keys:
     def lease_of(self, instance: str) -> str:
         return self.prefix + "lease:" + instance
 
+    def leaving_of(self, instance: str) -> str:
+        return self.prefix + "leaving:" + instance
+
     def claim(self, user: str) -> str:
         return self.prefix + "claim:" + user
 

@@ -42,6 +42,10 @@ from .replay import Replay, parse_event_id
 from .replies import Responder
 from .threads import JournalThreads
 
+# How often a shutdown that waits for users to reconnect elsewhere asks whether every
+# peer is shutting down too (then nobody will reconnect: stop waiting).
+LEAVING_POLL = 0.1
+
 __all__ = [
     "Busy",
     "ChatResult",
@@ -198,12 +202,21 @@ class Sessions:
         assert self.broker is not None
         if not self.broker.shared or not users:
             return users
-        if self.broker.peers():
+        await self.broker.leaving()
+        if await self.broker.peers_staying():
             # The browsers this shutdown ended reconnect to the other instances (the
-            # widget within 3 s): give them the grace, as a last tab's close does.
+            # widget within 3 s): give them the grace, as a last tab's close does. Not
+            # for peers that are shutting down too (`serve --workers` stopping, a whole
+            # deployment stopped): nobody reconnects to those, so stop waiting once
+            # every peer says it is leaving.
             elapsed = time.monotonic() - (self.shutdown_started or time.monotonic())
             room = self.settings.shutdown_timeout - elapsed - 2.0
-            await anyio.sleep(max(0.0, min(self.settings.disconnect_grace, room)))
+            with anyio.move_on_after(max(0.0, min(self.settings.disconnect_grace, room))):
+                # Polled: the peers' markers are in Redis, there is no event to wait on.
+                while True:
+                    if not await self.broker.peers_staying():
+                        break
+                    await anyio.sleep(LEAVING_POLL)
         elsewhere = await self.broker.present_elsewhere(users)
         if elsewhere is None:
             log.warning("presence.unknown", users=len(users), broker=self.broker.name)

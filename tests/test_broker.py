@@ -401,3 +401,22 @@ async def test_presence_flushed_away_without_an_error_is_written_again(
                 await anyio.sleep(0.05)
         assert not x.broker.lost
     assert "broker.registered" in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.anyio
+async def test_peers_shutting_down_too_are_not_waited_for(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    slow = {"disconnect_grace": 30.0, "shutdown_timeout": 60.0}
+    async with node(tmp_path, redis_server.url, **slow) as x, node(tmp_path, redis_server.url) as y:
+        await until(lambda: x.broker.peers() == 1 and y.broker.peers() == 1, what="both live")  # type: ignore[union-attr]
+        assert await x.broker.peers_staying() == 1  # type: ignore[union-attr]
+        await y.broker.leaving()  # type: ignore[union-attr]
+        assert await x.broker.peers_staying() == 0  # type: ignore[union-attr]
+        x.connect("u")
+        await x.chat("u", "hello")
+        # A shutdown beside a peer that is leaving too archives without the grace (with a
+        # staying peer it would wait ARCHIVER_DISCONNECT_GRACE, 30 s here).
+        with anyio.fail_after(20):
+            await x.drain()
+        assert reasons(x, "u") == ["shutdown"]
