@@ -2,7 +2,7 @@
 archiver instances on one data directory and one broker (``ARCHIVER_BROKER``).
 
 :func:`start_redis` runs Debian's ``redis-server`` on a free loopback port with no
-persistence, in the benchmark's temporary directory; :func:`missing_redis` says why a
+persistence, in the benchmark's temporary directory; :func:`cannot_run` says why a
 benchmark cannot run (``python -m bench all`` prints the reason in place of its table).
 """
 
@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.live import Proc, free_port, start_archiver
@@ -29,6 +30,14 @@ def missing_redis() -> str | None:
     if shutil.which(REDIS) is None and not Path("/usr/bin/redis-server").exists():
         return "redis-server is not installed (apt-get install redis-server)"
     return None
+
+
+def cannot_run(out: Callable[[str], None]) -> bool:
+    """Whether this machine lacks what a broker benchmark needs; if so, say why in ``out``."""
+    reason = missing_redis()
+    if reason is not None:
+        out(f"(not run: {reason})")
+    return reason is not None
 
 
 def start_redis(root: Path) -> Proc:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import load_average, missing_redis, start_instance, start_redis
+from bench.cluster import cannot_run, load_average, start_instance, start_redis
 from bench.live import percentile, run_client, running
 
 FULL = {"users": 50, "chats": 4000, "rate": 200.0, "warmup": 200, "wait": 2.0}
@@ -51,9 +51,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
         f"{scale['chats']:,} chats at {scale['rate']:.0f}/s, alternately POSTed to X and Y "
         "(POST /chat to the user's `message` event on X)"
     )
-    reason = missing_redis()
-    if reason is not None:
-        out(f"(not run: {reason})")
+    if cannot_run(out):
         return None
     load = load_average()
     result = measure(quick)

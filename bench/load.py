@@ -488,13 +488,15 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
 }
 
 
-def main() -> None:
+def main(scenarios: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] | None = None) -> None:
+    """Run the scenario named by argv[1] with the JSON config argv[2] (``scenarios``:
+    this module's, or another client's, bench/load_cluster.py)."""
     import uvloop
 
     raise_nofile()
     scenario, config = sys.argv[1], json.loads(sys.argv[2])
     try:
-        uvloop.run(SCENARIOS[scenario](config))
+        uvloop.run((scenarios or SCENARIOS)[scenario](config))
     except Exception as exc:
         emit(error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None

@@ -16,12 +16,10 @@ does (the last one ``{"done": true, ...}``). Scenarios:
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.live import raise_nofile
+from bench import load
 from bench.load import HOST, READY_TIMEOUT, Http, Load, Sub, emit, now
 
 
@@ -148,17 +146,5 @@ def _close(subs: list[Stream] | list[Sub], conns: list[Http]) -> None:
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {"cross": cross, "chat": chat}
 
 
-def main() -> None:
-    import uvloop
-
-    raise_nofile()
-    scenario, config = sys.argv[1], json.loads(sys.argv[2])
-    try:
-        uvloop.run(SCENARIOS[scenario](config))
-    except Exception as exc:
-        emit(error=f"{type(exc).__name__}: {exc}")
-        raise SystemExit(1) from None
-
-
 if __name__ == "__main__":
-    main()
+    load.main(SCENARIOS)

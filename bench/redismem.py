@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import load_average, missing_redis, redis_url, redis_used_memory, start_redis
+from bench.cluster import cannot_run, load_average, redis_url, redis_used_memory, start_redis
 from bench.live import Client, Proc, running, start_archiver
 from bench.subscriptions import PER_CLIENT, _shares, _warm_up, top_step
 
@@ -79,9 +79,7 @@ def measure(quick: bool) -> dict[str, dict[str, Any]]:
 
 def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, Any] | None:
     out("idle subscriptions by broker: server RSS per subscription, KB ((RSS - RSS at 0) / held)")
-    reason = missing_redis()
-    if reason is not None:
-        out(f"(not run: {reason})")
+    if cannot_run(out):
         return None
     load = load_average()
     results = measure(quick)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import load_average, missing_redis, redis_url, start_redis
+from bench.cluster import cannot_run, load_average, redis_url, start_redis
 from bench.live import Proc, percentile, run_client, running, start_archiver
 
 FULL = {"users": 50, "seconds": 10.0, "warmup": 1.0, "wait": 2.0}
@@ -77,9 +77,7 @@ def run(quick: bool = False, out: Callable[[str], None] = print) -> dict[str, An
         f"chat throughput by workers: {scale['users']} users chatting in a loop for "
         f"{scale['seconds']} s (POST /chat to the final `message` event on the user's stream)"
     )
-    reason = missing_redis()
-    if reason is not None:
-        out(f"(not run: {reason})")
+    if cannot_run(out):
         return None
     load = load_average()
     results = measure(quick)
