@@ -65,6 +65,8 @@ class RedisBroker(Broker):
         self._live: frozenset[str] = frozenset({self.id})
         self._held: dict[str, str] = {}  # user -> the claim's value, while held
         self._lost_at: float | None = None
+        # Until then, after a recovery, presence elsewhere is not known (gone_everywhere).
+        self._settled_at = 0.0
         self._changed = asyncio.Event()
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
@@ -178,11 +180,13 @@ class RedisBroker(Broker):
         count = await self.presence.reregister(self._redis)
         self.fanout.invalidate()  # subscribe to exactly the users just written
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
+            # Bounded by a renewal's interval: the lease is renewed by this same task.
+            async with asyncio.timeout(min(5.0, self.renew_every)):
                 await self.fanout.connected.wait()
         assert self._lost_at is not None
         seconds = round(time.monotonic() - self._lost_at, 1)
         self._lost_at = None
+        self._settled_at = time.monotonic() + self.lease_ms / 1000
         # Divergence #13: every stream ends here. Events of other instances published
         # meanwhile never reached them: each client reconnects and replays the journal.
         resynced = sum(self.hub.close_user(user, "resync") for user in self.hub.users())
@@ -235,12 +239,21 @@ class RedisBroker(Broker):
     async def gone_everywhere(self, user: str) -> bool | None:
         if self.hub.count(user):
             return False
+        # Just after a recovery the others may not have written their presence again yet
+        # (Redis restarted empty; each does within a lease, or is dead by then): "nowhere"
+        # would archive a dialog whose tab just reconnected to another instance. A grace
+        # timer or a recovery can wait that long; then ask.
+        unsettled = self._settled_at - time.monotonic()
+        if unsettled > 0:
+            await asyncio.sleep(unsettled)
+            if self.hub.count(user):
+                return False
         elsewhere = await self.present_elsewhere([user])
         return None if elsewhere is None else user not in elsewhere
 
     async def present_elsewhere(self, users: list[str]) -> set[str] | None:
-        if self.lost:
-            return None
+        if self.lost or time.monotonic() < self._settled_at:
+            return None  # unknown (see gone_everywhere); a shutdown then leaves them
         try:
             pipe = self._redis.pipeline(transaction=False)
             for user in users:

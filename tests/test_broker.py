@@ -420,3 +420,57 @@ async def test_peers_shutting_down_too_are_not_waited_for(
         with anyio.fail_after(20):
             await x.drain()
         assert reasons(x, "u") == ["shutdown"]
+
+
+@pytest.mark.anyio
+async def test_after_a_recovery_nowhere_is_not_believed_before_the_others_wrote_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty; y recovers first, x is slow to write its presence again: the
+    user's tab on x must not look connected nowhere to y's grace timer (a loaded CI run
+    once archived such a dialog while its tab had just reconnected to x)."""
+    # Long enough that x, held at the gate, still holds its lease when y asks.
+    lease = {"broker_lease": 9.0}
+    async with (
+        node(tmp_path, redis_server.url, **lease) as x,
+        node(tmp_path, redis_server.url, **lease) as y,
+    ):
+        x.connect("u")
+        await x.broker.listening("u")  # type: ignore[union-attr]
+        gate = anyio.Event()
+        presence = x.broker.presence  # type: ignore[union-attr]
+        rewrite = presence.reregister
+
+        async def slow_reregister(redis: Any) -> int:
+            await gate.wait()
+            return await rewrite(redis)
+
+        presence.reregister = slow_reregister
+        redis_server.stop()
+        await until(lambda: x.broker.lost and y.broker.lost, within=10, what="both lost")  # type: ignore[union-attr]
+        redis_server.start()  # empty; x cannot write its presence again until the gate opens
+        await until(lambda: not y.broker.lost, within=10, what="y recovered")  # type: ignore[union-attr]
+        assert not await redis_server_has(redis_server, "archiver:users:" + x.broker.id)  # type: ignore[union-attr]
+        async with anyio.create_task_group() as tg:
+            answer: list[bool | None] = []
+
+            async def ask() -> None:
+                answer.append(await y.broker.gone_everywhere("u"))  # type: ignore[union-attr]
+
+            tg.start_soon(ask)
+            # Without the wait after a recovery, y answers "nowhere" within this window.
+            with anyio.move_on_after(0.3):
+                while not answer:  # noqa: ASYNC110 (a window in which nothing may happen)
+                    await anyio.sleep(0.01)
+            gate.set()  # x writes its presence again, well within the lease
+        assert answer == [False]
+
+
+async def redis_server_has(server: RedisServer, key: str) -> bool:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(server.url)
+    try:
+        return bool(await client.exists(key))
+    finally:
+        await client.aclose()
