@@ -99,6 +99,21 @@ TABLES = {
 NEEDS_REDIS = ("cross", "workers", "redismem")
 
 
+def _bench(tmp_path: Path, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` with no ARCHIVER_* setting, its temporary files in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env["TMPDIR"] = str(tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _sections(output: str) -> dict[str, str]:
     parts = re.split(r"^== (\w+)$", output, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
@@ -106,17 +121,7 @@ def _sections(output: str) -> dict[str, str]:
 
 @pytest.mark.timeout(300)
 def test_every_benchmark_prints_its_table(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-    env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "all", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
+    result = _bench(tmp_path, 280, "all", "--quick")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sections = _sections(result.stdout)
     assert list(sections) == list(TABLES)
@@ -136,17 +141,7 @@ def test_every_benchmark_prints_its_table(tmp_path: Path) -> None:
 @pytest.mark.timeout(200)
 def test_runs_prints_each_figures_worst_and_median_beside_its_floor(tmp_path: Path) -> None:
     """``--runs 2``: each run's table, then one row per figure (never a timing checked)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-    env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "archive", "--quick", "--runs", "2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    result = _bench(tmp_path, 180, "archive", "--quick", "--runs", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert len(re.findall(r"^-- archive, run \d of 2 \(load average [\d. ]+\)$", out, re.M)) == 2
