@@ -165,3 +165,19 @@ def test_a_wrong_error_code_fails_the_schema() -> None:
     """The check above can fail: an undocumented code does not validate."""
     with pytest.raises(Exception, match="is not one of"):
         check(response_schema("/chat", "post", 400), {"error": "nope", "detail": "x"})
+
+
+def test_the_401_codes_documented_are_every_code_auth_raises() -> None:
+    """openapi_schemas.AUTH_CODES is the one list (tests/test_security.py checks answers
+    against it): it must hold every code archiver/auth.py can give a refused token."""
+    import re
+    from pathlib import Path
+
+    import archiver.auth
+    from archiver.openapi_schemas import AUTH_CODES
+
+    source = Path(archiver.auth.__file__).read_text()
+    raised = set(re.findall(r'Rejected\(\s*"([a-z_]+)"', source))
+    raised |= set(re.findall(r'reason: str = "([a-z_]+)"', source))
+    assert len(raised) >= 9, raised
+    assert raised <= set(AUTH_CODES), raised - set(AUTH_CODES)
