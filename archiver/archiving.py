@@ -47,6 +47,7 @@ from .threads import JournalThreads
 T = TypeVar("T")
 _Outcome = Summary | Archived | NotOwner | JournalError | None
 BATCH = 200  # users per worker-thread call when archiving many at once
+IN_FLIGHT = 3  # such calls at once: the loop handles one's outcomes while others run
 GROUP_AT = 8  # archives in flight past which disconnects share their fsyncs (GroupCommit)
 
 
@@ -195,7 +196,9 @@ class Archiver:
         fighting over the GIL. In two passes (trailers, one syncfs, renames, one syncfs:
         see Journal.write_trailer) and in batches of users per worker-thread call, the
         same 10,000 take 1.7 s. Each batch holds its users' locks, so a reply still being
-        journaled goes first, as with archive().
+        journaled goes first, as with archive(). IN_FLIGHT batches go at once: one after
+        another, each batch's outcomes (log lines, events) were handled on the loop while
+        no thread worked, and each thread's renames while the loop waited.
         """
         journal = self.threads.journal
         trailed: list[tuple[str, Summary]] = []
@@ -206,19 +209,42 @@ class Archiver:
         def move_batch(batch: list[tuple[str, Summary]]) -> list[tuple[str, _Outcome]]:
             return [(u, _attempt(journal.move_to_archive, u, summary)) for u, summary in batch]
 
-        for batch in _batches(users):
-            outcomes, ms = await self._locked_run(batch, trail_batch, batch)
+        def trail_done(outcomes: list[tuple[str, _Outcome]], ms: float) -> None:
             for user, outcome in outcomes:
                 if isinstance(outcome, Summary):
                     trailed.append((user, outcome))
                 else:
                     self._outcome(user, reason, outcome, ms, results)
-        await self.threads.run(journal.sync_filesystem)
-        for pairs in _batches(trailed):
-            outcomes, ms = await self._locked_run([u for u, _ in pairs], move_batch, pairs)
+
+        def move_done(outcomes: list[tuple[str, _Outcome]], ms: float) -> None:
             for user, outcome in outcomes:
                 self._outcome(user, reason, outcome, ms, results)  # ms: its share of the batch
+
+        await self._batches_run([(b, b) for b in _batches(users)], trail_batch, trail_done)
         await self.threads.run(journal.sync_filesystem)
+        trailed.sort(key=lambda pair: pair[0])  # batches finish in any order
+        moves = [([u for u, _ in pairs], pairs) for pairs in _batches(trailed)]
+        await self._batches_run(moves, move_batch, move_done)
+        await self.threads.run(journal.sync_filesystem)
+
+    async def _batches_run(
+        self,
+        batches: list[tuple[list[str], T]],
+        func: Callable[[T], list[tuple[str, _Outcome]]],
+        done: Callable[[list[tuple[str, _Outcome]], float], None],
+    ) -> None:
+        """``func(arg)`` for each ``(users, arg)`` under its users' locks, IN_FLIGHT at once;
+        ``done(outcomes, ms per user)`` on the loop as each finishes."""
+        limit = anyio.Semaphore(IN_FLIGHT)
+
+        async def one(users: list[str], arg: T) -> None:
+            async with limit:
+                outcomes, ms = await self._locked_run(users, func, arg)
+            done(outcomes, ms)
+
+        async with anyio.create_task_group() as tg:
+            for users, arg in batches:
+                tg.start_soon(one, users, arg)
 
     async def _locked_run(
         self, users: list[str], func: Callable[[T], list[tuple[str, _Outcome]]], arg: T
