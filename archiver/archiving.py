@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -46,7 +47,7 @@ from .threads import JournalThreads
 
 T = TypeVar("T")
 _Outcome = Summary | Archived | NotOwner | JournalError | None
-BATCH = 200  # users per worker-thread call when archiving many at once
+BATCH = 1000  # users per worker-thread call when archiving many at once
 IN_FLIGHT = 3  # such calls at once: the loop handles one's outcomes while others run
 GROUP_AT = 8  # archives in flight past which disconnects share their fsyncs (GroupCommit)
 
@@ -233,29 +234,43 @@ class Archiver:
         func: Callable[[T], list[tuple[str, _Outcome]]],
         done: Callable[[list[tuple[str, _Outcome]], float], None],
     ) -> None:
-        """``func(arg)`` for each ``(users, arg)`` under its users' locks, IN_FLIGHT at once;
-        ``done(outcomes, ms per user)`` on the loop as each finishes."""
-        limit = anyio.Semaphore(IN_FLIGHT)
+        """``func(arg)`` for each ``(users, arg)`` in a worker thread under its users'
+        locks, IN_FLIGHT at once; ``done(outcomes, ms per user)`` on the loop as each ends.
 
-        async def one(users: list[str], arg: T) -> None:
-            async with limit:
-                outcomes, ms = await self._locked_run(users, func, arg)
-            done(outcomes, ms)
+        A shutdown starts this while 10,000 streams are ending, each a few callbacks in
+        the loop's queue: every await here waits behind all of them. So nothing is awaited
+        between batches but their ends: the next batch's locks are free (fast_acquire:
+        no loop turn) and it goes to a thread at once. A cancel (the shutdown's budget)
+        starts no more batches and waits for those in flight, as threads.run does.
+        """
+        waiting = list(reversed(batches))
+        running: dict[asyncio.Future[list[tuple[str, _Outcome]]], _Batch] = {}
 
-        async with anyio.create_task_group() as tg:
-            for users, arg in batches:
-                tg.start_soon(one, users, arg)
+        def finish(future: asyncio.Future[list[tuple[str, _Outcome]]], batch: _Batch) -> None:
+            if future.exception() is None:  # else it is raised, as from threads.run
+                done(future.result(), (time.monotonic() - batch.started) * 1000 / batch.users)
 
-    async def _locked_run(
-        self, users: list[str], func: Callable[[T], list[tuple[str, _Outcome]]], arg: T
-    ) -> tuple[list[tuple[str, _Outcome]], float]:
-        """``func(arg)`` in a worker thread under the users' locks; and ms per user."""
-        started = time.monotonic()
-        async with contextlib.AsyncExitStack() as stack:
-            for user in users:
-                await stack.enter_async_context(self.threads.user_lock(user))
-            outcomes = await self.threads.run(func, arg)
-        return outcomes, (time.monotonic() - started) * 1000 / max(1, len(users))
+        try:
+            while waiting or running:
+                while waiting and len(running) < IN_FLIGHT:
+                    users, arg = waiting.pop()
+                    batch = _Batch(contextlib.AsyncExitStack(), max(1, len(users)))
+                    for user in users:
+                        await batch.locks.enter_async_context(self.threads.user_lock(user))
+                    batch.started = time.monotonic()
+                    running[self.threads.submit(func, arg)] = batch
+                ended, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in ended:
+                    batch = running.pop(future)
+                    await batch.locks.aclose()
+                    finish(future, batch)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if running:
+                    await asyncio.wait(running)
+                for future, batch in running.items():
+                    await batch.locks.aclose()
+                    finish(future, batch)
 
     # -- recovery, sweep, retention -----------------------------------------------------
 
@@ -477,6 +492,15 @@ class GroupCommit:
                 return
             for (_, future), outcome in zip(group, outcomes, strict=True):
                 future.set_result(outcome)
+
+
+@dataclass
+class _Batch:
+    """One batch of _batches_run in flight: its users' locks, held until it ends."""
+
+    locks: contextlib.AsyncExitStack
+    users: int
+    started: float = 0.0
 
 
 def commit_group(journal: Journal, group: list[tuple[str, str, bool]]) -> list[_Outcome]:

@@ -98,6 +98,12 @@ class JournalThreads:
             result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         return result
 
+    def submit(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """``func(...)`` in a worker thread from now on; its future, for callers that must
+        not await before the call starts (a caller that stops waiting waits for it still)."""
+        call = partial(func, *args, **kwargs)
+        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     async def run_in_turn(self, call: Callable[[], T]) -> T:
         """``call()`` in a worker thread, in one thread call with the rest of this loop
         turn's; shielded as :meth:`run` is."""
