@@ -50,6 +50,8 @@ _Outcome = Summary | Archived | NotOwner | JournalError | None
 BATCH = 1000  # users per worker-thread call when archiving many at once
 IN_FLIGHT = 3  # such calls at once: the loop handles one's outcomes while others run
 GROUP_AT = 8  # archives in flight past which disconnects share their fsyncs (GroupCommit)
+GROUPS_AT_ONCE = 2  # GroupCommit's groups committing side by side
+GATHER_FOR = 0.005  # seconds a group gathers at most while disconnects still come
 
 
 class Archiver:
@@ -442,7 +444,9 @@ class GroupCommit:
     written to the filesystem, which on a busy machine cost paced disconnects up to
     300 ms). Past that, callers gather and go in one group (group commit): every
     trailer, one syncfs, every rename, one more, as a shutdown does
-    (Journal.archive_group); whoever arrives while a group commits goes in the next.
+    (Journal.archive_group); whoever arrives once a group has formed goes in the next,
+    which commits beside it (up to GROUPS_AT_ONCE; their users differ, and each takes its
+    flocks in user order).
     Each caller holds its own user's lock while it waits, so a chat in flight still
     goes first.
     """
@@ -451,7 +455,9 @@ class GroupCommit:
         self.threads = threads
         self._alone = 0  # archives in flight the single way
         self._pending: list[tuple[tuple[str, str, bool], asyncio.Future[_Outcome]]] = []
-        self._turn = asyncio.Lock()  # one group committing at a time
+        # Groups committing at once: one at a time, the 30-60 stragglers of a burst of 200
+        # waited for the whole first group (its trailers, syncfs, renames, syncfs).
+        self._turn = asyncio.Semaphore(GROUPS_AT_ONCE)
 
     async def archive(self, user: str, reason: str, owned: bool) -> _Outcome:
         """Archive ``user``'s dialog, alone or in the next group (the caller holds the
@@ -477,8 +483,8 @@ class GroupCommit:
         async with self._turn:
             # Gather while they still come: 200 disconnects at once reach here over a
             # few loop turns, and a group cut at the first would leave most to the next.
-            waiting = -1
-            while waiting != len(self._pending):
+            waiting, until = -1, time.monotonic() + GATHER_FOR
+            while waiting != len(self._pending) and time.monotonic() < until:
                 waiting = len(self._pending)
                 await asyncio.sleep(0)
             group, self._pending = self._pending, []
