@@ -249,16 +249,21 @@ class Archiver:
         running: dict[asyncio.Future[list[tuple[str, _Outcome]]], _Batch] = {}
 
         def finish(future: asyncio.Future[list[tuple[str, _Outcome]]], batch: _Batch) -> None:
-            if future.exception() is None:  # else it is raised, as from threads.run
-                done(future.result(), (time.monotonic() - batch.started) * 1000 / batch.users)
+            # result() raises what the thread raised, as threads.run would
+            done(future.result(), (time.monotonic() - batch.started) * 1000 / batch.users)
 
         try:
             while waiting or running:
                 while waiting and len(running) < IN_FLIGHT:
                     users, arg = waiting.pop()
                     batch = _Batch(contextlib.AsyncExitStack(), max(1, len(users)))
-                    for user in users:
-                        await batch.locks.enter_async_context(self.threads.user_lock(user))
+                    try:
+                        for user in users:
+                            await batch.locks.enter_async_context(self.threads.user_lock(user))
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await batch.locks.aclose()
+                        raise
                     batch.started = time.monotonic()
                     running[self.threads.submit(func, arg)] = batch
                 ended, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -270,9 +275,10 @@ class Archiver:
             with anyio.CancelScope(shield=True):
                 if running:
                     await asyncio.wait(running)
-                for future, batch in running.items():
+                for batch in running.values():
                     await batch.locks.aclose()
-                    finish(future, batch)
+            for future, batch in running.items():
+                finish(future, batch)
 
     # -- recovery, sweep, retention -----------------------------------------------------
 
