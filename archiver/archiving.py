@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -46,8 +47,11 @@ from .threads import JournalThreads
 
 T = TypeVar("T")
 _Outcome = Summary | Archived | NotOwner | JournalError | None
-BATCH = 200  # users per worker-thread call when archiving many at once
+BATCH = 1000  # users per worker-thread call when archiving many at once
+IN_FLIGHT = 3  # such calls at once: the loop handles one's outcomes while others run
 GROUP_AT = 8  # archives in flight past which disconnects share their fsyncs (GroupCommit)
+GROUPS_AT_ONCE = 2  # GroupCommit's groups committing side by side
+GATHER_FOR = 0.005  # seconds a group gathers at most while disconnects still come
 
 
 class Archiver:
@@ -177,7 +181,10 @@ class Archiver:
             ms=round(ms, 1),
         )
         self.broker.publish(result.user, archived_event(result.dialog, result.name, result.reason))
-        if self.index is not None:
+        if self.index is not None and result.reason != "shutdown":
+            # A shutdown's archives are left to the next catch-up (every start, sweep and
+            # `archiver search` syncs first): indexing 10,000 of them in the drain took the
+            # GIL from the renames and held the exit 1.6 s after the last one.
             self.index.submit(result.path)
 
     # -- many dialogs -------------------------------------------------------------------
@@ -192,7 +199,9 @@ class Archiver:
         fighting over the GIL. In two passes (trailers, one syncfs, renames, one syncfs:
         see Journal.write_trailer) and in batches of users per worker-thread call, the
         same 10,000 take 1.7 s. Each batch holds its users' locks, so a reply still being
-        journaled goes first, as with archive().
+        journaled goes first, as with archive(). IN_FLIGHT batches go at once: one after
+        another, each batch's outcomes (log lines, events) were handled on the loop while
+        no thread worked, and each thread's renames while the loop waited.
         """
         journal = self.threads.journal
         trailed: list[tuple[str, Summary]] = []
@@ -203,30 +212,73 @@ class Archiver:
         def move_batch(batch: list[tuple[str, Summary]]) -> list[tuple[str, _Outcome]]:
             return [(u, _attempt(journal.move_to_archive, u, summary)) for u, summary in batch]
 
-        for batch in _batches(users):
-            outcomes, ms = await self._locked_run(batch, trail_batch, batch)
+        def trail_done(outcomes: list[tuple[str, _Outcome]], ms: float) -> None:
             for user, outcome in outcomes:
                 if isinstance(outcome, Summary):
                     trailed.append((user, outcome))
                 else:
                     self._outcome(user, reason, outcome, ms, results)
-        await self.threads.run(journal.sync_filesystem)
-        for pairs in _batches(trailed):
-            outcomes, ms = await self._locked_run([u for u, _ in pairs], move_batch, pairs)
+
+        def move_done(outcomes: list[tuple[str, _Outcome]], ms: float) -> None:
             for user, outcome in outcomes:
                 self._outcome(user, reason, outcome, ms, results)  # ms: its share of the batch
+
+        await self._batches_run([(b, b) for b in _batches(users)], trail_batch, trail_done)
+        await self.threads.run(journal.sync_filesystem)
+        trailed.sort(key=lambda pair: pair[0])  # batches finish in any order
+        moves = [([u for u, _ in pairs], pairs) for pairs in _batches(trailed)]
+        await self._batches_run(moves, move_batch, move_done)
         await self.threads.run(journal.sync_filesystem)
 
-    async def _locked_run(
-        self, users: list[str], func: Callable[[T], list[tuple[str, _Outcome]]], arg: T
-    ) -> tuple[list[tuple[str, _Outcome]], float]:
-        """``func(arg)`` in a worker thread under the users' locks; and ms per user."""
-        started = time.monotonic()
-        async with contextlib.AsyncExitStack() as stack:
-            for user in users:
-                await stack.enter_async_context(self.threads.user_lock(user))
-            outcomes = await self.threads.run(func, arg)
-        return outcomes, (time.monotonic() - started) * 1000 / max(1, len(users))
+    async def _batches_run(
+        self,
+        batches: list[tuple[list[str], T]],
+        func: Callable[[T], list[tuple[str, _Outcome]]],
+        done: Callable[[list[tuple[str, _Outcome]], float], None],
+    ) -> None:
+        """``func(arg)`` for each ``(users, arg)`` in a worker thread under its users'
+        locks, IN_FLIGHT at once; ``done(outcomes, ms per user)`` on the loop as each ends.
+
+        A shutdown starts this while 10,000 streams are ending, each a few callbacks in
+        the loop's queue: every await here waits behind all of them. So nothing is awaited
+        between batches but their ends: the next batch's locks are free (fast_acquire:
+        no loop turn) and it goes to a thread at once. A cancel (the shutdown's budget)
+        starts no more batches and waits for those in flight, as threads.run does.
+        """
+        waiting = list(reversed(batches))
+        running: dict[asyncio.Future[list[tuple[str, _Outcome]]], _Batch] = {}
+
+        def finish(future: asyncio.Future[list[tuple[str, _Outcome]]], batch: _Batch) -> None:
+            # result() raises what the thread raised, as threads.run would
+            done(future.result(), (time.monotonic() - batch.started) * 1000 / batch.users)
+
+        try:
+            while waiting or running:
+                while waiting and len(running) < IN_FLIGHT:
+                    users, arg = waiting.pop()
+                    batch = _Batch(contextlib.AsyncExitStack(), max(1, len(users)))
+                    try:
+                        for user in users:
+                            await batch.locks.enter_async_context(self.threads.user_lock(user))
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await batch.locks.aclose()
+                        raise
+                    batch.started = time.monotonic()
+                    running[self.threads.submit(func, arg)] = batch
+                ended, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in ended:
+                    batch = running.pop(future)
+                    await batch.locks.aclose()
+                    finish(future, batch)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if running:
+                    await asyncio.wait(running)
+                for batch in running.values():
+                    await batch.locks.aclose()
+            for future, batch in running.items():
+                finish(future, batch)
 
     # -- recovery, sweep, retention -----------------------------------------------------
 
@@ -398,7 +450,9 @@ class GroupCommit:
     written to the filesystem, which on a busy machine cost paced disconnects up to
     300 ms). Past that, callers gather and go in one group (group commit): every
     trailer, one syncfs, every rename, one more, as a shutdown does
-    (Journal.archive_group); whoever arrives while a group commits goes in the next.
+    (Journal.archive_group); whoever arrives once a group has formed goes in the next,
+    which commits beside it (up to GROUPS_AT_ONCE; their users differ, and each takes its
+    flocks in user order).
     Each caller holds its own user's lock while it waits, so a chat in flight still
     goes first.
     """
@@ -407,7 +461,9 @@ class GroupCommit:
         self.threads = threads
         self._alone = 0  # archives in flight the single way
         self._pending: list[tuple[tuple[str, str, bool], asyncio.Future[_Outcome]]] = []
-        self._turn = asyncio.Lock()  # one group committing at a time
+        # Groups committing at once: one at a time, the 30-60 stragglers of a burst of 200
+        # waited for the whole first group (its trailers, syncfs, renames, syncfs).
+        self._turn = asyncio.Semaphore(GROUPS_AT_ONCE)
 
     async def archive(self, user: str, reason: str, owned: bool) -> _Outcome:
         """Archive ``user``'s dialog, alone or in the next group (the caller holds the
@@ -433,8 +489,8 @@ class GroupCommit:
         async with self._turn:
             # Gather while they still come: 200 disconnects at once reach here over a
             # few loop turns, and a group cut at the first would leave most to the next.
-            waiting = -1
-            while waiting != len(self._pending):
+            waiting, until = -1, time.monotonic() + GATHER_FOR
+            while waiting != len(self._pending) and time.monotonic() < until:
                 waiting = len(self._pending)
                 await asyncio.sleep(0)
             group, self._pending = self._pending, []
@@ -448,6 +504,15 @@ class GroupCommit:
                 return
             for (_, future), outcome in zip(group, outcomes, strict=True):
                 future.set_result(outcome)
+
+
+@dataclass
+class _Batch:
+    """One batch of _batches_run in flight: its users' locks, held until it ends."""
+
+    locks: contextlib.AsyncExitStack
+    users: int
+    started: float = 0.0
 
 
 def commit_group(journal: Journal, group: list[tuple[str, str, bool]]) -> list[_Outcome]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,10 @@ class Chats:
 
     def __contains__(self, user: object) -> bool:
         return user in self._chats
+
+    def __iter__(self) -> Iterator[str]:
+        """The users with a chat in flight (a copy: the map changes as chats end)."""
+        return iter(list(self._chats))
 
     def begin_shutdown(self) -> None:
         """No new chats; stop every reply in flight (each is journaled as interrupted)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -149,6 +151,37 @@ async def test_drain_ends_streams_and_archives_with_reason_shutdown(sessions: Se
     assert sessions.archived == {"shutdown": 2}
     sessions.disconnect(inbox)  # a shutdown end is not a disconnect: no grace timer
     assert sessions.presence.timers == {}
+
+
+@pytest.mark.anyio
+async def test_drain_archives_a_chat_admitted_before_the_shutdown_but_not_yet_journaled(
+    sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shutdown's archiving starts at begin_shutdown: a chat admitted before it whose
+    first append has not been made (so its user is not yet served) is archived too."""
+    gate = anyio.Event()
+    real = sessions.threads.append
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(sessions.threads, "append", held)
+    async with anyio.create_task_group() as tg:
+
+        async def chat() -> None:
+            with contextlib.suppress(Exception):  # its reply is stopped by the shutdown
+                await sessions.chat("c", "just before the shutdown")
+
+        tg.start_soon(chat)
+        await until(lambda: "c" in sessions.chats, what="the chat admitted")
+        assert "c" not in sessions.archiver.served
+        sessions.begin_shutdown()
+        gate.set()
+        await sessions.drain()
+    [name] = archives(sessions, "c")
+    archived = sessions.threads.journal.layout.archived_dir("c") / name
+    assert b"just before the shutdown" in archived.read_bytes()
 
 
 @pytest.mark.anyio
