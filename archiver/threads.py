@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,11 +39,6 @@ from .journal import Appended, Journal
 from .repair import Repaired
 
 P = ParamSpec("P")
-# The GIL's switch interval while the journal's threads run (CPython's default: 5 ms).
-# A worker thread gives the GIL up in every system call (~12 for one archive) and, while
-# the loop is busy (10,000 streams ending, 200 disconnects), waited up to the interval
-# to get it back each time: 10,000 shutdown trailers took 3-5 s beside the streams' ends.
-SWITCH_INTERVAL = 0.0005
 T = TypeVar("T")
 
 
@@ -73,7 +67,6 @@ class JournalThreads:
 
     def __init__(self, journal: Journal, threads: int = 16) -> None:
         self.journal = journal
-        sys.setswitchinterval(SWITCH_INTERVAL)  # process-wide; this pool is why
         self._locks: dict[str, _UserLock] = {}
         # Bounded so a slow disk cannot take every worker thread from other work.
         # Divergence #3: a pool of our own, not anyio.to_thread (see the module docstring).
