@@ -41,6 +41,7 @@ from .errors import JournalError
 from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
+from .frontdoor import FrontDoor
 from .httpkit import (
     ERROR_STATUS,
     UPSTREAM_STATUS,
@@ -453,13 +454,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.sessions = sessions
         ticket_key = auth.load_or_create_ticket_key(settings.data_dir)
         app.state.tickets = Tickets(ticket_key, shared=broker.use_ticket if broker.shared else None)
-        max_connections = settings.resolved_max_connections()
-        app.state.admission = Admission(
-            max_connections, settings.max_streams_per_ip, settings.rate_limit_per_ip
-        )
         log.info(
             "server.start",
-            max_connections=max_connections,
+            max_connections=admission.max_connections,
             pid=os.getpid(),
             instance=instance.id,
             data=settings.data_dir,
@@ -499,8 +496,13 @@ def create_app(settings: Settings) -> Starlette:
                 max_age=600,
             )
         )
+    # Made here, not in the lifespan: the front door, before authentication, judges with it.
+    admission = Admission(
+        settings.resolved_max_connections(), settings.max_streams_per_ip, settings.rate_limit_per_ip
+    )
     middleware += [
         Middleware(SecurityHeaders, allowed_origins=settings.allowed_origins),
+        Middleware(FrontDoor, admission=admission, handshakes_per_ip=settings.handshakes_per_ip),
         Middleware(AuthenticationMiddleware, backend=JWTBackend(settings)),
     ]
     routes = [
@@ -536,6 +538,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.admission = admission
     app.state.guest_rate = RateLimit(settings.guest_rate_per_ip)
     return app
 
