@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,10 +36,12 @@ Make = Callable[..., Server]
 Sample = tuple[float, float]  # seconds to `ready`, seconds for one chat
 OTHER = "127.0.0.2"  # the other users' address: any 127/8 address is loopback on Linux
 FLOOD = 2000
-SAMPLES = 51
-# The issue asks for "within 2x"; on 2 cores shared with other test runs (and CI's two
-# CPU hogs) the spread of a median of 15 was itself ~1.5x (a loaded CI run once saw
-# 3.07x), so the median is of 51 samples or more and the assertion allows that spread.
+SAMPLES = 101
+# The issue asks for "within 2x"; on 2 cores shared with other test runs and CI's two
+# CPU hogs (load 8-12), two identical unflooded servers measured side by side differed by
+# 0.47x to 2.14x in medians of 51 and 101 pairs, and a server that is busy at all
+# waits for a CPU behind the machine's other work where an idle one does not (see
+# docs/reliability.md), so the assertion allows that spread on top.
 RATIO = 3.0
 # The flood opens streams at this pace: a visitor holding streams, not a CPU flood (no
 # application limit keeps a full-speed connect loop on loopback from taking a core; the
@@ -209,17 +212,18 @@ class Flooder:
         self.proc.wait(30)
 
 
-def _limits_server(make_server: Make, **settings: str) -> Server:
+def _limits_server(make_server: Make, data: Path | None = None, **settings: str) -> Server:
     base = {"echo_delay": "0", "rate_limit": "0", "disconnect_grace": "0"}
-    return make_server(**{**base, **settings})
+    return make_server(data=data, **{**base, **settings})
 
 
 def test_one_token_opening_2000_streams_holds_10_and_others_are_not_slowed(
     make_server: Make, tmp_path: Path
 ) -> None:
-    settings = {"rate_limit_per_ip": "0", "max_streams_per_ip": "0"}
-    server = _limits_server(make_server, **settings)
-    control = _limits_server(make_server, data=tmp_path / "control", **settings)
+    server = _limits_server(make_server, rate_limit_per_ip="0", max_streams_per_ip="0")
+    control = _limits_server(
+        make_server, tmp_path / "control", rate_limit_per_ip="0", max_streams_per_ip="0"
+    )
     before = _measure(server, control)
     flood = Flooder(server, [mint("hog")] * FLOOD, tmp_path, PACE)
     try:
@@ -248,7 +252,7 @@ def test_one_address_opening_2000_streams_with_2000_tokens_is_capped_at_100(
     make_server: Make, tmp_path: Path
 ) -> None:
     server = _limits_server(make_server, rate_limit_per_ip="0")
-    control = _limits_server(make_server, data=tmp_path / "control", rate_limit_per_ip="0")
+    control = _limits_server(make_server, tmp_path / "control", rate_limit_per_ip="0")
     before = _measure(server, control)
     flood = Flooder(server, [mint(f"visitor-{i}") for i in range(FLOOD)], tmp_path, PACE)
     try:
@@ -272,7 +276,11 @@ def test_the_rate_per_address_answers_429_with_retry_after_and_logs_one_episode(
     make_server: Make,
 ) -> None:
     server = _limits_server(make_server, rate_limit_per_ip="20")
-    answers = [server.chat(f"u{i}", "hi") for i in range(40)]
+    answers = [server.chat(f"u{i}", "hi") for i in range(20)]
+    # The rest at once: the bucket refills a token every 3 s, and 20 more one by one on a
+    # loaded machine took that long, so a refill fell between two refusals (two episodes).
+    with ThreadPoolExecutor(20) as pool:
+        answers += pool.map(lambda i: server.chat(f"u{i}", "hi"), range(20, 40))
     refused = [a for a in answers if a.status_code == 429]
     assert [a.status_code for a in answers[:20]] == [200] * 20
     assert len(refused) >= 15, [a.status_code for a in answers]
