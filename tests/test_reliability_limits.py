@@ -37,8 +37,8 @@ Sample = tuple[float, float]  # seconds to `ready`, seconds for one chat
 OTHER = "127.0.0.2"  # the other users' address: any 127/8 address is loopback on Linux
 FLOOD = 2000
 SAMPLES = 101
-# The issue asks for "within 2x"; on 2 cores shared with other test runs and CI's two
-# CPU hogs (load 8-12), two identical unflooded servers measured side by side differed by
+# The issue asks for "within 2x"; on 2 cores shared with other test runs and two to six
+# CPU hogs (load 6-12), two identical unflooded servers measured side by side differed by
 # 0.47x to 2.14x in medians of 51 and 101 pairs, and a server that is busy at all
 # waits for a CPU behind the machine's other work where an idle one does not (see
 # docs/reliability.md), so the assertion allows that spread on top.
