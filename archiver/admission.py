@@ -13,6 +13,10 @@ Each request is judged before it costs anything (no journal write, no task):
 * **per user** (``max_streams_per_user``) is not refused here: the presence layer ends the
   user's oldest stream with ``event: replaced`` instead (see ARCHITECTURE.md).
 
+The front door (frontdoor.py) asks :meth:`Admission.refuse_early` first, before the
+token is verified, so a flood over its limits costs next to nothing; the route then judges
+what got through (``admit_stream``, ``admit_chat``), which alone takes from the rate.
+
 ``0`` turns each limit off. Every refusal is one ``request.rejected`` line as usual; a run
 of refusals of one kind for one address is one *episode*, logged once when it starts
 (``limit.exceeded``) and once when a request of that address is admitted again
@@ -80,7 +84,22 @@ class Admission:
         refusal = self._stream_refusal(client, now)
         return self._judged(refusal, client, now)
 
+    def refuse_early(self, client: str | None, now: float, stream: bool) -> Refusal | None:
+        """The refusal :meth:`admit_stream` (or :meth:`admit_chat`) would give now, taking
+        nothing from the rate; counted in its episode. None does not admit: the route's
+        own judgement follows, as another request may take the last place meanwhile."""
+        refusal = self._cap_refusal(client) if stream else None
+        if refusal is None and client is not None and self._rate.wait(client, now):
+            refusal = self._rate_refusal(client, now)  # refused: take() takes nothing
+        return None if refusal is None else self._judged(refusal, client, now)
+
     def _stream_refusal(self, client: str | None, now: float) -> Refusal | None:
+        refusal = self._cap_refusal(client)
+        if refusal is not None or client is None:
+            return refusal
+        return self._rate_refusal(client, now)
+
+    def _cap_refusal(self, client: str | None) -> Refusal | None:
         if self.max_connections and self.streams >= self.max_connections:
             return Refusal(
                 503,
@@ -98,7 +117,7 @@ class Admission:
                 "close one (another tab?) and try again.",
                 STREAM_RETRY_AFTER,
             )
-        return self._rate_refusal(client, now)
+        return None
 
     def opened(self, client: str | None) -> None:
         self.streams += 1

@@ -41,6 +41,7 @@ from .errors import JournalError
 from .faults import Fault
 from .feed import Feed
 from .framing import FramingWatch
+from .frontdoor import FrontDoor
 from .httpkit import (
     ERROR_STATUS,
     UPSTREAM_STATUS,
@@ -86,14 +87,14 @@ def widget_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "widget"
 
 
-def stream_user(request: Request) -> User:
+async def stream_user(request: Request) -> User:
     """The user of ``GET /subscribe``: by a stream ticket (the widget), else by the token."""
     ticket = request.query_params.get("ticket")
     if ticket is None:
         return require_user(request)
     tickets: Tickets = request.app.state.tickets
     try:
-        return User(id=tickets.redeem(ticket, time.time()))
+        return User(id=await tickets.redeem_everywhere(ticket, time.time()))
     except BadTicket as exc:
         raise ApiError(401, "bad_ticket", exc.detail) from None
 
@@ -152,7 +153,7 @@ def _no_store(body: dict[str, Any]) -> Response:
 
 
 async def subscribe(request: Request) -> Response | EventStream:
-    user = stream_user(request)
+    user = await stream_user(request)
     sessions = sessions_of(request)
     if sessions.draining:
         raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
@@ -451,14 +452,11 @@ def create_app(settings: Settings) -> Starlette:
             broker=broker,
         )
         app.state.sessions = sessions
-        app.state.tickets = Tickets(auth.load_or_create_ticket_key(settings.data_dir))
-        max_connections = settings.resolved_max_connections()
-        app.state.admission = Admission(
-            max_connections, settings.max_streams_per_ip, settings.rate_limit_per_ip
-        )
+        ticket_key = auth.load_or_create_ticket_key(settings.data_dir)
+        app.state.tickets = Tickets(ticket_key, shared=broker.use_ticket if broker.shared else None)
         log.info(
             "server.start",
-            max_connections=max_connections,
+            max_connections=admission.max_connections,
             pid=os.getpid(),
             instance=instance.id,
             data=settings.data_dir,
@@ -498,8 +496,13 @@ def create_app(settings: Settings) -> Starlette:
                 max_age=600,
             )
         )
+    # Made here, not in the lifespan: the front door, before authentication, judges with it.
+    admission = Admission(
+        settings.resolved_max_connections(), settings.max_streams_per_ip, settings.rate_limit_per_ip
+    )
     middleware += [
         Middleware(SecurityHeaders, allowed_origins=settings.allowed_origins),
+        Middleware(FrontDoor, admission=admission, handshakes_per_ip=settings.handshakes_per_ip),
         Middleware(AuthenticationMiddleware, backend=JWTBackend(settings)),
     ]
     routes = [
@@ -535,6 +538,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
+    app.state.admission = admission
     app.state.guest_rate = RateLimit(settings.guest_rate_per_ip)
     return app
 

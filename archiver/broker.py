@@ -20,6 +20,8 @@ What a broker answers, for the policies above it (sessions, chats, archiving):
   asks it under a user's ``flock``, in a worker thread.)
 * ``acquire(user, kind)`` / ``release(user)``: which instance is streaming a reply into
   (or archiving) the user's dialog, so an archive anywhere waits for a reply anywhere.
+* ``use_ticket(nonce, seconds)``: True the first time any instance redeems a stream
+  ticket (tickets.py keeps each process's own record; memory adds nothing to it).
 * ``shared``: False for memory, where instances on one data directory meet only through
   routing (hence ``session.moved``, archiving.py); True when the broker spans instances.
 """
@@ -125,6 +127,13 @@ class Broker:
 
     async def release_all(self, users: list[str]) -> None:
         """Give up the claims :meth:`acquire_all` made."""
+
+    # -- stream tickets -----------------------------------------------------------------
+
+    async def use_ticket(self, nonce: str, seconds: float) -> bool:
+        """True if no other instance redeemed the ticket ``nonce`` (good ``seconds`` more).
+        One process: its own record (tickets.py) is the whole truth."""
+        return True
 
     def health(self) -> dict[str, Any]:
         return {"name": self.name, "state": "ok"}

@@ -36,6 +36,10 @@ DEFAULT_BREAKER_COOLDOWN = 30.0
 DEFAULT_RATE_LIMIT = 60.0
 DEFAULT_MAX_STREAMS_PER_USER = 10  # a browser holds 6 per origin, plus a few to spare
 DEFAULT_MAX_STREAMS_PER_IP = 100  # a school or office behind one NAT address
+# Stream handshakes of one address in flight at once (frontdoor.py); the rest wait their
+# turn. A browser opens one stream per tab, so an office behind one NAT address rarely
+# has more than a few handshakes at the same instant; each lasts about a millisecond.
+DEFAULT_HANDSHAKES_PER_IP = 4
 DEFAULT_RATE_LIMIT_PER_IP = 600.0  # chats and new streams a minute, one address
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_GUEST_TTL = 3600.0
@@ -122,6 +126,7 @@ class Settings:
     max_streams_per_user: int = DEFAULT_MAX_STREAMS_PER_USER
     max_streams_per_ip: int = DEFAULT_MAX_STREAMS_PER_IP
     rate_limit_per_ip: float = DEFAULT_RATE_LIMIT_PER_IP
+    handshakes_per_ip: int = DEFAULT_HANDSHAKES_PER_IP
     # None: a margin below the process's descriptor limit (resolved_max_connections).
     max_connections: int | None = None
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -200,10 +205,12 @@ class Settings:
                     "ARCHIVER_FAULT_POINT must be <point>[@<nth>][#<bytes>] with a point of "
                     + ", ".join(FAULT_POINTS)
                 )
-        if min(self.max_streams_per_user, self.max_streams_per_ip, self.max_connections or 0) < 0:
+        caps = (self.max_streams_per_user, self.max_streams_per_ip, self.handshakes_per_ip)
+        if min(*caps, self.max_connections or 0) < 0:
             raise ConfigError(
-                "ARCHIVER_MAX_STREAMS_PER_USER, ARCHIVER_MAX_STREAMS_PER_IP and "
-                "ARCHIVER_MAX_CONNECTIONS must be >= 0 (0: no limit)"
+                "ARCHIVER_MAX_STREAMS_PER_USER, ARCHIVER_MAX_STREAMS_PER_IP, "
+                "ARCHIVER_HANDSHAKES_PER_IP and ARCHIVER_MAX_CONNECTIONS must be >= 0 "
+                "(0: no limit)"
             )
         if self.rate_limit_per_ip < 0 or self.guest_rate_per_ip < 0:
             raise ConfigError(

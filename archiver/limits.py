@@ -42,6 +42,17 @@ class RateLimit:
             return 0.0
         return (1 - bucket.tokens) / rate
 
+    def wait(self, user: str, now: float) -> float:
+        """What :meth:`take` would answer now, taking nothing: 0, or the seconds to wait."""
+        if self.per_minute <= 0:
+            return 0.0
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            return 0.0
+        rate = self.per_minute / 60.0
+        tokens = min(self.per_minute, bucket.tokens + (now - bucket.updated) * rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / rate
+
     def _forget_full(self, now: float) -> None:
         # A bucket that has refilled carries no information: drop those.
         rate = self.per_minute / 60.0

@@ -352,6 +352,22 @@ class RedisBroker(Broker):
         except Exception as exc:  # any failure: the broker is lost
             self._failed(exc)
 
+    # -- stream tickets -----------------------------------------------------------------
+
+    async def use_ticket(self, nonce: str, seconds: float) -> bool:
+        # SET NX is the atomic first use: of two instances redeeming one ticket at once,
+        # exactly one sets the key. It expires with the ticket, so nothing accumulates.
+        if self.lost:
+            return True  # nobody can be asked: single use per instance (tickets.py)
+        try:
+            first = await self._redis.set(
+                self.keys.ticket(nonce), self.id, nx=True, px=max(1, int(seconds * 1000))
+            )
+        except Exception as exc:  # any failure: the broker is lost
+            self._failed(exc)
+            return True
+        return bool(first)
+
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -67,6 +67,9 @@ class Keys:
     def claim(self, user: str) -> str:
         return self.prefix + "claim:" + user
 
+    def ticket(self, nonce: str) -> str:
+        return self.prefix + "ticket:" + nonce
+
     def channel(self, user: str) -> str:
         return self.prefix + "user:" + user
 

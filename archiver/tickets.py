@@ -9,7 +9,12 @@ opens ``GET /subscribe?ticket=...``. A ticket names one user, is good for
 A ticket is ``<user, expiry, nonce>`` with an HMAC-SHA256 of it, keyed by a secret kept in
 the data directory (``.ticket-secret``, made like the JWT secret), so any instance that
 shares the data directory can redeem a ticket another issued, whatever nginx's routing.
-That it is used once is remembered per process, until it expires.
+That it is used once is remembered here, per process, until it expires; with a shared
+broker (Redis) also there, atomically (``Broker.use_ticket``: ``SET NX`` on
+``ticket:<nonce>`` for what is left of its life), so a ticket redeemed on one instance is
+refused on every other with the same sentence. While that broker is lost a ticket is
+single-use per instance only: streams keep opening (the local record still holds), and a
+ticket is worthless 30 s later anyway.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 TICKET_SECONDS = 30.0
 _MAX_TICKET_CHARS = 2048
+USED = "The stream ticket was used already; ask for a new one."
+# (nonce, seconds it has left) -> True if no instance redeemed it before (Broker.use_ticket)
+SharedUse = Callable[[str, float], Awaitable[bool]]
 
 
 class BadTicket(Exception):
@@ -43,6 +52,8 @@ def _unb64(text: str) -> bytes:
 class Tickets:
     key: bytes
     seconds: float = TICKET_SECONDS
+    # The broker's record shared by every instance; None: this process's record only.
+    shared: SharedUse | None = None
     # nonce -> expiry of tickets redeemed here; pruned as they expire
     _used: dict[str, float] = field(default_factory=dict)
 
@@ -53,8 +64,18 @@ class Tickets:
         ).encode()
         return _b64(body) + "." + _b64(self._sign(body))
 
+    async def redeem_everywhere(self, ticket: str, now: float) -> str:
+        """:meth:`redeem`, and refused too if any other instance redeemed it before."""
+        user, nonce, expires = self._redeem_here(ticket, now)
+        if self.shared is not None and not await self.shared(nonce, expires - now):
+            raise BadTicket(USED)
+        return user
+
     def redeem(self, ticket: str, now: float) -> str:
         """The ticket's user; raises :class:`BadTicket` (with a sentence) otherwise."""
+        return self._redeem_here(ticket, now)[0]
+
+    def _redeem_here(self, ticket: str, now: float) -> tuple[str, str, float]:
         body = self._verified(ticket)
         try:
             claims = json.loads(body)
@@ -65,9 +86,9 @@ class Tickets:
             raise BadTicket("The stream ticket has expired; ask for a new one.")
         self._forget_expired(now)
         if nonce in self._used:
-            raise BadTicket("The stream ticket was used already; ask for a new one.")
+            raise BadTicket(USED)
         self._used[nonce] = expires
-        return user
+        return user, nonce, expires
 
     def _verified(self, ticket: str) -> bytes:
         body_text, dot, mac_text = ticket.partition(".")

@@ -6,8 +6,9 @@
 Opens one stream per line of TOKEN_FILE (a token per line: the same one repeated, or one
 each), CONCURRENCY at a time, at most PER_SECOND a second (0: as fast as it can),
 keeps every stream that was admitted open and reads it,
-prints one JSON line {"statuses", "open", "replaced"} once every stream was tried (and
-again, fresh, for each line it reads on stdin), and closes everything at stdin's end.
+prints {"started": true} as its first connection goes out, then one JSON line
+{"statuses", "open", "replaced"} once every stream was tried (and again, fresh, for each
+line it reads on stdin), and closes everything at stdin's end.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ async def main(
     for i, token in enumerate(tokens):
         queue.put_nowait((i, token))
     loop = asyncio.get_running_loop()
+    print(json.dumps({"started": True}), flush=True)
     start = loop.time()
 
     async def worker() -> None:

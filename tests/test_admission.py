@@ -99,3 +99,26 @@ def test_the_process_wide_episode_ends_when_a_stream_fits_again(
         ("limit.recovered", "*"),
     ]
     assert events(caplog)[1][1]["refused"] == 2
+
+
+def test_refuse_early_answers_as_admit_would_and_takes_nothing_from_the_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="archiver")
+    admission = Admission(max_streams_per_ip=1, rate_per_ip=2)
+    assert admission.refuse_early("10.0.0.1", 0, stream=True) is None
+    assert admission.refuse_early("10.0.0.1", 0, stream=True) is None, "a look takes nothing"
+    assert admission.admit_stream("10.0.0.1", 0) is None
+    admission.opened("10.0.0.1")
+    capped = admission.refuse_early("10.0.0.1", 0, stream=True)
+    assert capped is not None and capped.code == "too_many_streams"
+    assert admission.refuse_early("10.0.0.1", 0, stream=False) is None, "chats have no cap"
+    assert admission.admit_chat("10.0.0.1", 0) is None  # the bucket's second token
+    rated = admission.refuse_early("10.0.0.1", 0, stream=False)
+    assert rated is not None and rated.code == "rate_limited_address"
+    assert rated.retry_after == 30.0
+    # Refused early or by the route: one episode, as before.
+    assert admission.admit_chat("10.0.0.1", 0) is not None
+    exceeded = [name for name, _ in events(caplog) if name == "limit.exceeded"]
+    assert exceeded == ["limit.exceeded"] * 2, "one per kind: streams, then the rate"
+    assert admission.refuse_early("10.0.0.2", 0, stream=True) is None, "another address"

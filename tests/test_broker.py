@@ -8,6 +8,7 @@ with real processes behind a real nginx, are in tests/test_e2e_redis.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -107,6 +108,7 @@ async def test_memory_broker_is_the_hub_and_the_instance_locks(tmp_path: Path) -
         assert await broker.acquire("a", "reply") is True
         assert broker.alive(instance.id) and not broker.alive("nobody-1-abc")
         assert await broker.present_elsewhere(["a"]) == set()
+        assert await broker.use_ticket("n", 30) and await broker.use_ticket("n", 30)
     finally:
         instance.close()
 
@@ -135,6 +137,31 @@ def test_unreachable_broker_refuses_with_the_url_but_not_its_password(tmp_path: 
     message = str(caught.value)
     assert "hunter2" not in message and "redis://user:***@127.0.0.1" in message
     assert "\n" not in message and "ConnectionError" in message
+
+
+# -- Redis: stream tickets --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_ticket_is_used_once_across_instances_and_expires_with_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with node(tmp_path, redis_server.url) as x, node(tmp_path, redis_server.url) as y:
+        assert isinstance(x.broker, RedisBroker) and isinstance(y.broker, RedisBroker)
+        # Both at once: SET NX lets exactly one through.
+        firsts = await asyncio.gather(x.broker.use_ticket("n1", 30), y.broker.use_ticket("n1", 30))
+        assert sorted(firsts) == [False, True]
+        assert not await x.broker.use_ticket("n1", 30)
+        assert 0 < await x.broker._redis.pttl(x.broker.keys.ticket("n1")) <= 30_000
+        assert await y.broker.use_ticket("n2", 0.05)
+        with anyio.fail_after(5):  # the key expires with its ticket
+            while await x.broker._redis.exists(x.broker.keys.ticket("n2")):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert await x.broker.use_ticket("n2", 30)
+        # Lost: nobody can be asked; the ticket's own process record is what holds then.
+        redis_server.stop()
+        assert await x.broker.use_ticket("n1", 30), "while lost, single use per instance only"
+        assert x.broker.lost
 
 
 # -- Redis: fan-out ---------------------------------------------------------------------

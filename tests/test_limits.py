@@ -34,3 +34,14 @@ def test_breaker_opens_after_failures_and_lets_one_try_after_the_cooldown() -> N
 
 def test_ceil_seconds_is_at_least_one() -> None:
     assert [ceil_seconds(s) for s in (0.0, 0.2, 1.0, 1.01)] == [1, 1, 1, 2]
+
+
+def test_wait_tells_what_take_would_without_taking() -> None:
+    limit = RateLimit(per_minute=2)
+    assert limit.wait("a", 0.0) == 0.0, "an address never seen has a full bucket"
+    limit.take("a", 0.0)
+    assert limit.wait("a", 0.0) == 0.0 and limit.wait("a", 0.0) == 0.0
+    limit.take("a", 0.0)
+    assert limit.wait("a", 0.0) == 30.0 == limit.take("a", 0.0)
+    assert limit.wait("a", 15.0) == 15.0
+    assert RateLimit(per_minute=0).wait("a", 0.0) == 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import Server, SSEClient, mint, remember
+from tests.helpers import RedisServer, Server, SSEClient, mint, remember
 
 Make = Callable[..., Server]
 
@@ -48,6 +48,30 @@ def test_another_instance_on_the_same_data_directory_redeems_it(
     stream = stream_with(two, ticket_for(one, "bob"))
     assert stream.next("ready").data["user"] == "bob"
     stream.close()
+
+
+def test_with_a_redis_broker_a_ticket_redeemed_on_one_instance_is_refused_on_the_other(
+    make_server: Make, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    x, y = (make_server(data=tmp_path / "data", broker=redis_server.url) for _ in range(2))
+    reused = {}
+    for first, second in ((x, y), (y, x)):
+        ticket = ticket_for(first, "carol")
+        stream = stream_with(first, ticket)
+        assert stream.next("ready").data["user"] == "carol"
+        again = httpx.get(second.url + f"/subscribe?ticket={ticket}", timeout=10)
+        assert again.status_code == 401, again.text
+        reused[second.port] = again.json()
+        stream.close()
+    # The same error as a ticket used twice on one instance.
+    same = ticket_for(x, "carol")
+    stream = stream_with(x, same)
+    stream.next("ready")
+    twice = httpx.get(x.url + f"/subscribe?ticket={same}", timeout=10)
+    stream.close()
+    assert list(reused.values()) == [twice.json()] * 2, (reused, twice.json())
+    assert twice.json()["error"] == "bad_ticket"
+    print(f"\nticket across 2 instances (Redis): refused on the other, both ways: {twice.json()}")
 
 
 def test_bad_tickets_and_tokens_in_the_query_are_refused(make_server: Make, tmp_path: Path) -> None:

@@ -49,3 +49,35 @@ def test_used_tickets_are_forgotten_once_expired() -> None:
     for i in range(100):
         tickets.redeem(tickets.issue("a", now=float(i)), now=float(i))
     assert len(tickets._used) <= 11
+
+
+async def _redeem(tickets: Tickets, ticket: str, now: float) -> str:
+    return await tickets.redeem_everywhere(ticket, now)
+
+
+def test_with_a_shared_record_a_ticket_used_elsewhere_is_refused_with_the_same_sentence() -> None:
+    import asyncio
+
+    record: dict[str, float] = {}  # what a shared broker remembers: nonce -> seconds left
+
+    async def shared(nonce: str, seconds: float) -> bool:
+        first = nonce not in record
+        record.setdefault(nonce, seconds)
+        return first
+
+    x = Tickets(b"k" * 32, shared=shared)
+    y = Tickets(b"k" * 32, shared=shared)
+    ticket = x.issue("alice", now=0.0)
+    assert asyncio.run(_redeem(x, ticket, 10.0)) == "alice"
+    assert list(record.values()) == [20.0], "kept for what is left of the ticket's life"
+    with pytest.raises(BadTicket) as elsewhere:
+        asyncio.run(_redeem(y, ticket, 11.0))
+    with pytest.raises(BadTicket) as here:
+        asyncio.run(_redeem(x, ticket, 11.0))
+    assert (
+        elsewhere.value.detail
+        == here.value.detail
+        == "The stream ticket was used already; ask for a new one."
+    )
+    # Without a shared record (the memory broker), only this process's own counts.
+    assert asyncio.run(_redeem(Tickets(b"k" * 32), ticket, 11.0)) == "alice"
