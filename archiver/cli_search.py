@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import archives, query, render, stats
+from . import archives, query, ranking, render, stats
 from . import search as searching
 from .clikit import (
     SEARCH_WORKERS,
@@ -172,7 +172,7 @@ def _query_hits(
         yield from query.scan_current(journal, wanted)
     searchable = None if scan or not settings.search_index else _fresh_index(settings)
     if searchable is None:
-        yield from query.scan(journal, wanted, on_error=_warn)
+        yield from ranking.ranked_scan(journal, wanted, on_error=_warn)
         return
     try:
         for path, error in searchable.damaged(wanted.user):
