@@ -69,8 +69,10 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
         )
         # Through negative ids: an UPDATE checks the key row by row, and a shift smaller
         # than the range would meet the archive's own rows.
-        db.execute("UPDATE msgs SET id = -id WHERE file = ?", (file_id,))
-        db.execute("UPDATE msgs SET id = ? - id WHERE file = ?", (to - first, file_id))
+        db.execute("UPDATE msgs SET id = -id WHERE id BETWEEN ? AND ?", (first, last))
+        db.execute(
+            "UPDATE msgs SET id = ? - id WHERE id BETWEEN ? AND ?", (to - first, -last, -first)
+        )
         db.execute(
             "UPDATE files SET first = ?, last = ? WHERE id = ?",
             (to, to + last - first, file_id),
