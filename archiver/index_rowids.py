@@ -9,7 +9,8 @@ archives just older and just newer than it:
 
 * the newest archive goes after the last range, :data:`GAP` rowids further on, so a late
   archive that lands between two others usually finds room there;
-* one that does not fit moves the newer archives up, as few as it takes (each move is
+* one that does not fit moves the newer archives up, as few as it takes: each moved one
+  packs against the one before, so the gaps after them absorb the shift (each move is
   FTS5 deletes and inserts of that archive's rows, with the tokens ``files.tokens`` kept);
 * a rebuild and a sync store archives sorted by (name, user) first, close to recency
   order, so they seldom move anything.
@@ -46,7 +47,7 @@ def place(db: sqlite3.Connection, key: tuple[str, str, str], count: int) -> int:
         return start + GAP
     if newer[1] - start >= count:
         return start
-    _move_up(db, key, start + count + GAP)
+    _move_up(db, key, start + count)
     return start
 
 
@@ -59,7 +60,9 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
         if first >= need:
             break
         moves.append((file_id, first, last, packed, need))
-        need += last - first + 1 + GAP
+        # Packed against the one before: the gaps further on absorb the shift, so a move
+        # pushes on at most (count + GAP) / GAP archives.
+        need += last - first + 1
     newer.close()  # before writing the rows it reads
     for file_id, first, last, packed, to in reversed(moves):
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")

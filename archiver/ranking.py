@@ -36,7 +36,7 @@ from .journal import Journal
 from .layout import user_dir_name
 from .query import Hit, Search, Term, tokens
 
-WINDOW = 4000  # matches per window (chosen by measuring, see docs/performance.md)
+WINDOW = 2000  # matches per window (chosen by measuring, see docs/performance.md)
 _K1 = 1.2  # FTS5's bm25 constants (fts5_aux.c)
 _B = 0.75
 
