@@ -76,8 +76,8 @@ def search(
     TEXT is a query: every word must be in the message; "a phrase" matches its words in
     a row; refund* matches words that begin so; user:, role:, reason:, since:, until:
     filter as the options do. Uses the search index (built on first use, brought up to
-    date on every search), best matches first; --scan reads every archive instead
-    (newest first), with the same results.
+    date on every search), best matches first; --scan reads every archive instead, with
+    the same results in the same order.
 
     \b
     archiver search refund

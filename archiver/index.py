@@ -23,10 +23,12 @@ How it stays current:
 * A crash between an archive's rename and its index row leaves the directory's mtime
   unrecorded (or newer than recorded), so the next sync finds the file.
 
-Search: one FTS5 ``MATCH`` (every term quoted, so no query can inject FTS syntax), joined
-to the archive's metadata for the filters, ranked by ``bm25`` and then by recency
-(``ended``, newest first). ``PRAGMA secure_delete`` overwrites deleted rows, so a
-forgotten user's words do not linger in free pages.
+Search (:mod:`archiver.index_search`): one FTS5 ``MATCH`` (every term quoted, so no query
+can inject FTS syntax), joined to the archive's metadata for the filters, in
+:mod:`archiver.ranking`'s order (``bm25`` then recency, within windows of the newest
+matches), which needs rowids in recency order (:mod:`archiver.index_rowids` keeps them
+so). ``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
+linger in free pages.
 
 Do not put the index on NFS: SQLite's locking is not safe there (see the README).
 """
