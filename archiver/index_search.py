@@ -1,8 +1,8 @@
 """One page of an indexed search, window by window, in :mod:`archiver.ranking`'s order.
 
-A window is found by its oldest match: the ``WINDOW``-th match counting down from the
-window's newest rowid (FTS5 walks a ``MATCH`` in descending rowid order without scoring
-it); then only that window's matches are scored with ``bm25`` and sorted. A page that
+A window is the first ``WINDOW`` rows of one walk down the rowids from the window's
+newest (FTS5 walks a ``MATCH`` in descending rowid order; SQLite stops at the limit), each
+scored with ``bm25`` and joined to its archive on the way, then sorted here. A page that
 reaches a window's end goes on into the next older window. The cursor names a window by
 its newest rowid and how many of its hits were given, so archives indexed after the first
 page (newer rowids) do not shift the pages that follow.
@@ -17,6 +17,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import yamltext
 from .archives import FILE_ERRORS
@@ -25,8 +26,6 @@ from .layout import Layout, user_dir_name, user_from_dir_name
 from .query import Hit, Search
 
 _CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,12})")
-# Best first within a window: ranking.py's order (bm25, newer archive, seq).
-_ORDER = "ORDER BY bm25(fts), f.ended DESC, f.name DESC, f.udir DESC, m.seq"
 _JOINS = "JOIN msgs m ON m.id = fts.rowid JOIN files f ON f.id = m.file"
 
 
@@ -82,38 +81,48 @@ def page(
 ) -> Page:
     """Up to ``limit`` hits from ``cursor`` (None: the first page; ``limit`` None: all)."""
     filters, args = _filters(search)
-    # The joins only when a filter needs them: without, the window's bound is FTS5 alone.
-    joins = _JOINS if filters else ""
-    where = " ".join(["WHERE fts MATCH ?", *filters, "AND fts.rowid <= ?"])
-    bound = f"SELECT fts.rowid FROM fts {joins} {where} ORDER BY fts.rowid DESC LIMIT 1 OFFSET ?"
-    rows_sql = (
-        "SELECT f.udir, f.name, f.dialog, m.seq, m.pos, m.len"
-        f" FROM fts {_JOINS} {where} AND fts.rowid >= ? {_ORDER} LIMIT ? OFFSET ?"
+    # One walk down the rowids per window, scoring and joining only the window's rows
+    # (a filter is judged on the way, so a window holds ``window`` rows that pass it).
+    sql = (
+        f"SELECT fts.rowid, bm25(fts), {_COLUMNS} FROM fts {_JOINS}"
+        f" WHERE fts MATCH ? {' '.join(filters)} AND fts.rowid <= ?"
+        " ORDER BY fts.rowid DESC LIMIT ?"
     )
     if cursor is None:
         newest = db.execute("SELECT max(id) FROM msgs").fetchone()[0]
         cursor = Cursor(0 if newest is None else int(newest))
     wanted = None if limit is None else limit + 1  # one more: is there a next page?
-    base = [search.fts(), *args]
-    found: list[tuple[tuple[object, ...], Cursor]] = []
+    found: list[tuple[_Row, Cursor]] = []
     top, skip = cursor.top, cursor.skip
     while wanted is None or len(found) < wanted:
-        row = db.execute(bound, [*base, top, window - 1]).fetchone()
-        bottom = None if row is None else int(row[0])  # None: the last window
-        left = -1 if wanted is None else wanted - len(found)
-        got = db.execute(rows_sql, [*base, top, bottom or -(2**63), left, skip]).fetchall()
-        found.extend((r, Cursor(top, skip + i)) for i, r in enumerate(got))
-        if bottom is None:
-            break
-        top, skip = bottom - 1, 0
+        rows = db.execute(sql, [search.fts(), *args, top, window]).fetchall()
+        ranked = _best_first(rows)
+        end = len(ranked) if wanted is None else skip + wanted - len(found)
+        found.extend((r[2:], Cursor(top, skip + i)) for i, r in enumerate(ranked[skip:end], 0))
+        if len(rows) < window:
+            break  # the last window
+        top, skip = int(rows[-1][0]) - 1, 0
     more = limit is not None and len(found) > limit
     kept = found[:limit] if limit is not None else found
     hits = [hit for r, _ in kept if (hit := _hit(layout, search, r)) is not None]
     return Page(hits, found[limit][1] if more and limit is not None else None)
 
 
-def _hit(layout: Layout, search: Search, row: tuple[object, ...]) -> Hit | None:
-    udir, name, dialog, seq, pos, length = row
+_COLUMNS = "f.ended, f.name, f.udir, m.seq, f.dialog, m.pos, m.len"
+_Row = tuple[Any, ...]  # rowid, bm25, then _COLUMNS
+
+
+def _best_first(rows: list[_Row]) -> list[_Row]:
+    """ranking.py's order within a window: bm25, then the newer archive, then seq (stable
+    sorts, the last key first, as ranking.ordered sorts the scan's)."""
+    out = sorted(rows, key=lambda r: r[5])  # seq
+    out.sort(key=lambda r: (r[2], r[3], r[4]), reverse=True)  # ended, name, udir
+    out.sort(key=lambda r: r[1])  # bm25
+    return out
+
+
+def _hit(layout: Layout, search: Search, row: _Row) -> Hit | None:
+    _ended, name, udir, seq, dialog, pos, length = row
     assert isinstance(udir, str) and isinstance(name, str) and isinstance(dialog, str)
     assert isinstance(seq, int) and isinstance(pos, int) and isinstance(length, int)
     path = Path(layout.archived_dir_named(udir), name)
