@@ -10,8 +10,10 @@ archives just older and just newer than it:
 * the newest archive goes after the last range, :data:`GAP` rowids further on, so a late
   archive that lands between two others usually finds room there;
 * one that does not fit moves the newer archives up, as few as it takes: each moved one
-  packs against the one before, so the gaps after them absorb the shift (each move is
-  FTS5 deletes and inserts of that archive's rows, with the tokens ``files.tokens`` kept);
+  keeps half a gap before it, so the gaps after them absorb the shift (each move is
+  FTS5 deletes and inserts of that archive's rows, with the tokens ``files.tokens`` kept).
+  Many late archives into one stretch still move more each time (this is no balanced
+  relabeling); a rebuild lays every gap out again;
 * a rebuild and a sync store archives sorted by (name, user) first, close to recency
   order, so they seldom move anything.
 
@@ -60,9 +62,10 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
         if first >= need:
             break
         moves.append((file_id, first, last, packed, need))
-        # Packed against the one before: the gaps further on absorb the shift, so a move
-        # pushes on at most (count + GAP) / GAP archives.
-        need += last - first + 1
+        # Half a gap before the next: each archive further on absorbs half a gap of the
+        # shift, so a move pushes on about 2 * count / GAP archives, and a moved archive
+        # still has room before it (packed ones would make the next move go through all).
+        need += last - first + 1 + GAP // 2
     newer.close()  # before writing the rows it reads
     for file_id, first, last, packed, to in reversed(moves):
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")

@@ -81,7 +81,9 @@ def _updates(data: Path, index: Index, count: int, late: bool) -> tuple[float, f
     fresh = Path(tempfile.mkdtemp(dir=data.parent))
     generate(fresh, count, seed=99, start=None if late else time.time() + 2 * 365 * 86400)
     moved = []
-    for path in sorted(fresh.rglob("*.yaml")):
+    # In the order they end (by name, then user), as archives land; one user's after
+    # another's would be 200 late archives into one stretch (see index_rowids).
+    for path in sorted(fresh.rglob("*.yaml"), key=lambda p: (p.name, p.parts[-4])):
         target = data / path.relative_to(fresh)
         target = target.with_name("2099" + target.name[4:])  # no clash with existing names
         target.parent.mkdir(parents=True, exist_ok=True)
