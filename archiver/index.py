@@ -103,6 +103,8 @@ CREATE TABLE msgs(
 -- No index on msgs(file): an archive's messages are the rowids files.first..files.last.
 -- ranking.archive_key's order, with the rowid ranges (index_rowids.place reads only it)
 CREATE INDEX files_recency ON files(ended, name, udir, first, last);
+-- Every search lists the damaged archives (a warning each): not a scan of every row.
+CREATE INDEX files_damaged ON files(udir, name, error) WHERE error IS NOT NULL;
 CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
 """
 _TABLES = ("meta", "dirs", "files", "msgs", "fts")
