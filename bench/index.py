@@ -17,9 +17,10 @@ the same run, on a generated data directory (bench/search.py's generator).
   floor: ``python -c 'import archiver.cli'``.
 * **index size** against the archives' size; **archiver list --json** (target <= 1 s).
 
-Run: ``python -m bench index`` (100,000 archives; ``--quick`` for 300,
-``--archives N`` for another size; ``--corpus DIR`` generates the archives into DIR once
-and reuses them on later runs: generating 100,000 takes ~40 s).
+Run: ``python -m bench index`` (100,000 archives; ``--quick`` for 300), or
+``python -m bench.index`` with ``--archives N`` for another size and ``--corpus DIR``,
+which generates the archives into DIR once and reuses them on later runs (generating
+100,000 takes ~40 s; ``python -m bench`` takes neither option).
 """
 
 from __future__ import annotations
