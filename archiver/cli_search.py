@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import archives, query, render, stats
+from . import archives, query, ranking, render, stats
 from . import search as searching
 from .clikit import (
     SEARCH_WORKERS,
@@ -76,8 +76,8 @@ def search(
     TEXT is a query: every word must be in the message; "a phrase" matches its words in
     a row; refund* matches words that begin so; user:, role:, reason:, since:, until:
     filter as the options do. Uses the search index (built on first use, brought up to
-    date on every search), best matches first; --scan reads every archive instead
-    (newest first), with the same results.
+    date on every search), best matches first; --scan reads every archive instead, with
+    the same results in the same order.
 
     \b
     archiver search refund
@@ -172,7 +172,7 @@ def _query_hits(
         yield from query.scan_current(journal, wanted)
     searchable = None if scan or not settings.search_index else _fresh_index(settings)
     if searchable is None:
-        yield from query.scan(journal, wanted, on_error=_warn)
+        yield from ranking.ranked_scan(journal, wanted, on_error=_warn)
         return
     try:
         for path, error in searchable.damaged(wanted.user):

@@ -23,10 +23,12 @@ How it stays current:
 * A crash between an archive's rename and its index row leaves the directory's mtime
   unrecorded (or newer than recorded), so the next sync finds the file.
 
-Search: one FTS5 ``MATCH`` (every term quoted, so no query can inject FTS syntax), joined
-to the archive's metadata for the filters, ranked by ``bm25`` and then by recency
-(``ended``, newest first). ``PRAGMA secure_delete`` overwrites deleted rows, so a
-forgotten user's words do not linger in free pages.
+Search (:mod:`archiver.index_search`): one FTS5 ``MATCH`` (every term quoted, so no query
+can inject FTS syntax), joined to the archive's metadata for the filters, in
+:mod:`archiver.ranking`'s order (``bm25`` then recency, within windows of the newest
+matches), which needs rowids in recency order (:mod:`archiver.index_rowids` keeps them
+so). ``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
+linger in free pages.
 
 Do not put the index on NFS: SQLite's locking is not safe there (see the README).
 """
@@ -44,21 +46,27 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from . import yamltext
-from .archives import FILE_ERRORS, ArchiveInfo, Filter, OnError, newest_first, read_info
-from .dialogfile import Message, parse_dialog, parse_entry
+from . import index_search
+from .archives import ArchiveInfo, Filter, OnError, newest_first, read_info
 from .index_read import Parsed, parse, parse_forked
+from .index_rowids import place
+from .index_search import Cursor, Page
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
-from .query import Hit, Search
+from .query import Search
+from .ranking import WINDOW, archive_key
 from .stats import StatArchive, StatMessage
 
+_T = TypeVar("_T")
+
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "5"  # 5: msgs.upstream, msgs.first_token_ms
+SCHEMA_VERSION = "6"  # 6: rowids in recency order (files.first, .last), no msgs_file
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
 MAX_LIMIT = 500
+FREE_PAGES = ("freelist_count", "page_count")
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +84,7 @@ CREATE TABLE files(
     -- What `archiver list` shows, read from the file's two ends as the listing reads
     -- them (dialogfile.summary_of). s_messages NULL: those ends could not be read.
     s_dialog TEXT, s_started TEXT, s_ended TEXT, s_reason TEXT, s_messages INTEGER,
+    first INTEGER, last INTEGER,  -- its messages' rowids, first..last (NULL: it has none)
     tokens BLOB NOT NULL,  -- last: reading the columns before it skips its overflow pages
     UNIQUE(udir, name)
 );
@@ -91,7 +100,11 @@ CREATE TABLE msgs(
     upstream TEXT,  -- the entry's upstream and first_token_ms (NULL when it has none)
     first_token_ms INTEGER
 );
-CREATE INDEX msgs_file ON msgs(file);
+-- No index on msgs(file): an archive's messages are the rowids files.first..files.last.
+-- ranking.archive_key's order, with the rowid ranges (index_rowids.place reads only it)
+CREATE INDEX files_recency ON files(ended, name, udir, first, last);
+-- Every search lists the damaged archives (a warning each): not a scan of every row.
+CREATE INDEX files_damaged ON files(udir, name, error) WHERE error IS NOT NULL;
 CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
 """
 _TABLES = ("meta", "dirs", "files", "msgs", "fts")
@@ -105,12 +118,6 @@ class Synced:
     removed: int = 0  # files whose rows were dropped
     seen: int = 0  # files looked at
     ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Page:
-    hits: list[Hit]
-    next_offset: int | None  # where the next page starts, None if this is the last
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
@@ -132,8 +139,9 @@ def _use_wal(db: sqlite3.Connection) -> None:
 class Index:
     """One SQLite database; a connection per thread (sqlite3 objects are per thread)."""
 
-    def __init__(self, data_dir: Path, path: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, path: Path | None = None, window: int = WINDOW) -> None:
         self.data_dir = data_dir
+        self.window = window  # matches per ranking window (tests use a small one)
         self.layout = Layout(data_dir)
         self.users_dir = self.layout.users_dir
         self.path = index_path(data_dir, path)
@@ -205,7 +213,10 @@ class Index:
     # -- keeping current ------------------------------------------------------------
 
     def sync(self, full: bool = False) -> Synced:
-        """Catch up with the files: every directory whose mtime moved (all with ``full``)."""
+        """Catch up with the files: every directory whose mtime moved (all with ``full``).
+        The changed files of every directory are stored together, sorted by name (close to
+        recency order: see :mod:`archiver.index_rowids`); a directory's mtime is recorded
+        only once its files are stored and its vanished ones dropped."""
         started = time.monotonic()
         db = self._db()
         known = dict(db.execute("SELECT udir, mtime_ns FROM dirs").fetchall())
@@ -217,6 +228,8 @@ class Index:
         for udir in set(known) - set(on_disk):  # a user forgotten: drop everything of theirs
             totals[1] += self._drop_dir(db, udir)
         now = time.time_ns()
+        stale: list[tuple[str, str, str]] = []  # (name, udir, directory)
+        settle: list[tuple[str, list[str], int]] = []  # (udir, gone, mtime to record)
         for udir in sorted(on_disk):
             directory = self.layout.archived_dir_named(udir)
             try:
@@ -228,10 +241,24 @@ class Index:
             if not full and known.get(udir) == mtime:
                 continue
             seen = -1 if now - mtime < RACY_NS else mtime
-            indexed, removed, files = self._sync_dir(db, udir, directory, seen, known.get(udir))
-            totals[0] += indexed
-            totals[1] += removed
+            changed, gone, files = self._look(db, udir, directory)
             totals[2] += files
+            stale.extend((name, udir, directory) for name in changed)
+            if changed or gone or known.get(udir) != seen:
+                settle.append((udir, gone, seen))
+        stale.sort()
+        for batch in _chunks(stale, BATCH_FILES):
+            parsed = [p for n, u, d in batch if (p := parse(u, Path(d) / n)) is not None]
+            with _write(db):
+                for item in _in_recency_order(parsed):
+                    _store(db, item)
+        for udir, gone, seen in settle:
+            with _write(db):
+                for name in gone:
+                    _drop(db, udir, name)
+                db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (udir, seen))
+        totals[0] += len(stale)
+        totals[1] += sum(len(gone) for _, gone, _ in settle)
         ms = (time.monotonic() - started) * 1000
         return Synced(totals[0], totals[1], totals[2], ms)
 
@@ -240,9 +267,11 @@ class Index:
             for udir in sorted(os.listdir(self.users_dir)):
                 yield udir, self.layout.archived_dir_named(udir)
 
-    def _sync_dir(
-        self, db: sqlite3.Connection, udir: str, directory: str, mtime: int, known_mtime: int | None
-    ) -> tuple[int, int, int]:
+    @staticmethod
+    def _look(
+        db: sqlite3.Connection, udir: str, directory: str
+    ) -> tuple[list[str], list[str], int]:
+        """(files changed since indexed, indexed files gone, files there) of a directory."""
         stats: dict[str, tuple[int, int]] = {}
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(directory):
@@ -254,18 +283,7 @@ class Index:
         indexed = {name: (size, mtime_ns) for name, size, mtime_ns in rows}
         stale = [n for n, st in stats.items() if indexed.get(n) != st]
         gone = [n for n in indexed if n not in stats]
-        if not stale and not gone and known_mtime == mtime:
-            return 0, 0, len(stats)  # nothing to write (a full sync of an index in step)
-        for batch in _chunks(stale, BATCH_FILES):
-            parsed = [p for n in batch if (p := parse(udir, Path(directory) / n)) is not None]
-            with _write(db):
-                for item in parsed:
-                    _store(db, item)
-        with _write(db):
-            for name in gone:
-                _drop(db, udir, name)
-            db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (udir, mtime))
-        return len(stale), len(gone), len(stats)
+        return stale, gone, len(stats)
 
     @staticmethod
     def _drop_dir(db: sqlite3.Connection, udir: str) -> int:
@@ -295,7 +313,7 @@ class Index:
             else:
                 parsed.append(item)
         with _write(db):
-            for item in parsed:
+            for item in _in_recency_order(parsed):
                 _store(db, item)
             for udir, name in missing:
                 _drop(db, udir, name)
@@ -317,16 +335,23 @@ class Index:
             for table in ("msgs", "files", "dirs"):
                 db.execute(f"DELETE FROM {table}")
         if workers > 1 and hasattr(os, "fork"):
-            files = [(udir, Path(d, n)) for udir, d in self._archived_dirs() for n in _names(d)]
+            # By name, then user: close to recency order, so few rowids move.
+            named = [(n, udir, d) for udir, d in self._archived_dirs() for n in _names(d)]
+            files = [(udir, Path(d, n)) for n, udir, d in sorted(named)]
             parsed = parse_forked(files, workers, BATCH_FILES)
             while batch := list(itertools.islice(parsed, BATCH_FILES)):
                 with _write(db):
-                    for item in batch:
+                    for item in _in_recency_order(batch):
                         _store(db, item)
         synced = self.sync(full=True)
         synced = dataclasses.replace(synced, ms=(time.monotonic() - started) * 1000)
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        # The merge into one segment frees the pages of the segments it read: at 5,000
+        # archives a fifth of the file, at 100,000 a fortieth (later writes reuse them).
+        free, pages = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in FREE_PAGES)
+        if free * 10 > pages:
+            db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a build's WAL is as big as the index
         return synced
 
@@ -379,7 +404,8 @@ class Index:
         sql = [
             "SELECT f.id, f.udir, f.ended, f.reason,",
             "m.role, m.at, m.interrupted, m.upstream, m.first_token_ms",
-            "FROM files f LEFT JOIN msgs m ON m.file = f.id WHERE f.error IS NULL",
+            "FROM files f LEFT JOIN msgs m ON m.id BETWEEN f.first AND f.last",
+            "WHERE f.error IS NULL",
         ]
         args: list[object] = []
         for clause, value in (
@@ -410,36 +436,9 @@ class Index:
 
     # -- searching ------------------------------------------------------------------
 
-    def search(self, search: Search, limit: int | None = 50, offset: int = 0) -> Page:
-        """One page of hits, best first (bm25, then the newest archive, then seq)."""
-        sql = [
-            "SELECT f.udir, f.name, f.dialog, m.seq, m.pos, m.len, f.size, f.mtime_ns",
-            "FROM fts JOIN msgs m ON m.id = fts.rowid JOIN files f ON f.id = m.file",
-            "WHERE fts MATCH ?",
-        ]
-        args: list[object] = [search.fts()]
-        if search.user is not None:
-            sql.append("AND f.udir = ?")
-            args.append(user_dir_name(search.user))
-        for column, value in (("m.role", search.role), ("f.reason", search.reason)):
-            if value is not None:
-                sql.append(f"AND {column} = ?")
-                args.append(value)
-        if search.since is not None:
-            sql.append("AND f.ended >= ?")
-            args.append(search.since)
-        if search.before is not None:
-            sql.append("AND f.ended < ?")
-            args.append(search.before)
-        sql.append("ORDER BY bm25(fts), f.ended DESC, f.name DESC, m.seq")
-        if limit is not None:
-            sql.append("LIMIT ? OFFSET ?")
-            args += [limit + 1, offset]
-        rows = self._db().execute(" ".join(sql), args).fetchall()
-        more = limit is not None and len(rows) > limit
-        rows = rows[:limit] if limit is not None else rows
-        hits = [hit for row in rows if (hit := _hit(self.layout, search, row)) is not None]
-        return Page(hits, offset + len(rows) if more else None)
+    def search(self, search: Search, limit: int | None = 50, cursor: Cursor | None = None) -> Page:
+        """One page of hits in :mod:`archiver.ranking`'s order, from ``cursor`` on."""
+        return index_search.page(self._db(), self.layout, search, limit, cursor, self.window)
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,14 +458,17 @@ def _write(db: sqlite3.Connection) -> Iterator[None]:
 
 def _store(db: sqlite3.Connection, item: Parsed) -> None:
     """Index one archive. The FTS table is contentless (it keeps no text); deleting a row
-    from it needs the tokens it was given, which ``files.tokens`` keeps, compressed."""
+    from it needs the tokens it was given, which ``files.tokens`` keeps, compressed. Its
+    rowids sit in recency order among the others (:func:`index_rowids.place`)."""
     _drop(db, item.udir, item.name)
     bodies = [row[4] for row in item.rows]
     got = item.summary
+    count = len(item.rows)
+    first = place(db, archive_key(item.ended, item.name, item.udir), count) if count else None
     cursor = db.execute(
         "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error,"
-        " s_dialog, s_started, s_ended, s_reason, s_messages)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " s_dialog, s_started, s_ended, s_reason, s_messages, first, last)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.udir,
             item.name,
@@ -479,11 +481,14 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
             item.error,
             *(() if got is None else (got.dialog, got.started, got.ended, got.reason)),
             *((None,) * 5 if got is None else (got.messages,)),
+            first,
+            None if first is None else first + count - 1,
         ),
     )
+    if first is None:
+        return
     file_id = cursor.lastrowid
-    first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM msgs").fetchone()[0]
-    ids = range(first, first + len(item.rows))
+    ids = range(first, first + count)
     db.executemany(
         "INSERT INTO msgs(id, file, seq, role, pos, len, at, interrupted, upstream,"
         " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -492,19 +497,25 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
     db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
 
 
+def _in_recency_order(items: list[Parsed]) -> list[Parsed]:
+    """A batch sorted as its rowids will be: each then lands after the one before."""
+    return sorted(items, key=lambda p: archive_key(p.ended, p.name, p.udir))
+
+
 def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     row = db.execute(
-        "SELECT id, tokens FROM files WHERE udir=? AND name=?", (udir, name)
+        "SELECT id, first, last, tokens FROM files WHERE udir=? AND name=?", (udir, name)
     ).fetchone()
     if row is None:
         return
-    file_id, packed = row
-    ids = [r[0] for r in db.execute("SELECT id FROM msgs WHERE file=? ORDER BY id", (file_id,))]
-    bodies = zlib.decompress(packed).decode("utf-8").split("\n") if ids else []
-    db.executemany(
-        "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)", zip(ids, bodies, strict=True)
-    )
-    db.execute("DELETE FROM msgs WHERE file = ?", (file_id,))
+    file_id, first, last, packed = row
+    if first is not None:
+        bodies = zlib.decompress(packed).decode("utf-8").split("\n")
+        db.executemany(
+            "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)",
+            zip(range(first, last + 1), bodies, strict=True),
+        )
+        db.execute("DELETE FROM msgs WHERE id BETWEEN ? AND ?", (first, last))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
 
@@ -514,37 +525,6 @@ def _names(directory: str) -> list[str]:
     return []
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# ---------------------------------------------------------------------------------------
-# Hits: the text comes from the file
-
-
-def _hit(layout: Layout, search: Search, row: tuple[object, ...]) -> Hit | None:
-    udir, name, dialog, seq, pos, length, _size, _mtime = row
-    assert isinstance(udir, str) and isinstance(name, str) and isinstance(dialog, str)
-    assert isinstance(seq, int) and isinstance(pos, int) and isinstance(length, int)
-    path = Path(layout.archived_dir_named(udir), name)
-    try:
-        message = _message_at(path, seq, pos, length)
-    except FILE_ERRORS:
-        return None  # changed or gone since it was indexed: the next sync fixes the row
-    if message is None:
-        return None
-    return Hit(user_from_dir_name(udir), name, dialog, message, search.spans(message.text))
-
-
-def _message_at(path: Path, seq: int, pos: int, length: int) -> Message | None:
-    if pos >= 0:
-        with open(path, "rb") as fh:
-            fh.seek(pos)
-            entry = fh.read(length)
-        with contextlib.suppress(yamltext.ParseError, UnicodeDecodeError, KeyError, ValueError):
-            message = parse_entry(entry)
-            if message.seq == seq:
-                return message
-    dialog = parse_dialog(path.read_bytes())
-    return next((m for m in dialog.messages if m.seq == seq), None)

@@ -104,12 +104,12 @@ async def search(request: Request) -> Response:
     user = require_user(request)
     indexer = _index_of(request)
     try:
-        wanted, limit, offset = searchapi.read_request(request.query_params, user.id, user.admin)
+        wanted, limit, cursor = searchapi.read_request(request.query_params, user.id, user.admin)
     except searchapi.BadSearch as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
     try:
         # anyio's threads, not the journal's: a slow search must not delay an append.
-        page = await anyio.to_thread.run_sync(indexer.index.search, wanted, limit, offset)
+        page = await anyio.to_thread.run_sync(indexer.index.search, wanted, limit, cursor)
     except sqlite3.OperationalError as exc:
         # Busy past the timeout, or a disk error: the files are fine, the index is not.
         log.error("index.error", error=type(exc).__name__, detail=str(exc)[:200])

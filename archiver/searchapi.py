@@ -2,7 +2,7 @@
 
 Who may search what is decided here: a user searches their own archives (a ``user:``
 naming anyone else is refused); an admin searches everyone's, or one user's with
-``user:``. The cursor is the offset of the next page, opaque to clients.
+``user:``. The cursor (:class:`archiver.index_search.Cursor`) is opaque to clients.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .index import MAX_LIMIT, Page
+from .index import MAX_LIMIT
+from .index_search import Cursor, Page
 from .query import QueryError, Search, parse, snippet
 
 DEFAULT_LIMIT = 50
@@ -26,8 +27,10 @@ class BadSearch(ValueError):
         self.code = code
 
 
-def read_request(params: Mapping[str, str], user: str, admin: bool) -> tuple[Search, int, int]:
-    """(the query, the page size, the offset) of a request, or :class:`BadSearch`."""
+def read_request(
+    params: Mapping[str, str], user: str, admin: bool
+) -> tuple[Search, int, Cursor | None]:
+    """(the query, the page size, the cursor) of a request, or :class:`BadSearch`."""
     try:
         wanted = parse(params.get("q", ""))
     except QueryError as exc:
@@ -37,8 +40,11 @@ def read_request(params: Mapping[str, str], user: str, admin: bool) -> tuple[Sea
             raise BadSearch(403, "forbidden", "You can only search your own archives.")
         wanted = dataclasses.replace(wanted, user=user)
     limit = _number(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    offset = _number(params, "cursor", 0, 0, None)
-    return wanted, limit, offset
+    raw = params.get("cursor") or ""
+    cursor = Cursor.read(raw) if raw else None
+    if raw and cursor is None:
+        raise BadSearch(400, "bad_cursor", "cursor must be the next of an earlier page.")
+    return wanted, limit, cursor
 
 
 def _number(params: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
@@ -69,4 +75,4 @@ def page_json(page: Page) -> dict[str, Any]:
         }
         for hit in page.hits
     ]
-    return {"hits": hits, "next": None if page.next_offset is None else str(page.next_offset)}
+    return {"hits": hits, "next": None if page.next is None else page.next.text()}

@@ -151,12 +151,15 @@ def _reply_fields(role: str, rng: random.Random) -> dict[str, Any]:
     return {"upstream": upstream, "first_token_ms": rng.randrange(40, 4000)}
 
 
-def generate(root: Path, archives: int, seed: int = 7) -> tuple[int, int]:
-    """Write ``archives`` archive files under ``root``; return (archives, messages)."""
+def generate(
+    root: Path, archives: int, seed: int = 7, start: float | None = None
+) -> tuple[int, int]:
+    """Write ``archives`` archive files under ``root``, spread over a year from ``start``
+    (default: a year ago); return (archives, messages)."""
     rng = random.Random(seed)
     extra = random.Random(seed + 1)  # its own stream: the texts stay what they were
     users = [f"user{i:03d}" for i in range(USERS - 2)] + ["auth0|4242", "team/ops"]
-    start = time.time() - 365 * 86400
+    start = time.time() - 365 * 86400 if start is None else start
     messages = 0
     for n in range(archives):
         user = users[n % len(users)]

@@ -252,15 +252,17 @@ def test_show_errors(data: Path, tmp_path: Path) -> None:
 
 
 def test_search_prints_where_each_matching_line_is(data: Path) -> None:
-    result = run(data, "search", "refund", "--scan")  # the scan: newest archives first
+    result = run(data, "search", "refund", "--scan")  # the scan: every archive read
     assert result.exit_code == 0, result.output
-    indexed = run(data, "search", "refund")  # the index: the same, best matches first
-    assert sorted(indexed.stdout.splitlines()) == sorted(result.stdout.splitlines())
+    indexed = run(data, "search", "refund")  # the index: the same, in the same order
+    assert indexed.stdout == result.stdout
+    # Best first (bm25, which favours the shorter message: "refund issued" is a line of
+    # line of a longer one), then the newer archive.
     assert result.stdout.splitlines() == [
         "auth0|42  2026-11-21-08-00-00.yaml  #1 user  refund please",
+        "alice  2026-10-01-09-00-00.yaml  #1 user  an old refund",
         f"alice  {ALICE_SAME_SECOND}  #1 user  Where is my REFUND for order #1042?",
         f"alice  {ALICE_SAME_SECOND}  #2 assistant  refund issued",
-        "alice  2026-10-01-09-00-00.yaml  #1 user  an old refund",
     ]
 
 

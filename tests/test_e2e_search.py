@@ -133,6 +133,9 @@ def test_a_malformed_request_is_a_400_with_a_sentence(make_server: Make) -> None
         ({"q": "x", "limit": "0"}, "bad_limit"),
         ({"q": "x", "limit": "abc"}, "bad_limit"),
         ({"q": "x", "cursor": "-1"}, "bad_cursor"),
+        ({"q": "x", "cursor": "12"}, "bad_cursor"),  # an offset, as cursors once were
+        ({"q": "x", "cursor": "1.2.3"}, "bad_cursor"),
+        ({"q": "x", "cursor": "9223372036854775808.0"}, "bad_cursor"),  # past SQLite's ints
     ]:
         q = params.pop("q")
         response = search(server, q, **params)

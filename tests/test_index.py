@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
 import threading
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archiver import query
+from archiver import index_rowids, query, ranking
 from archiver.archives import Filter, list_archives
 from archiver.dialogfile import entry_offsets
 from archiver.index import Index
@@ -125,17 +127,33 @@ def queries(draw: st.DrawFn) -> str:
     return " ".join(terms + filters)
 
 
-def found(hits: list[Hit]) -> set[tuple[str, str, int]]:
-    return {(h.user, h.archive, h.message.seq) for h in hits}
+def found(hits: list[Hit]) -> list[tuple[str, str, int]]:
+    return [(h.user, h.archive, h.message.seq) for h in hits]
 
 
-def assert_agree(data: Path, index: Index, texts: list[str]) -> None:
+# A window small enough that random corpora have several (the default is thousands).
+WINDOW = 3
+
+
+def assert_agree(data: Path, index: Index, texts: list[str], limit: int = 2) -> None:
+    """The index gives the scan's hits in the scan's order, in one go and page by page
+    (pages of ``limit``, across windows of WINDOW)."""
     journal = Journal(data)
     for text in texts:
         wanted = query.parse(text)
+        scanned = found(list(ranking.ranked_scan(journal, wanted, window=WINDOW)))
         indexed = found(index.search(wanted, limit=None).hits)
-        scanned = found(list(query.scan(journal, wanted)))
         assert indexed == scanned, f"query {text!r}: index {indexed} != scan {scanned}"
+        paged: list[tuple[str, str, int]] = []
+        cursor = None
+        while True:
+            page = index.search(wanted, limit=limit, cursor=cursor)
+            paged += found(page.hits)
+            if page.next is None:
+                break
+            cursor = page.next
+        assert paged == scanned, f"query {text!r} in pages: {paged} != scan {scanned}"
+        assert set(scanned) == set(found(list(query.scan(journal, wanted))))
 
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,7 +165,7 @@ def test_index_finds_what_the_scan_finds(archives: list[Archive], texts: list[st
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_corpus(data, archives)
-        index = Index(data)
+        index = Index(data, window=WINDOW)
         index.sync()
         assert_agree(data, index, texts)
         index.close()
@@ -163,12 +181,12 @@ def test_catching_up_after_a_crash_mid_update(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         paths = write_corpus(data, first)
-        index = Index(data)
+        index = Index(data, window=WINDOW)
         index.sync()
         more = write_corpus(data, later, first=len(paths))
         index.update(more[:indexed])
         index.close()  # the crash: nothing else of the batch reached the index
-        again = Index(data)
+        again = Index(data, window=WINDOW)
         again.sync(full=True)
         assert_agree(data, again, texts)
         again.close()
@@ -182,7 +200,7 @@ def test_catching_up_after_archives_are_deleted_or_forgotten(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         paths = write_corpus(data, archives)
-        index = Index(data)
+        index = Index(data, window=WINDOW)
         index.sync()
         for path in data_draw.draw(st.lists(st.sampled_from(paths), unique=True)):
             path.unlink()  # deleted by hand, or pruned by another process
@@ -190,6 +208,45 @@ def test_catching_up_after_archives_are_deleted_or_forgotten(
             forgotten = data_draw.draw(st.sampled_from(USERS))
             shutil.rmtree(data / "users" / user_dir_name(forgotten), ignore_errors=True)
         index.sync()
+        assert_agree(data, index, texts)
+        index.close()
+
+
+def assert_rowids_in_recency_order(index: Index) -> None:
+    rows = index._db().execute(
+        "SELECT m.id FROM msgs m JOIN files f ON f.id = m.file"
+        " ORDER BY f.ended, f.name, f.udir, m.seq"
+    )
+    ids = [r[0] for r in rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@PROPERTY
+@given(corpus, st.randoms(use_true_random=False), st.booleans(), st.lists(queries(), max_size=3))
+def test_archives_indexed_in_any_order_keep_rowids_in_recency_order(
+    archives: list[Archive], rng: random.Random, gap: bool, texts: list[str]
+) -> None:
+    """One update per archive, in a random order (late archives, an import, another
+    process); with no gap every late one moves the newer ones up. Then some change."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.object(index_rowids, "GAP", index_rowids.GAP if gap else 0),
+    ):
+        data = Path(tmp) / "data"
+        paths = write_corpus(data, archives)
+        index = Index(data, window=WINDOW)
+        for path in rng.sample(paths, len(paths)):
+            index.update([path])
+        assert_rowids_in_recency_order(index)
+        for n in rng.sample(range(len(paths)), len(paths) // 2):
+            if rng.random() < 0.5:
+                paths[n].unlink()
+            else:  # rewritten longer: it needs more room than it had
+                user, day, reason, texts_of = archives[n]
+                longer = texts_of + [("user", "refund order ok"), ("assistant", "no")] * 3
+                write_corpus(data, [(user, day, reason, longer)], first=n)
+            index.update([paths[n]])
+        assert_rowids_in_recency_order(index)
         assert_agree(data, index, texts)
         index.close()
 
@@ -232,7 +289,7 @@ def test_fts_syntax_in_a_query_is_only_words(tmp_path: Path) -> None:
     assert wanted.fts() == '"near a" AND "b" AND "or" AND "body x" AND "y" AND "z"'
     data = tmp_path / "data"
     write_corpus(data, [("alice", 1, "user", [("user", "near a b or body x y z")])])
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     index.sync()
     assert len(index.search(wanted).hits) == 1
 
@@ -283,7 +340,7 @@ def test_a_changed_file_is_indexed_again_and_a_damaged_one_finds_nothing(tmp_pat
         [("user", "refund")],
         ended="2026-11-21T10:00:00.000Z",
     )
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     index.sync()
     write_archive(
         data,
@@ -313,7 +370,7 @@ def test_two_processes_index_at_once_without_losing_a_file(tmp_path: Path) -> No
 
     def run() -> None:
         try:
-            Index(data).update(paths)
+            Index(data, window=WINDOW).update(paths)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -323,7 +380,7 @@ def test_two_processes_index_at_once_without_losing_a_file(tmp_path: Path) -> No
     for thread in threads:
         thread.join()
     assert not errors
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     assert index.counts() == (60, 60)
     assert len(index.search(query.parse("word*"), limit=None).hits) == 60
 
@@ -331,14 +388,14 @@ def test_two_processes_index_at_once_without_losing_a_file(tmp_path: Path) -> No
 def test_the_index_is_rebuilt_when_its_version_is_another(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_corpus(data, [("alice", 1, "user", [("user", "refund")])])
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     index.sync()
     index.close()
     db = sqlite3.connect(index.path)
     db.execute("UPDATE meta SET value='0' WHERE key='version'")
     db.commit()
     db.close()
-    again = Index(data)
+    again = Index(data, window=WINDOW)
     assert again.counts() == (0, 0)  # rebuilt empty: the next sync fills it
     again.sync()
     assert len(again.search(query.parse("refund")).hits) == 1
@@ -347,9 +404,9 @@ def test_the_index_is_rebuilt_when_its_version_is_another(tmp_path: Path) -> Non
 def test_the_indexer_thread_catches_up_then_follows_what_is_submitted(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_corpus(data, [("alice", 1, "user", [("user", "before start")])])
-    indexer = Indexer(Index(data))
+    indexer = Indexer(Index(data, window=WINDOW))
     indexer.start()
-    searcher = Index(data)
+    searcher = Index(data, window=WINDOW)
     wait_for(lambda: searcher.search(query.parse("before")).hits, what="the start-up catch-up")
     [path] = write_corpus(data, [("bob", 2, "user", [("user", "after start")])])[-1:]
     indexer.submit(path)
@@ -408,7 +465,7 @@ def test_the_index_lists_what_the_files_list(
         paths[0].write_bytes(paths[0].read_bytes()[:-40])  # torn: its ends cannot be read
         if len(paths) > 1:
             paths[1].write_bytes(paths[1].read_bytes().replace(b"\n- seq", b"\n-  seq", 1))
-        index = Index(data)
+        index = Index(data, window=WINDOW)
         index.sync()
         journal = Journal(data)
         where = Filter(user=user, since=since, reason=reason)
@@ -433,7 +490,7 @@ def test_a_rebuild_in_forked_workers_finds_what_the_scan_finds(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_corpus(data, archives)
-        index = Index(data)
+        index = Index(data, window=WINDOW)
         index.sync()
         index.rebuild(workers=3)
         assert index.counts()[0] == len(archives)
@@ -452,7 +509,7 @@ def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Pat
         ("assistant", "old"),
     ]
     write_corpus(data, [("alice", 1, "user", texts)])
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     index.sync()
     index.close()
     db = sqlite3.connect(index.path)
@@ -460,7 +517,7 @@ def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Pat
     db.execute("UPDATE meta SET value='4' WHERE key='version'")
     db.commit()
     db.close()
-    again = Index(data)
+    again = Index(data, window=WINDOW)
     again.sync()
     [row] = list(again.stat_rows(Filter()))
     assert [(m.upstream, m.first_token_ms) for m in row.messages] == [
@@ -477,7 +534,7 @@ def test_an_index_of_another_version_is_not_this_schema_until_opened(tmp_path: P
     write_archive(
         data, "a", "2026-11-21-10-00-00.yaml", [("user", "hi")], ended="2026-11-21T10:00:00.000Z"
     )
-    index = Index(data)
+    index = Index(data, window=WINDOW)
     assert not index.has_this_schema()  # no file yet
     index.sync()
     assert index.has_this_schema()
