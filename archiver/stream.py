@@ -65,7 +65,7 @@ class EventStream:
     never for a HEAD.
     """
 
-    __slots__ = ("_close", "_events", "_open", "_send_timeout")
+    __slots__ = ("_close", "_events", "_open", "_send_timeout", "headers")
 
     def __init__(
         self,
@@ -79,10 +79,11 @@ class EventStream:
         self._events = events
         self._close = close
         self._send_timeout = send_timeout
+        self.headers = HEADERS  # the response's; a route may add its own after them
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             await send(_END)
             return
         inbox = self._open()
@@ -98,7 +99,8 @@ class EventStream:
             await asyncio.wait((listener,))  # owned: never outlives the response
 
     async def _stream(self, inbox: Inbox, send: Send) -> None:
-        await self._send(send, {"type": "http.response.start", "status": 200, "headers": HEADERS})
+        start = {"type": "http.response.start", "status": 200, "headers": self.headers}
+        await self._send(send, start)
         await self._send(send, _body(RETRY))
         async with contextlib.aclosing(self._events(inbox)) as bursts:
             async for events in bursts:
