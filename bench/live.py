@@ -87,6 +87,12 @@ class Proc:
         assert self.gc_path is not None
         return gcwatch.pauses(str(self.gc_path), since, until)
 
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far, every thread (user + system)."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def preempted(self) -> int:
         """How often the kernel took a core from the server's loop thread (it had work)."""
         return status_field(self.pid, "nonvoluntary_ctxt_switches")

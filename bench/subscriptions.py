@@ -86,9 +86,11 @@ def _warm_up(server: Proc) -> None:
 
 
 def _probe(server: Proc, client: Client, count: int, rate: float, stay: bool) -> dict[str, Any]:
-    overflows, preempted = listen_overflows(), server.preempted()
+    overflows, preempted, cpu = listen_overflows(), server.preempted(), server.cpu_seconds()
+    started = time.monotonic()
     client.send(json.dumps({"cmd": "probe", "count": count, "rate": rate, "stay": stay}))
     result = client.read()
+    result["cpu"] = (server.cpu_seconds() - cpu) / (time.monotonic() - started)
     result["gc"] = server.gc_pauses(*result["window"])
     result["overflows"] = listen_overflows() - overflows
     result["preempted"] = server.preempted() - preempted
@@ -249,7 +251,7 @@ def _where(results: dict[str, dict[str, Any]], out: Callable[[str], None]) -> No
     )
     out(
         f"{'':16}{'phase':>8}{'tcp':>7}{'head':>7}{'ready':>7}{'stalls':>8}{'longest':>8}"
-        f"{'full GC':>8}{'preempted':>10}{'overflows':>10}{'client':>8}"
+        f"{'full GC':>8}{'cpu':>6}{'preempted':>10}{'overflows':>10}{'client':>8}"
     )
     for name, result in results.items():
         for phase, label in (("grow", "growing"), ("churn", "holding")):
@@ -259,12 +261,13 @@ def _where(results: dict[str, dict[str, Any]], out: Callable[[str], None]) -> No
                 f"{name if phase == 'grow' else '':16}{label:>8}"
                 + "".join(f"{percentile(r.get(k, []), 0.99):7.1f}" for k in ("tcp", "head", "ms"))
                 + f"{gc.get('stalls', 0):8d}{gc.get('stall_max_ms', 0.0):6.0f}ms"
-                + f"{gc['full_max_ms']:6.0f}ms{r.get('preempted', 0):10d}"
+                + f"{gc['full_max_ms']:6.0f}ms{r.get('cpu', 0.0):5.0%} {r.get('preempted', 0):9d}"
                 + f"{r.get('overflows', 0):10d}{r.get('client_stall_max_ms', 0.0):6.0f}ms"
             )
     out(
         "(stalls: the server's event loop late by >= 20 ms, and its longest; full GC: the "
-        "longest of those; preempted: times the kernel took the loop thread's core while it "
+        "longest of those; cpu: the server's CPU time over the window's (100%: a core); "
+        "preempted: times the kernel took the loop thread's core while it "
         "had work; overflows: connections a full listen backlog dropped (the whole machine); "
         "client: the load client's own longest stall)"
     )
