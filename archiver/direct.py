@@ -122,18 +122,14 @@ class Direct:
             await self._cors(scope, receive, send)
             return
         response = await self._prepare(scope, receive, send)
-        if response is not None:
-            await response(scope, receive, send)
+        await response(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self._prepare(scope, receive, send)
-        if response is not None:
-            await response(scope, receive, send)
+        await response(scope, receive, send)
 
-    async def _prepare(
-        self, scope: Scope, receive: Receive, send: Send
-    ) -> Response | EventStream | None:
-        """The response to send, with the security headers; None if a 500 was sent."""
+    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Response | EventStream:
+        """The response to send, with the security headers (an error's too)."""
         self.security.framing.check(scope)
         conn = HTTPConnection(scope)
         try:
