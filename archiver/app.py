@@ -1,8 +1,9 @@
 """``create_app(settings)``: routes, middleware, and the one lifespan that owns every resource.
 
-The stream and chat routes are here; the routes that read archives are in
-routes_archives.py, and what every route shares (``ApiError``, the status of each error
-code, the request's user, a chat's body) in httpkit.py.
+The stream and chat routes are in routes_live.py (served ahead of the middleware, by
+direct.py); the routes that read archives are in routes_archives.py, and what every
+route shares (``ApiError``, the status of each error code, the request's user, a chat's
+body) in httpkit.py.
 """
 
 from __future__ import annotations
@@ -29,36 +30,26 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, collector, guests, openapi, redact
-from .admission import Admission
-from .auth import JWTBackend, User
+from . import auth, collector, guests, openapi, redact, routes_live
+from .auth import User
 from .broker import make_broker, preflight
-from .chats import Busy, Failed, KeyReused, Refused, ShuttingDown, Unanswered
 from .config import Settings
+from .direct import App, SecurityHeaders, Stack, direct_route
 from .errors import JournalError
 from .faults import Fault
 from .feed import Feed
-from .framing import FramingWatch
-from .frontdoor import FrontDoor
 from .httpkit import (
-    ERROR_STATUS,
-    UPSTREAM_STATUS,
     ApiError,
-    admission_of,
-    admit,
     api_error,
     client_of,
     http_error,
     journal_api_error,
-    read_message,
     require_user,
     server_error,
     sessions_of,
 )
 from .hub import Event, Hub, Inbox
-from .idempotency import BadKey, parse_key
 from .index import Index
 from .indexer import Indexer
 from .journal import Journal
@@ -66,7 +57,7 @@ from .limits import Breaker, RateLimit, ceil_seconds
 from .logs import log
 from .metrics import CONTENT_TYPE, Metrics
 from .owners import Instance
-from .replies import ReplyError, make_client, make_responder
+from .replies import make_client, make_responder
 from .routes_archives import (
     admin_stats,
     archive,
@@ -78,25 +69,13 @@ from .routes_archives import (
 from .sessions import Sessions
 from .stream import EventStream
 from .threads import JournalThreads
-from .tickets import BadTicket, Tickets
+from .tickets import Tickets
 
 
 def widget_dir() -> Path:
     """The widget's static files: packaged in the wheel, or the checkout's ``widget/``."""
     packaged = Path(__file__).parent / "_widget"
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "widget"
-
-
-async def stream_user(request: Request) -> User:
-    """The user of ``GET /subscribe``: by a stream ticket (the widget), else by the token."""
-    ticket = request.query_params.get("ticket")
-    if ticket is None:
-        return require_user(request)
-    tickets: Tickets = request.app.state.tickets
-    try:
-        return User(id=await tickets.redeem_everywhere(ticket, time.time()))
-    except BadTicket as exc:
-        raise ApiError(401, "bad_ticket", exc.detail) from None
 
 
 async def subscribe_ticket(request: Request) -> Response:
@@ -152,50 +131,6 @@ def _no_store(body: dict[str, Any]) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
-async def subscribe(request: Request) -> Response | EventStream:
-    user = await stream_user(request)
-    sessions = sessions_of(request)
-    if sessions.draining:
-        raise ApiError(503, "shutting_down", "The server is shutting down; reconnect shortly.")
-    admit(request, stream=True)
-    admission = admission_of(request)
-    last_event_id = request.headers.get("last-event-id") or request.query_params.get(
-        "last_event_id"
-    )
-    settings: Settings = request.app.state.settings
-    client = client_of(request)
-    started = time.monotonic()
-
-    def open_inbox() -> Inbox:
-        admission.opened(client)
-        inbox = sessions.connect(user.id)
-        log.info(
-            "sse.connect",
-            user=user.id,
-            conn=inbox.id,
-            last_event_id=last_event_id,
-            client=client,
-        )
-        return inbox
-
-    def events(inbox: Inbox) -> AsyncGenerator[list[Event], None]:
-        return sessions.stream(inbox, last_event_id, ping=settings.ping_interval)
-
-    def close_inbox(inbox: Inbox) -> None:
-        admission.closed(client)
-        remaining = sessions.disconnect(inbox)
-        log.info(
-            "sse.disconnect",
-            user=user.id,
-            conn=inbox.id,
-            reason=inbox.closed or "client",
-            seconds=round(time.monotonic() - started, 1),
-            remaining=remaining,
-        )
-
-    return EventStream(open_inbox, events, close_inbox, send_timeout=settings.send_timeout)
-
-
 async def admin_feed(request: Request) -> Response | EventStream:
     """SSE: one ``archive`` event per archive as it lands (``?user=`` for one user)."""
     admin = require_user(request, admin=True)
@@ -228,62 +163,6 @@ async def metrics(request: Request) -> Response:
     sessions = sessions_of(request)
     assert sessions.metrics is not None
     return Response(sessions.metrics.render(), media_type=CONTENT_TYPE)
-
-
-def idempotency_key(request: Request) -> str | None:
-    header = request.headers.get("idempotency-key")
-    if header is None:
-        return None
-    try:
-        return parse_key(header)
-    except BadKey as exc:
-        raise ApiError(400, "bad_idempotency_key", exc.detail) from None
-
-
-async def chat(request: Request) -> Response:
-    user = require_user(request)
-    settings: Settings = request.app.state.settings
-    admit(request, stream=False)
-    key = idempotency_key(request)
-    text = await read_message(request, settings.max_message_bytes)
-    try:
-        result = await sessions_of(request).chat(user.id, text, key)
-    except KeyReused:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used with a different message; "
-            "use a new key for a new message.",
-        ) from None
-    except Unanswered as exc:
-        where = f"archive {exc.found.archive}" if exc.found.archive else "this conversation"
-        raise ApiError(
-            409,
-            "idempotency_key_unanswered",
-            f"This message was saved already (in {where}), but its reply was lost when "
-            "the server stopped; it will not be saved again.",
-        ) from None
-    except Failed as exc:
-        raise ApiError(
-            502, "reply_failed", f"The reply to this message failed: {exc.detail}"
-        ) from None
-    except Busy:
-        raise ApiError(
-            409, "reply_in_progress", "A reply is still being written; wait for it or stop it."
-        ) from None
-    except ShuttingDown:
-        raise ApiError(
-            503, "shutting_down", "The server is shutting down; try again.", {"Retry-After": "1"}
-        ) from None
-    except JournalError as exc:
-        raise journal_api_error(exc) from None
-    except Refused as exc:
-        retry = {"Retry-After": str(ceil_seconds(exc.retry_after))}
-        raise ApiError(ERROR_STATUS[exc.code], exc.code, exc.detail, retry) from None
-    except ReplyError as exc:
-        code = f"upstream_{exc.kind}"
-        raise ApiError(ERROR_STATUS.get(code, UPSTREAM_STATUS), code, exc.detail) from None
-    return JSONResponse(result.as_json())
 
 
 async def chat_stop(request: Request) -> Response:
@@ -336,40 +215,6 @@ def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
         return FileResponse(path, media_type="text/html; charset=utf-8")
 
     return endpoint
-
-
-class SecurityHeaders:
-    """nosniff everywhere, and a CSP that lets only ``allowed_origins`` frame the widget."""
-
-    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...]) -> None:
-        self.app = app
-        self.framing = FramingWatch(allowed_origins)
-        ancestors = " ".join(("'self'", *allowed_origins))
-        self.headers = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
-            (
-                b"content-security-policy",
-                (
-                    "default-src 'self'; script-src 'self'; style-src 'self'; "
-                    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
-                    f"form-action 'self'; frame-ancestors {ancestors}"
-                ).encode(),
-            ),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.framing.check(scope)  # the browser will refuse the frame: say so in the log
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,7 +301,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.tickets = Tickets(ticket_key, shared=broker.use_ticket if broker.shared else None)
         log.info(
             "server.start",
-            max_connections=admission.max_connections,
+            max_connections=stack.admission.max_connections,
             pid=os.getpid(),
             instance=instance.id,
             data=settings.data_dir,
@@ -485,34 +330,22 @@ def create_app(settings: Settings) -> Starlette:
             instance.close()
             log.info("server.stop", pid=os.getpid(), instance=instance.id)
 
-    middleware = []
-    if settings.allowed_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.allowed_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
-                max_age=600,
-            )
-        )
-    # Made here, not in the lifespan: the front door, before authentication, judges with it.
-    admission = Admission(
-        settings.resolved_max_connections(), settings.max_streams_per_ip, settings.rate_limit_per_ip
-    )
+    # One of each (the token cache, the framing watch, CORS's options) for the middleware
+    # and for the routes served ahead of it (direct.py).
+    stack = Stack(settings)
+    middleware = [] if stack.cors is None else [Middleware(CORSMiddleware, **stack.cors)]
     middleware += [
-        Middleware(SecurityHeaders, allowed_origins=settings.allowed_origins),
-        Middleware(FrontDoor, admission=admission, handshakes_per_ip=settings.handshakes_per_ip),
-        Middleware(AuthenticationMiddleware, backend=JWTBackend(settings)),
+        Middleware(SecurityHeaders, security=stack.security),
+        Middleware(AuthenticationMiddleware, backend=stack.backend),
     ]
     routes = [
         Route("/", _page("chat.html")),
         Route("/review", _page("review.html")),
         Mount("/widget", StaticFiles(directory=widget_dir(), check_dir=False), name="widget"),
-        Route("/subscribe", subscribe),
+        direct_route("/subscribe", routes_live.subscribe, ["GET"], stack),
         Route("/subscribe/ticket", subscribe_ticket, methods=["POST"]),
         Route("/session", session, methods=["POST"]),
-        Route("/chat", chat, methods=["POST"]),
+        direct_route("/chat", routes_live.chat, ["POST"], stack),
         Route("/chat/stop", chat_stop, methods=["POST"]),
         Route("/dialog", dialog),
         Route("/dialog/archive", dialog_archive, methods=["POST"]),
@@ -527,7 +360,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics),
         Route("/openapi.json", openapi.endpoint),
     ]
-    app = Starlette(
+    app = App(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -538,7 +371,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.settings = settings
-    app.state.admission = admission
+    app.state.admission = stack.admission
     app.state.guest_rate = RateLimit(settings.guest_rate_per_ip)
     return app
 

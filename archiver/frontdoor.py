@@ -1,18 +1,19 @@
 """The front door: what is decided about a stream or a chat before anything else runs.
 
 A flood from one address must not slow everyone else down while it lasts, not only once
-the caps hold. Two things, in one ASGI layer that sits before authentication:
+the caps hold. Two things, which :class:`archiver.direct.Direct` (the two routes' plain
+ASGI front, outside Starlette's middleware) asks before authentication:
 
 * **Cheap refusal.** A ``GET /subscribe`` or ``POST /chat`` over its address's limits
-  (or the process's) is answered here, from :meth:`Admission.refuse_early`: before its
-  token is verified (pyjwt, for a token never seen), before Starlette's routing and
-  exception handling, with the same JSON, status and ``Retry-After`` as everywhere and no
-  log line (one ``limit.exceeded`` per episode, as ever). It takes nothing from the rate:
+  (or the process's) is refused from :meth:`Admission.refuse_early` before its token is
+  verified (pyjwt, for a token never seen), with the same JSON, status, security headers
+  and ``Retry-After`` as everywhere and no log line (one ``limit.exceeded`` per episode,
+  as ever). It takes nothing from the rate:
   a request let through is judged again, for good, by the route (``httpkit.admit``),
   since another may have taken the last place meanwhile. An address over its limits
   with a bad token is therefore told 429, not 401.
 * **Fairness by source** (:class:`Handshakes`). At most ``per_source`` stream handshakes
-  of one address are in flight at once, from the request to the response's first line;
+  of one address are in flight at once, from the request until its response is ready;
   the rest wait their turn in order, on a future (no CPU, no polling), while other
   addresses go straight through. A flood's twenty connections then put a few requests,
   not twenty, ahead of each step of another user's in the event loop. The stream itself
@@ -26,14 +27,14 @@ the caps hold. Two things, in one ASGI layer that sits before authentication:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from .admission import Admission, Refusal
+from .admission import Admission
+from .httpkit import ApiError
 
 STREAM_PATH = "/subscribe"
 CHAT_PATH = "/chat"
@@ -83,69 +84,40 @@ class Handshakes:
         return sum(1 for w in self._waiting.get(source, ()) if not w.done())
 
 
-def refusal_messages(refusal: Refusal) -> tuple[Message, Message]:
-    """The response to a refusal: httpkit's JSON error shape, without Starlette."""
-    body = json.dumps({"error": refusal.code, "detail": refusal.detail}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in refusal.headers.items()),
-    ]
-    return (
-        {"type": "http.response.start", "status": refusal.status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    )
-
-
 class FrontDoor:
-    """ASGI middleware: cheap refusal of streams and chats over their limits, and the
-    handshake gate for streams. Put it before authentication."""
+    """Cheap refusal of streams and chats over their limits, and the handshake gate for
+    streams; :class:`archiver.direct.Direct` asks it before authentication."""
 
-    def __init__(self, app: ASGIApp, admission: Admission, handshakes_per_ip: int) -> None:
-        self.app = app
+    def __init__(self, admission: Admission, handshakes_per_ip: int) -> None:
         self.admission = admission
         self.handshakes = Handshakes(handshakes_per_ip) if handshakes_per_ip > 0 else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        stream = path == STREAM_PATH
-        if not stream and not (path == CHAT_PATH and scope["method"] == "POST"):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        source = client[0] if client else None
-        refusal = self.admission.refuse_early(source, time.monotonic(), stream=stream)
-        if refusal is not None:
-            start, body = refusal_messages(refusal)
-            await send(start)
-            await send(body)
-            return
-        if not stream or source is None or self.handshakes is None:
-            await self.app(scope, receive, send)
-            return
-        await self._gated(self.handshakes, source, scope, receive, send)
+    def refuse(self, scope: Scope) -> ApiError | None:
+        """The error for a stream or a chat over its limits now (None: let it in)."""
+        stream = scope["path"] == STREAM_PATH
+        if not stream and not (scope["path"] == CHAT_PATH and scope["method"] == "POST"):
+            return None
+        refusal = self.admission.refuse_early(_source(scope), time.monotonic(), stream=stream)
+        if refusal is None:
+            return None
+        return ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
 
-    async def _gated(
-        self, gate: Handshakes, source: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        await gate.enter(source)
-        held = True
+    async def enter(self, scope: Scope) -> str | None:
+        """Wait for a stream handshake's place; the source to :meth:`leave` (None: no gate).
 
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                gate.leave(source)
+        The place is held until the response is ready to go out, not while it streams:
+        a wrapper around the stream would be a frame held for the stream's whole life."""
+        source = _source(scope)
+        if self.handshakes is None or source is None or scope["path"] != STREAM_PATH:
+            return None
+        await self.handshakes.enter(source)
+        return source
 
-        async def started(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                release()  # the handshake is over: the stream holds no place
-            await send(message)
+    def leave(self, source: str | None) -> None:
+        if source is not None and self.handshakes is not None:
+            self.handshakes.leave(source)
 
-        try:
-            await self.app(scope, receive, started)
-        finally:
-            release()
+
+def _source(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None

@@ -53,6 +53,7 @@ class Inbox:
     pending: deque[Event] | None = None
     closed: str | None = None  # why the hub closed it: "shutdown", "overflow", ...
     _waiter: asyncio.Future[None] | None = None
+    _timer: asyncio.TimerHandle | None = None
     _ping_at: float = 0.0
 
     def put(self, event: Event) -> bool:
@@ -81,45 +82,59 @@ class Inbox:
     async def get(self, ping: float | None = None) -> Event | None:
         """The next event; None once closed and drained; with ``ping``, :data:`PING` when
         ``ping`` seconds went by since the last PING (or the first call) without one."""
-        if await self._wait(ping):
-            return PING
-        return self.pending.popleft() if self.pending else None
+        while not self.pending:
+            if self.closed is not None:
+                return None
+            waiter = self._arm(ping)
+            if waiter is None:
+                return PING
+            try:
+                await waiter
+            finally:
+                self._disarm()
+        return self.pending.popleft()
 
     async def take(self, ping: float | None = None) -> list[Event] | None:
         """Like :meth:`get`, but every event pending at once: a reply published word by
         word in one go leaves as one write, not one per word."""
-        if await self._wait(ping):
-            return [PING]
-        if not self.pending:
-            return None
+        # The wait is written out here and in get(), around _arm and _disarm, rather than
+        # awaited in a coroutine of its own: an idle stream waits here, and one suspended
+        # coroutine less is ~0.2 KB less per idle subscription.
+        while not self.pending:
+            if self.closed is not None:
+                return None
+            waiter = self._arm(ping)
+            if waiter is None:
+                return [PING]
+            try:
+                await waiter
+            finally:
+                self._disarm()
         events = list(self.pending)
         self.pending.clear()
         return events
 
-    async def _wait(self, ping: float | None) -> bool:
-        """Until an event is pending or the inbox is closed; True if a PING is due first."""
+    def _arm(self, ping: float | None) -> asyncio.Future[None] | None:
+        """The future the next event, a close or the ping's time completes; None if a
+        PING is due now."""
         loop = asyncio.get_running_loop()
-        while not self.pending:
-            if self.closed is not None:
-                return False
-            timer = None
-            if ping:
-                now = loop.time()
-                if not self._ping_at:
-                    self._ping_at = now + ping
-                elif now >= self._ping_at:
-                    self._ping_at = now + ping
-                    return True
-            waiter = self._waiter = loop.create_future()
-            if ping:
-                timer = loop.call_at(self._ping_at, _wake, waiter)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
-        return False
+        if ping:
+            now = loop.time()
+            if not self._ping_at:
+                self._ping_at = now + ping
+            elif now >= self._ping_at:
+                self._ping_at = now + ping
+                return None
+        waiter = self._waiter = loop.create_future()
+        if ping:
+            self._timer = loop.call_at(self._ping_at, _wake, waiter)
+        return waiter
+
+    def _disarm(self) -> None:
+        self._waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Hub:

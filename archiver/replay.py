@@ -47,6 +47,8 @@ class Replay:
             _note_sent(sent, event)
         if replay:
             yield replay
+        # Not held while the stream idles (this frame lives as long as the stream).
+        del summary, replay
         while (live := await inbox.take(ping)) is not None:
             fresh = [e for e in live if e.name != "message" or not _already_sent(sent, e)]
             for event in fresh:

@@ -87,6 +87,16 @@ class Proc:
         assert self.gc_path is not None
         return gcwatch.pauses(str(self.gc_path), since, until)
 
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far, every thread (user + system)."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def preempted(self) -> int:
+        """How often the kernel took a core from the server's loop thread (it had work)."""
+        return status_field(self.pid, "nonvoluntary_ctxt_switches")
+
     def abrupt_lines(self) -> int:
         return len(ABRUPT.findall(self.log()))
 
@@ -105,11 +115,28 @@ class Proc:
 
 
 def rss_kb(pid: int) -> int:
+    return status_field(pid, "VmRSS")
+
+
+def status_field(pid: int, name: str) -> int:
+    """A number from ``/proc/<pid>/status`` (``VmRSS`` in KB, a counter...)."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {name} for {pid}")
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen backlog was full
+    (``TcpExt: ListenOverflows``, this network namespace: every process's listeners)."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(row.get("ListenOverflows", 0))
+    return 0
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -62,6 +62,8 @@ class Sub(asyncio.Protocol):
         self.status = 0
         self.buf = b""
         self.started = now()
+        self.connected_at = 0.0  # the TCP handshake done (the kernel's, before any accept)
+        self.head_at = 0.0  # the response's status line read
         self.ready_at = 0.0
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
@@ -75,6 +77,7 @@ class Sub(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        self.connected_at = now()
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -85,6 +88,7 @@ class Sub(asyncio.Protocol):
                 self.buf = buf
                 return
             self.status = int(buf[9:12])
+            self.head_at = now()
             buf = buf[end + 4 :]
             if self.status != 200 and not self.ready.done():
                 self.ready.set_exception(RuntimeError(f"status {self.status}"))
@@ -268,6 +272,7 @@ async def _probe(
     """New subscribers arriving at ``rate`` per second: time each to its ``ready``; they
     stay subscribed (``stay``) or leave once ready."""
     latencies: list[float] = []
+    parts: dict[str, list[float]] = {"tcp": [], "head": []}  # start to connected, to status
     stayed: list[Sub] = []
     errors = 0
 
@@ -280,11 +285,23 @@ async def _probe(
             errors += 1
             return
         latencies.append(sub.ready_at - started)
+        parts["tcp"].append((sub.connected_at - started) * 1000)
+        parts["head"].append((sub.head_at - started) * 1000)
         if stay:
             stayed.append(sub)
         else:
             sub.close()
 
+    stalls: list[float] = []  # this client's own event loop, late by >= 5 ms
+
+    async def watch() -> None:
+        while True:
+            due = now() + 0.01
+            await asyncio.sleep(0.01)
+            if (late := now() - due) >= 0.005:
+                stalls.append(late * 1000)
+
+    watcher = asyncio.create_task(watch())
     tasks = []
     started = now()
     for i in range(count):
@@ -293,8 +310,10 @@ async def _probe(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    watcher.cancel()
     ms = [x * 1000 for x in latencies]
-    return {"ms": ms, "errors": errors, "window": [started, now()]}, stayed
+    client = {"client_stall_max_ms": max(stalls, default=0.0)}
+    return {"ms": ms, **parts, **client, "errors": errors, "window": [started, now()]}, stayed
 
 
 async def _watch_pings(held: list[Sub], interval: float, seconds: float) -> dict[str, Any]:

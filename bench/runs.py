@@ -55,6 +55,11 @@ def _subscriptions(results: dict[str, Any]) -> list[Figure]:
         figures.append(
             Figure(f"connect, {what}: longest full GC", "ms", float(a[phase]["gc"]["full_max_ms"]))
         )
+        stall = float(a[phase]["gc"].get("stall_max_ms", 0.0))
+        floor_stall = float(f[phase]["gc"].get("stall_max_ms", 0.0))
+        figures.append(
+            Figure(f"connect, {what}: longest loop stall", "ms", stall, floor_stall, "bare ASGI")
+        )
     return figures
 
 
