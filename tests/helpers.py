@@ -9,6 +9,7 @@ close one with a real FIN, and wait for events with a deadline instead of sleepi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pwd
@@ -185,6 +186,9 @@ def parse_logfmt(path: Path) -> list[dict[str, str]]:
 QUICK = {"jwt_secret": SECRET, "fsync": "no", "sweep_interval": "3600"}
 
 
+_BARRIERS = itertools.count(1)  # Server.log_barrier's markers, unique in a test run
+
+
 @dataclass
 class Server:
     """One ``archiver serve`` subprocess, on its own port, for its whole life.
@@ -269,6 +273,20 @@ class Server:
     def log_mark(self) -> int:
         """How many lines the log has now: pass it as ``since`` to read only what follows."""
         return len(self.log().splitlines())
+
+    def log_barrier(self, timeout: float = 10) -> int:
+        """Wait until the log holds every line of the requests answered so far; return the
+        mark after them. The server writes its log in order, so once the access line of
+        a ``GET /health`` made now is there, every earlier request's lines are too."""
+        marker = f"barrier={next(_BARRIERS)}"
+        httpx.get(f"{self.url}/health?{marker}", timeout=timeout)
+        wait_for(
+            lambda: any(marker in line for line in self.log().splitlines()),
+            timeout,
+            f"the access line of GET /health?{marker}",
+        )
+        lines = self.log().splitlines()
+        return next(i for i in range(len(lines), 0, -1) if marker in lines[i - 1])
 
     def wait_log(
         self, event: str, count: int = 1, *, since: int = 0, timeout: float = 10
