@@ -407,16 +407,15 @@ class Index:
             "FROM files f LEFT JOIN msgs m ON m.id BETWEEN f.first AND f.last",
             "WHERE f.error IS NULL",
         ]
-        args: list[object] = []
-        for clause, value in (
-            ("AND f.udir = ?", None if where.user is None else user_dir_name(where.user)),
-            ("AND f.reason = ?", where.reason),
-            ("AND f.ended >= ?", where.since),
-            ("AND f.ended < ?", where.before),
-        ):
-            if value is not None:
-                sql.append(clause)
-                args.append(value)
+        filters, args = index_search.clauses(
+            (
+                ("AND f.udir = ?", None if where.user is None else user_dir_name(where.user)),
+                ("AND f.reason = ?", where.reason),
+                ("AND f.ended >= ?", where.since),
+                ("AND f.ended < ?", where.before),
+            )
+        )
+        sql += filters
         sql.append("ORDER BY f.id, m.seq")
         current: StatArchive | None = None
         current_id = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,20 +56,27 @@ class Page:
     next: Cursor | None  # where the next page starts, None if this is the last
 
 
-def _filters(search: Search) -> tuple[list[str], list[object]]:
+def clauses(pairs: Iterable[tuple[str, object | None]]) -> tuple[list[str], list[object]]:
+    """The ``AND column = ?`` clauses (and their arguments) of the pairs with a value."""
     sql: list[str] = []
     args: list[object] = []
-    for clause, value in (
-        ("AND f.udir = ?", None if search.user is None else user_dir_name(search.user)),
-        ("AND m.role = ?", search.role),
-        ("AND f.reason = ?", search.reason),
-        ("AND f.ended >= ?", search.since),
-        ("AND f.ended < ?", search.before),
-    ):
+    for clause, value in pairs:
         if value is not None:
             sql.append(clause)
             args.append(value)
     return sql, args
+
+
+def _filters(search: Search) -> tuple[list[str], list[object]]:
+    return clauses(
+        (
+            ("AND f.udir = ?", None if search.user is None else user_dir_name(search.user)),
+            ("AND m.role = ?", search.role),
+            ("AND f.reason = ?", search.reason),
+            ("AND f.ended >= ?", search.since),
+            ("AND f.ended < ?", search.before),
+        )
+    )
 
 
 def page(
