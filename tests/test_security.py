@@ -154,7 +154,8 @@ def assert_refused(
     if secret is not None:
         assert secret.encode() not in body
     assert files(server.data) == before, "a refused request wrote nothing"
-    new = server.log().splitlines()[since : server.log_barrier()]
+    until = server.log_barrier()  # first: the log must be read after the barrier
+    new = server.log().splitlines()[since:until]
     rejected = [line for line in new if ".rejected " in line]
     assert len(rejected) == 1, new
     if secret is not None:
