@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import queue
+import random
 import re
 import shutil
 import signal
@@ -74,11 +75,44 @@ def remember(token: str) -> str:
     return token
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unread)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on now (the kernel's choice)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on now, for a server a test starts.
+
+    Not the kernel's choice (``bind(0)``): that comes from the ephemeral range, where any
+    outgoing connection on the machine (a client of another test, a helper's benchmark)
+    may take it as its local port before our server binds it ("Address already in use").
+    Below that range only listeners bind, and this session never hands a port out twice.
+    """
+    ephemeral = _ephemeral_ports()
+    low, high = 10_000, ephemeral.start - 1
+    if high - low < 1_000:  # an unusual range: fall back to the kernel's choice
+        low, high = 0, 0
+    for _ in range(1_000):
+        port = _PORTS.randint(low, high) if high else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def sign(claims: dict[str, Any], key: Any = SECRET, algorithm: str = "HS256") -> str:
