@@ -53,6 +53,9 @@ def test_killed_mid_chat_and_restarted_every_message_lands_once_in_order(
         lambda: any(b"cut by a kill" in p.read_bytes() for p in server.current()),
         what="the second question journaled",
     )
+    # And shown by the stream's `message`: killed before the page had it, the widget would
+    # rightly send it again (the server answers it as a repeat), but then three would wait.
+    expect(page.locator("#log .msg--pending")).to_have_count(0)
     server.kill()  # SIGKILL mid-reply
     expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
     typed_while_down = ["third, typed while the server is down", "fourth, also while down"]
