@@ -423,6 +423,12 @@ class Archiver:
 
         while True:
             await anyio.sleep(self.settings.ping_interval)
+            # Alone on the data directory, no dialog can be another live instance's: skip
+            # reading every connected user's owner (10,000 held: 75-115 ms of a worker
+            # thread holding the GIL every ping interval, which the loop's disconnects and
+            # archives then waited behind; docs/performance.md).
+            if await self.threads.run(instance.alone):
+                continue
             for user, owner in await self.threads.run(moved, self.hub.users()):
                 closed = self.hub.close_user(user, "moved")
                 log.info("session.moved", user=user, owner=owner, connections=closed)

@@ -18,7 +18,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from .layout import instance_lock, instances_dir
+from .layout import LOCK, instance_lock, instances_dir
 
 
 class Instance:
@@ -43,6 +43,16 @@ class Instance:
     def other_live_owner(self, owner: str | None) -> bool:
         """True if ``owner`` is another instance that is running."""
         return owner is not None and owner != self.id and self.alive(owner)
+
+    def alone(self) -> bool:
+        """True if no other instance's lock file is in the data directory, so no other
+        instance runs (one listing; a dead one's leftover counts as another). Nothing is
+        locked to ask: a probe's flock could make an instance starting up fail its own."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return True
+        return all(name == self.path.name for name in names if name.endswith(LOCK))
 
 
 def alive_in(instances: Path, owner: str) -> bool:

@@ -11,8 +11,9 @@ none of it; it only decides the order of a start and a shutdown:
   Archiving starts at once, not once uvicorn has seen every response end and called the
   lifespan's shutdown: with 10,000 streams that wait was 2-3 s in which no thread wrote.
 
-Every background task (grace timers, sweeper, tickers, the feed's watcher) runs in the
-task group that the app's lifespan owns and cancels.
+Every background task (sweeper, tickers, the feed's watcher) runs in the task group that
+the app's lifespan owns and cancels; grace timers are loop timers, and the archives they
+start are tasks that Presence cancels with that group.
 """
 
 from __future__ import annotations

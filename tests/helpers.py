@@ -179,6 +179,37 @@ async def until(
         await anyio.sleep(interval)
 
 
+class FakeTimer:
+    """One timer of a :class:`FakeClock`."""
+
+    def __init__(self, clock: FakeClock, due: float, callback: Callable[[], None]) -> None:
+        self.clock, self.due, self.callback = clock, due, callback
+
+    def cancel(self) -> None:
+        if self in self.clock.timers:
+            self.clock.timers.remove(self)
+
+
+class FakeClock:
+    """A ``call_later`` for :class:`archiver.presence.Presence` whose timers fire only when
+    the test moves time on (``advance``), so a grace passes without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []  # pending, soonest not first
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(self, self.now + seconds, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in sorted((t for t in self.timers if t.due <= self.now), key=lambda t: t.due):
+            self.timers.remove(timer)
+            timer.callback()
+
+
 def _timed_out(seconds: float, what: str, reached: Any) -> AssertionError:
     """The one failure of :func:`wait_for` and :func:`until`: what was awaited, what was reached."""
     return AssertionError(

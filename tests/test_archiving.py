@@ -20,7 +20,9 @@ from archiver.hub import Hub
 from archiver.incidents import Incidents
 from archiver.journal import Journal
 from archiver.metrics import Metrics
+from archiver.owners import Instance
 from archiver.threads import JournalThreads
+from tests.helpers import until
 
 USERS = [f"u{n}" for n in range(12)]
 
@@ -111,3 +113,43 @@ async def test_disconnects_at_the_same_moment_go_in_shared_groups(
         _archived_once(archiver.threads.journal, user)
     # a second disconnect finds nothing left to archive
     assert await archiver.archive(USERS[0], "disconnect", owned=True) is None
+
+
+@pytest.mark.anyio
+async def test_streams_of_a_dialog_another_live_instance_owns_end_and_alone_none_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_follow_owners ends the streams of a user whose dialog another running instance
+    appended to last; alone on the data directory it reads no owner at all."""
+    me, other = Instance(tmp_path), Instance(tmp_path)
+    Journal(tmp_path, fsync="no", instance=other.id).append("moved", "user", "hi there")
+    journal = Journal(tmp_path, fsync="no", instance=me.id)
+    threads = JournalThreads(journal, threads=2)
+    hub = Hub()
+    settings = Settings(data_dir=tmp_path, fsync="no", jwt_secret="x" * 32, ping_interval=0.01)
+    metrics = Metrics(lambda: hub.connections, lambda: len(hub.users()))
+    archiver = Archiver(settings, threads, hub, metrics, Incidents(), me)
+    asked: list[str] = []
+    owner = journal.owner
+
+    def counted(user: str) -> str | None:
+        asked.append(user)
+        return owner(user)
+
+    monkeypatch.setattr(journal, "owner", counted)
+    moved, stays = hub.subscribe("moved"), hub.subscribe("stays")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(archiver._follow_owners)
+            await until(lambda: moved.closed, what="the moved user's stream ended")
+            assert moved.closed == "moved" and stays.closed is None
+            other.close()  # alone again: the owners are no longer read
+            await until(lambda: me.alone(), what="alone")
+            await anyio.sleep(0.1)  # a few intervals (the only wait: nothing is read)
+            count = len(asked)
+            await anyio.sleep(0.1)
+            assert len(asked) == count
+            tg.cancel_scope.cancel()
+    finally:
+        threads.close()
+        me.close()

@@ -34,3 +34,13 @@ def test_an_instance_is_alive_while_it_runs_and_not_after(tmp_path: Path) -> Non
     assert not me.other_live_owner(None) and not me.alive("../x") and not me.alive("")
     me.close()
     assert not me.path.exists()
+
+
+def test_alone_until_another_instance_shares_the_data_directory(tmp_path: Path) -> None:
+    me = Instance(tmp_path)
+    assert me.alone()
+    other = Instance(tmp_path)
+    assert not me.alone() and not other.alone()
+    other.close()
+    assert me.alone()
+    me.close()

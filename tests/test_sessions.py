@@ -19,7 +19,7 @@ from archiver.journal import Journal
 from archiver.replies import Echo
 from archiver.sessions import Busy, Sessions, parse_event_id
 from archiver.threads import JournalThreads
-from tests.helpers import until
+from tests.helpers import FakeClock, until
 
 
 @pytest.fixture
@@ -47,29 +47,6 @@ def archives(s: Sessions, user: str) -> list[str]:
     return s.threads.journal.layout.archive_names(user)
 
 
-class FakeClock:
-    """A sleep for :class:`Presence` that returns only when the test moves time on."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleepers: list[tuple[float, anyio.Event]] = []
-
-    async def sleep(self, seconds: float) -> None:
-        woken = anyio.Event()
-        entry = (self.now + seconds, woken)
-        self.sleepers.append(entry)
-        try:
-            await woken.wait()
-        finally:
-            self.sleepers.remove(entry)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for due, woken in self.sleepers:
-            if due <= self.now:
-                woken.set()
-
-
 @pytest.mark.anyio
 async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> None:
     inbox = sessions.connect("a")
@@ -92,7 +69,7 @@ async def test_last_disconnect_archives_after_the_grace(sessions: Sessions) -> N
 @pytest.mark.anyio
 async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions) -> None:
     clock = FakeClock()
-    sessions.presence.sleep = clock.sleep  # the grace passes when the test says so
+    sessions.presence.call_later = clock.call_later  # the grace passes when the test says so
     gone: list[str] = []
     on_gone = sessions.presence.on_gone
 
@@ -104,8 +81,11 @@ async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions
     inbox = sessions.connect("a")
     await sessions.chat("a", "hello")
     sessions.disconnect(inbox)
+    [first] = clock.timers
     # At once: no await between the two, so the grace timer cannot have fired yet.
     again = sessions.connect("a")
+    assert clock.timers == [], "the reconnect cancels the timer"
+    first.callback()  # even a cancelled timer's callback, were a clock to run it: nothing
     # Twice the grace passes (every task has run to its next wait on either side): the
     # cancelled timer must not archive, nor even call on_gone (the archive it would start).
     await anyio.wait_all_tasks_blocked()
@@ -114,7 +94,7 @@ async def test_reconnect_within_the_grace_cancels_the_archive(sessions: Sessions
     assert gone == []
     assert archives(sessions, "a") == []
     sessions.disconnect(again)
-    await until(lambda: clock.sleepers, what="the second grace timer", show=lambda: gone)
+    assert len(clock.timers) == 1, "the second grace timer"
     clock.advance(0.2)
     await until(lambda: archives(sessions, "a"), what="the archive after the second disconnect")
     assert len(archives(sessions, "a")) == 1
