@@ -27,7 +27,10 @@ Search (:mod:`archiver.index_search`): one FTS5 ``MATCH`` (every term quoted, so
 can inject FTS syntax), joined to the archive's metadata for the filters, in
 :mod:`archiver.ranking`'s order (``bm25`` then recency, within windows of the newest
 matches), which needs rowids in recency order (:mod:`archiver.index_rowids` keeps them
-so). ``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
+so); a user's search also matches that user's owner token (in a column of its own:
+:func:`archiver.index_search.owner_token`), so FTS5 walks only their rows.
+``archiver list`` reads the ``listing`` table (:mod:`archiver.index_listing`).
+``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
 linger in free pages.
 
 Do not put the index on NFS: SQLite's locking is not safe there (see the README).
@@ -53,7 +56,7 @@ from .archives import Filter, OnError
 from .index_listing import Row, listing_key, listing_rows
 from .index_read import Parsed, parse, parse_forked
 from .index_rowids import place
-from .index_search import Cursor, Page
+from .index_search import Cursor, Page, owner_token
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Search
 from .ranking import WINDOW, archive_key
@@ -62,7 +65,7 @@ from .stats import StatArchive, StatMessage
 _T = TypeVar("_T")
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "7"  # 7: the listing table, in the listing's order
+SCHEMA_VERSION = "8"  # 8: an owner column in fts (7: the listing table)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -116,7 +119,9 @@ CREATE TABLE listing(
     PRIMARY KEY (l_time, l_order, user, name, udir)
 ) WITHOUT ROWID;
 CREATE INDEX listing_unread ON listing(user, name) WHERE messages IS NULL;
-CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
+-- owner: one token per user directory (index_search.owner_token), weight 0 in bm25, so a
+-- user's search intersects the word's rows with that user's inside FTS5.
+CREATE VIRTUAL TABLE fts USING fts5(body, owner, content='', tokenize='ascii');
 """
 _TABLES = ("meta", "dirs", "files", "msgs", "listing", "fts")
 
@@ -492,7 +497,11 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
         " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )
-    db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
+    owner = owner_token(item.udir)
+    db.executemany(
+        "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
+        ((i, body, owner) for i, body in zip(ids, bodies, strict=True)),
+    )
 
 
 def _in_recency_order(items: list[Parsed]) -> list[Parsed]:
@@ -514,9 +523,10 @@ def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     )
     if first is not None:
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")
+        owner = owner_token(udir)
         db.executemany(
-            "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)",
-            zip(range(first, last + 1), bodies, strict=True),
+            "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
+            ((i, body, owner) for i, body in zip(range(first, last + 1), bodies, strict=True)),
         )
         db.execute("DELETE FROM msgs WHERE id BETWEEN ? AND ?", (first, last))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))

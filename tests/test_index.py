@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from archiver import index_rowids, query, ranking
+from archiver import index_rowids, index_search, query, ranking
 from archiver.archives import ArchiveInfo, Filter, list_archives
 from archiver.cli_archives import _info_json, _info_line, _info_row, listing_text
 from archiver.clikit import _Output
@@ -605,6 +605,48 @@ def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Pat
         (None, None),
         (None, None),
     ]
+    again.close()
+
+
+def test_no_word_nor_prefix_matches_an_owner_token(tmp_path: Path) -> None:
+    """Each row's owner column holds "§" and its directory name in hex: a query's tokens
+    never hold "§", so only message texts match, as in the scan."""
+    data = tmp_path / "data"
+    owner = index_search.owner_token(user_dir_name("alice"))
+    texts = [("user", f"say {owner[1:]}"), ("user", "hello")]
+    write_corpus(data, [("alice", 1, "user", texts)])
+    index = Index(data, window=WINDOW)
+    index.sync()
+    for text in (owner, owner[1:], owner[1:3] + "*", "user:alice " + owner[1:]):
+        assert [h.message.seq for h in index.search(query.parse(text)).hits] == [1], text
+    assert [h.message.seq for h in index.search(query.parse("hello user:alice")).hits] == [2]
+    index.close()
+
+
+def test_an_index_of_schema_7_is_rebuilt_with_the_owner_column(tmp_path: Path) -> None:
+    """Schema 7's fts had one column (no owner tokens, so a user's search found nothing
+    through them): such an index is made again on open, and a user's search then finds
+    that user's messages only."""
+    data = tmp_path / "data"
+    write_corpus(
+        data, [("alice", 1, "user", [("user", "refund")]), ("bob", 2, "user", [("user", "refund")])]
+    )
+    index = Index(data, window=WINDOW)
+    index.sync()
+    index.close()
+    db = sqlite3.connect(index.path)
+    db.execute("DROP TABLE fts")
+    db.execute("CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii')")
+    db.execute("UPDATE meta SET value='7' WHERE key='version'")
+    db.commit()
+    db.close()
+    again = Index(data, window=WINDOW)
+    assert again.counts() == (0, 0)
+    again.sync()
+    hits = again.search(query.parse("refund user:bob")).hits
+    assert [h.user for h in hits] == ["bob"]
+    columns = [r[1] for r in again._db().execute("PRAGMA table_info(fts)")]
+    assert columns == ["body", "owner"]
     again.close()
 
 
