@@ -9,12 +9,13 @@ imports the terminal rendering: the server never loads it. The search-index comm
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +44,7 @@ from .clikit import (
     user_option,
 )
 from .errors import JournalError
+from .index_listing import Row
 from .journal import Journal
 from .layout import CURRENT, instances_dir
 from .logs import log
@@ -112,17 +114,58 @@ def list_(
         return
     with _errors():
         where = _filter(user, since, before, reason)
-        infos = indexed_listing(settings, journal, where, limit)
-        if infos is None:
+        rows = indexed_listing(settings, journal, where, limit)
+        if rows is None:
             infos = archives.list_archives(journal, where=where, limit=limit, on_error=_warn)
-        with _Output() as out:
-            if as_json:
-                out.json_array(_info_json(i) for i in infos)
-            else:
-                for info in infos:
-                    out.line(_info_line(info))
-    if not infos:
+            rows = [_info_row(i) for i in infos]
+        click.echo(listing_text(rows, as_json), nl=False)
+    if not rows:
         _nothing_found("no archive matches")
+
+
+def _info_row(info: ArchiveInfo) -> Row:
+    return (info.user, info.name, info.dialog, info.started, info.ended, info.reason, info.messages)
+
+
+_LISTING_KEYS = ("user", "name", "dialog", "started", "ended", "reason", "messages")
+
+
+def listing_text(rows: list[Row], as_json: bool) -> str:
+    """What ``archiver list`` prints, built whole, column by column (one echo: click.echo
+    flushes on every call; nothing per row in Python). Each line is :func:`_info_line`'s
+    (the watch's); the JSON is an array of :func:`_info_json`'s objects, one a line, each
+    as ``_to_json`` writes it. A column's values are JSON-encoded in one call, separated by
+    a bare newline, which the encoder escapes in every string: splitting there gives each
+    value's text. The pieces are then laid out interleaved and joined once."""
+    if not rows:
+        return "[]\n" if as_json else ""
+    columns = list(zip(*rows, strict=True))
+    values: list[Sequence[str]]
+    if as_json:
+        values = [_json_values(c) for c in columns]
+        keys = [f", {json.dumps(k)}: " for k in _LISTING_KEYS]
+        keys[0] = '},\n{"user": '
+        ends = ("[\n{" + keys[0][4:], "}\n]\n")
+    else:
+        values = [list(map(_printable, columns[0])), columns[1]]
+        values += [list(map(str, c)) for c in columns[3:]]  # str(None) is "None", as before
+        keys = ["\n"] + ["\t"] * (len(values) - 1)
+        ends = ("", "\n")
+    width = 2 * len(values)
+    pieces = [""] * (width * len(rows))
+    for i, (key, column) in enumerate(zip(keys, values, strict=True)):
+        pieces[2 * i :: width] = [key] * len(rows)
+        pieces[2 * i + 1 :: width] = column
+    pieces[0] = ends[0]
+    return "".join(pieces) + ends[1]
+
+
+def _json_values(column: Sequence[object]) -> list[str]:
+    """Each value's JSON text, from one encoder call."""
+    return json.dumps(column, ensure_ascii=False, separators=("\n", ": "))[1:-1].split("\n")
+
+
+_printable = functools.lru_cache(maxsize=4096)(render.printable)  # a few users, many archives
 
 
 @main.command()

@@ -39,6 +39,7 @@ from .clikit import (
 from .config import Settings
 from .dialogfile import ROLES
 from .index import Index
+from .index_listing import Row
 from .journal import Journal
 
 
@@ -199,24 +200,24 @@ def _fresh_index(settings: Settings) -> Index | None:
 
 def indexed_listing(
     settings: Settings, journal: Journal, where: archives.Filter, limit: int | None
-) -> list[archives.ArchiveInfo] | None:
+) -> list[Row] | None:
     """``archiver list`` from an existing index brought up to date (no file is opened but
-    those whose ends it could not read); None to read the files instead: no index, a
-    read-only one, or one user with a limit (that reads only the files it shows)."""
+    those whose ends it could not read), as rows; None to read the files instead: no
+    index, a read-only one, one user with a limit (that reads only the files it shows),
+    or user directories the index cannot list (index_listing)."""
     if not settings.search_index or (limit is not None and where.user is not None):
         return None
     found = Index(settings.data_dir, settings.index_path)
     if not found.exists() or not found.has_this_schema():
         return None  # listing never builds it: that is a search's, or reindex's, job
-    users = archives.users_of(journal, where.user)
+    archives.users_of(journal, where.user)  # UnknownUser, as the file listing raises it
     try:
         found.sync()
-        infos = found.listing(users, where, _warn)
+        return found.listing(where, limit, _warn)
     except (sqlite3.Error, OSError):
         return None
     finally:
         found.close()
-    return infos if limit is None else infos[:limit]
 
 
 def index_after(settings: Settings, paths: Iterable[Path] = (), user: str | None = None) -> None:

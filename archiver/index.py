@@ -27,7 +27,10 @@ Search (:mod:`archiver.index_search`): one FTS5 ``MATCH`` (every term quoted, so
 can inject FTS syntax), joined to the archive's metadata for the filters, in
 :mod:`archiver.ranking`'s order (``bm25`` then recency, within windows of the newest
 matches), which needs rowids in recency order (:mod:`archiver.index_rowids` keeps them
-so). ``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
+so); a user's search also matches that user's owner token (in a column of its own:
+:func:`archiver.index_search.owner_token`), so FTS5 walks only their rows.
+``archiver list`` reads the ``listing`` table (:mod:`archiver.index_listing`).
+``PRAGMA secure_delete`` overwrites deleted rows, so a forgotten user's words do not
 linger in free pages.
 
 Do not put the index on NFS: SQLite's locking is not safe there (see the README).
@@ -49,10 +52,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import index_search
-from .archives import ArchiveInfo, Filter, OnError, newest_first, read_info
+from .archives import Filter, OnError
+from .index_listing import Row, listing_key, listing_rows
 from .index_read import Parsed, parse, parse_forked
 from .index_rowids import place
-from .index_search import Cursor, Page
+from .index_search import Cursor, Page, owner_token
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Search
 from .ranking import WINDOW, archive_key
@@ -61,7 +65,7 @@ from .stats import StatArchive, StatMessage
 _T = TypeVar("_T")
 
 # Bump when the schema or query.tokens() changes: an index of another version is rebuilt.
-SCHEMA_VERSION = "6"  # 6: rowids in recency order (files.first, .last), no msgs_file
+SCHEMA_VERSION = "8"  # 8: an owner column in fts (7: the listing table)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 BATCH_FILES = 500  # files per write transaction
 RACY_NS = 1_000_000_000  # a directory changed this recently is looked at again next time
@@ -81,9 +85,7 @@ CREATE TABLE files(
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     error TEXT,  -- why a file could not be read as a dialog (then it has no messages)
-    -- What `archiver list` shows, read from the file's two ends as the listing reads
-    -- them (dialogfile.summary_of). s_messages NULL: those ends could not be read.
-    s_dialog TEXT, s_started TEXT, s_ended TEXT, s_reason TEXT, s_messages INTEGER,
+    l_time TEXT NOT NULL,  -- its listing row's time (the first of that row's key)
     first INTEGER, last INTEGER,  -- its messages' rowids, first..last (NULL: it has none)
     tokens BLOB NOT NULL,  -- last: reading the columns before it skips its overflow pages
     UNIQUE(udir, name)
@@ -105,9 +107,23 @@ CREATE TABLE msgs(
 CREATE INDEX files_recency ON files(ended, name, udir, first, last);
 -- Every search lists the damaged archives (a warning each): not a scan of every row.
 CREATE INDEX files_damaged ON files(udir, name, error) WHERE error IS NOT NULL;
-CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii');
+-- `archiver list` (index_listing): what it shows of each archive, read from the file's
+-- two ends as the file listing reads them (dialogfile.summary_of), keyed in its order
+-- (archives.newest_first): the time it sorts by (the trailer's ended, else the name's),
+-- the name's (stamp, collision number) as one text, the decoded user. messages NULL:
+-- those ends could not be read (the listing reads them again).
+CREATE TABLE listing(
+    l_time TEXT NOT NULL, l_order TEXT NOT NULL, user TEXT NOT NULL, name TEXT NOT NULL,
+    udir TEXT NOT NULL,
+    dialog TEXT, started TEXT, ended TEXT, reason TEXT, messages INTEGER,
+    PRIMARY KEY (l_time, l_order, user, name, udir)
+) WITHOUT ROWID;
+CREATE INDEX listing_unread ON listing(user, name) WHERE messages IS NULL;
+-- owner: one token per user directory (index_search.owner_token), weight 0 in bm25, so a
+-- user's search intersects the word's rows with that user's inside FTS5.
+CREATE VIRTUAL TABLE fts USING fts5(body, owner, content='', tokenize='ascii');
 """
-_TABLES = ("meta", "dirs", "files", "msgs", "fts")
+_TABLES = ("meta", "dirs", "files", "msgs", "listing", "fts")
 
 
 @dataclass(frozen=True)
@@ -332,7 +348,7 @@ class Index:
         db = self._db()
         with _write(db):
             db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")  # contentless: allowed
-            for table in ("msgs", "files", "dirs"):
+            for table in ("msgs", "files", "listing", "dirs"):
                 db.execute(f"DELETE FROM {table}")
         if workers > 1 and hasattr(os, "fork"):
             # By name, then user: close to recency order, so few rowids move.
@@ -372,31 +388,11 @@ class Index:
         return int(files), int(msgs)
 
     def listing(
-        self, users: list[str], where: Filter, on_error: OnError | None = None
-    ) -> list[ArchiveInfo]:
-        """What :func:`archiver.archives.list_archives` answers for ``users`` (no limit),
-        from the rows (a file whose ends could not be read is read again, as it would)."""
-        found: list[ArchiveInfo] = []
-        # No bound and no reason (a plain `archiver list`): every archive passes.
-        every = where.since is None and where.before is None and where.reason is None
-        for user in users:
-            udir = user_dir_name(user)
-            rows = self._db().execute(
-                "SELECT name, s_dialog, s_started, s_ended, s_reason, s_messages FROM files"
-                " WHERE udir = ?",
-                (udir,),
-            )
-            for name, dialog, started, ended, reason, messages in rows:
-                if not every and where.too_old(name):
-                    continue
-                if messages is None:
-                    path = Path(self.layout.archived_dir_named(udir), name)
-                    info = read_info(user, path, on_error)
-                else:
-                    info = ArchiveInfo(user, name, dialog, started, ended, reason, messages)
-                if info is not None and (every or where.wants(info)):
-                    found.append(info)
-        return newest_first(found)
+        self, where: Filter, limit: int | None = None, on_error: OnError | None = None
+    ) -> list[Row] | None:
+        """What :func:`archiver.archives.list_archives` answers, as rows
+        (:mod:`archiver.index_listing`); None if the files must say."""
+        return listing_rows(self._db(), self.layout, where, limit, on_error)
 
     def stat_rows(self, where: Filter) -> Iterator[StatArchive]:
         """Every indexed archive that passes ``where``, with its messages' roles and
@@ -462,12 +458,12 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
     _drop(db, item.udir, item.name)
     bodies = [row[4] for row in item.rows]
     got = item.summary
+    key = listing_key(item.udir, item.name, None if got is None else got.ended)
     count = len(item.rows)
     first = place(db, archive_key(item.ended, item.name, item.udir), count) if count else None
     cursor = db.execute(
         "INSERT INTO files(udir, name, dialog, ended, reason, size, mtime_ns, tokens, error,"
-        " s_dialog, s_started, s_ended, s_reason, s_messages, first, last)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " first, last, l_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             item.udir,
             item.name,
@@ -478,10 +474,18 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
             item.mtime_ns,
             zlib.compress("\n".join(bodies).encode("utf-8")),
             item.error,
-            *(() if got is None else (got.dialog, got.started, got.ended, got.reason)),
-            *((None,) * 5 if got is None else (got.messages,)),
             first,
             None if first is None else first + count - 1,
+            key[0],
+        ),
+    )
+    db.execute(
+        "INSERT INTO listing VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            *key,
+            item.udir,
+            *((None,) * 5 if got is None else (got.dialog, got.started, got.ended, got.reason)),
+            *(() if got is None else (got.messages,)),
         ),
     )
     if first is None:
@@ -493,7 +497,11 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
         " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )
-    db.executemany("INSERT INTO fts(rowid, body) VALUES (?, ?)", zip(ids, bodies, strict=True))
+    owner = owner_token(item.udir)
+    db.executemany(
+        "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
+        ((i, body, owner) for i, body in zip(ids, bodies, strict=True)),
+    )
 
 
 def _in_recency_order(items: list[Parsed]) -> list[Parsed]:
@@ -503,16 +511,22 @@ def _in_recency_order(items: list[Parsed]) -> list[Parsed]:
 
 def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     row = db.execute(
-        "SELECT id, first, last, tokens FROM files WHERE udir=? AND name=?", (udir, name)
+        "SELECT id, first, last, tokens, l_time FROM files WHERE udir=? AND name=?", (udir, name)
     ).fetchone()
     if row is None:
         return
-    file_id, first, last, packed = row
+    file_id, first, last, packed, l_time = row
+    key = listing_key(udir, name, l_time)
+    db.execute(
+        "DELETE FROM listing WHERE l_time=? AND l_order=? AND user=? AND name=? AND udir=?",
+        (*key, udir),
+    )
     if first is not None:
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")
+        owner = owner_token(udir)
         db.executemany(
-            "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)",
-            zip(range(first, last + 1), bodies, strict=True),
+            "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
+            ((i, body, owner) for i, body in zip(range(first, last + 1), bodies, strict=True)),
         )
         db.execute("DELETE FROM msgs WHERE id BETWEEN ? AND ?", (first, last))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))

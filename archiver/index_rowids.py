@@ -26,6 +26,8 @@ from __future__ import annotations
 import sqlite3
 import zlib
 
+from .index_search import owner_token
+
 GAP = 32  # free rowids left before each archive appended at the newest end
 
 _OLDER = (
@@ -33,7 +35,7 @@ _OLDER = (
     " ORDER BY ended DESC, name DESC, udir DESC LIMIT 1"
 )
 _NEWER = (
-    "SELECT id, first, last, tokens FROM files"
+    "SELECT id, first, last, tokens, udir FROM files"
     " WHERE first IS NOT NULL AND (ended, name, udir) > (?, ?, ?) ORDER BY ended, name, udir"
 )
 
@@ -56,22 +58,23 @@ def place(db: sqlite3.Connection, key: tuple[str, str, str], count: int) -> int:
 def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> None:
     """Move the archives newer than ``key`` whose range starts below ``need`` (each one
     pushing ``need`` past itself), the newest first so no range lands on another."""
-    moves: list[tuple[int, int, int, bytes, int]] = []
+    moves: list[tuple[int, int, int, bytes, str, int]] = []
     newer = db.execute(_NEWER, key)
-    for file_id, first, last, packed in newer:
+    for file_id, first, last, packed, udir in newer:
         if first >= need:
             break
-        moves.append((file_id, first, last, packed, need))
+        moves.append((file_id, first, last, packed, udir, need))
         # Half a gap before the next: each archive further on absorbs half a gap of the
         # shift, so a move pushes on about 2 * count / GAP archives, and a moved archive
         # still has room before it (packed ones would make the next move go through all).
         need += last - first + 1 + GAP // 2
     newer.close()  # before writing the rows it reads
-    for file_id, first, last, packed, to in reversed(moves):
+    for file_id, first, last, packed, udir, to in reversed(moves):
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")
+        owner = owner_token(udir)
         db.executemany(
-            "INSERT INTO fts(fts, rowid, body) VALUES ('delete', ?, ?)",
-            zip(range(first, last + 1), bodies, strict=True),
+            "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
+            ((i, body, owner) for i, body in zip(range(first, last + 1), bodies, strict=True)),
         )
         # Through negative ids: an UPDATE checks the key row by row, and a shift smaller
         # than the range would meet the archive's own rows.
@@ -84,6 +87,9 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
             (to, to + last - first, file_id),
         )
         db.executemany(
-            "INSERT INTO fts(rowid, body) VALUES (?, ?)",
-            zip(range(to, to + last - first + 1), bodies, strict=True),
+            "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
+            (
+                (i, body, owner)
+                for i, body in zip(range(to, to + last - first + 1), bodies, strict=True)
+            ),
         )

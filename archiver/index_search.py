@@ -67,6 +67,26 @@ def clauses(pairs: Iterable[tuple[str, object | None]]) -> tuple[list[str], list
     return sql, args
 
 
+# A character no token of a text or a query holds (query.tokens keeps letters, digits
+# and combining accents only) but the ascii tokenizer keeps in a token (every non-ASCII
+# character is a token character there): no word nor prefix can match an owner token.
+OWNER_MARK = "\u00a7"  # §
+
+
+def owner_token(udir: str) -> str:
+    """The ``owner`` column of a user directory's rows: one token, a different one for
+    every directory (its name's bytes in hex)."""
+    return OWNER_MARK + udir.encode("utf-8").hex()
+
+
+def match_text(search: Search) -> str:
+    """The ``MATCH`` of a search: its terms, and for a user's search that user's owner
+    token, so FTS5 walks only that user's rows (the ``f.udir`` filter stays)."""
+    if search.user is None:
+        return search.fts()
+    return f'{search.fts()} AND "{owner_token(user_dir_name(search.user))}"'
+
+
 def _filters(search: Search) -> tuple[list[str], list[object]]:
     return clauses(
         (
@@ -92,7 +112,7 @@ def page(
     # One walk down the rowids per window, scoring and joining only the window's rows
     # (a filter is judged on the way, so a window holds ``window`` rows that pass it).
     sql = (
-        f"SELECT fts.rowid, bm25(fts), {_COLUMNS} FROM fts {_JOINS}"
+        f"SELECT fts.rowid, bm25(fts, 1.0, 0.0), {_COLUMNS} FROM fts {_JOINS}"
         f" WHERE fts MATCH ? {' '.join(filters)} AND fts.rowid <= ?"
         " ORDER BY fts.rowid DESC LIMIT ?"
     )
@@ -100,10 +120,11 @@ def page(
         newest = db.execute("SELECT max(id) FROM msgs").fetchone()[0]
         cursor = Cursor(0 if newest is None else int(newest))
     wanted = None if limit is None else limit + 1  # one more: is there a next page?
+    match = match_text(search)
     found: list[tuple[_Row, Cursor]] = []
     top, skip = cursor.top, cursor.skip
     while wanted is None or len(found) < wanted:
-        rows = db.execute(sql, [search.fts(), *args, top, window]).fetchall()
+        rows = db.execute(sql, [match, *args, top, window]).fetchall()
         ranked = _best_first(rows)
         end = len(ranked) if wanted is None else skip + wanted - len(found)
         found.extend((r[2:], Cursor(top, skip + i)) for i, r in enumerate(ranked[skip:end], 0))

@@ -15,7 +15,9 @@ test in ``tests/test_index.py`` checks they agree hit for hit.
   ``WINDOW``, and so on; the last window holds what is left. A query with at most
   ``WINDOW`` matches has a single window.
 * **Within a window**, best first: FTS5's ``bm25`` score (:func:`bm25`, computed with the
-  statistics of the whole index: every indexed message counts, whatever the filters),
+  statistics of the whole index: every indexed message counts, whatever the filters; a
+  message's length is its tokens and one more, its owner token, which the index keeps in
+  a column of weight 0 so a user's search walks only that user's rows),
   then the newer archive, then the message order (seq ascending).
 * Pages run through the first window, then on into the next older one: every match is
   reachable, none is given twice.
@@ -39,6 +41,7 @@ from .query import Hit, Search, Term, tokens
 WINDOW = 2000  # matches per window (chosen by measuring, see docs/performance.md)
 _K1 = 1.2  # FTS5's bm25 constants (fts5_aux.c)
 _B = 0.75
+OWNER_TOKENS = 1  # each indexed message's owner column (index_search.owner_token)
 
 Key = tuple[str, str, str]  # (ended, name, udir)
 
@@ -119,7 +122,7 @@ def ranked_scan(
         for message in dialog.messages:
             toks = tokens(message.text)
             rows += 1
-            total += len(toks)
+            total += len(toks) + OWNER_TOKENS
             freqs = [count(toks, term) for term in search.terms]
             for i, freq in enumerate(freqs):
                 hits[i] += freq > 0
@@ -128,7 +131,7 @@ def ranked_scan(
             if search.role is not None and message.role != search.role:
                 continue
             hit = Hit(info.user, info.name, dialog.dialog, message, search.spans(message.text))
-            matches.append((key, message.seq, freqs, len(toks), hit))
+            matches.append((key, message.seq, freqs, len(toks) + OWNER_TOKENS, hit))
     if not matches:
         return
     stats = Stats(rows, total, tuple(hits))

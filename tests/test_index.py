@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -10,11 +11,13 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from archiver import index_rowids, query, ranking
-from archiver.archives import Filter, list_archives
+from archiver import index_rowids, index_search, query, ranking
+from archiver.archives import ArchiveInfo, Filter, list_archives
+from archiver.cli_archives import _info_json, _info_line, _info_row, listing_text
+from archiver.clikit import _Output
 from archiver.dialogfile import entry_offsets
 from archiver.index import Index
 from archiver.indexer import Indexer
@@ -449,36 +452,112 @@ def test_a_seq_sqlite_cannot_hold_marks_the_file_damaged_and_the_worker_goes_on(
     index.close()
 
 
+# Users whose directory names are encoded (and sort otherwise than the ids do), one
+# that drives a terminal, one whose "%41" must stay literal.
+LISTED_USERS = ["ünï", "alice", "auth0|42", "team/ops", "%41", "\x1b[31mred", ".hidden", "a\tb"]
+DAMAGE = ["none", "none", "none", "torn", "seq", "no trailer", "ended later", "header"]
+listed_archive = st.tuples(
+    st.sampled_from(LISTED_USERS),
+    st.integers(0, 1),  # the second of its name: few, so names and times tie across users
+    st.sampled_from([None, None, 2, 10]),  # a collision suffix
+    st.sampled_from(REASONS),
+    st.integers(0, 3),  # messages
+    st.sampled_from(DAMAGE),
+)
+listing_filters = st.tuples(  # mostly none: the listed archives are all of one minute
+    st.sampled_from([None, None, None, *LISTED_USERS]),
+    st.sampled_from([None, None, None, "2026-11-10T10:00:00.500Z", "2026-11-10T10:00:01.000Z"]),
+    st.sampled_from([None, None, None, "2026-11-10T10:00:01.000Z", "2026-11-10T10:01:00.000Z"]),
+    st.sampled_from([None, None, None, *REASONS]),
+    st.sampled_from([None, None, 1, 3, 8]),
+)
+
+
+def write_listed(data: Path, items: list[tuple[str, int, int | None, str, int, str]]) -> None:
+    """Archives that tie on time and name across users, with collision suffixes, and
+    damaged in the ways a listing meets: ends that cannot be read, a file that does not
+    parse, no trailer (the name's time), an ended after the name (Filter.too_old)."""
+    for user, second, suffix, reason, count, damage in items:
+        name = f"2026-11-10-10-00-{second:02d}" + (f"-{suffix}" if suffix else "") + ".yaml"
+        ended = f"2026-11-10T10:00:{second:02d}.{500 if damage == 'ended later' else 0:03d}Z"
+        if damage == "ended later":
+            ended = ended.replace("10:00:", "10:01:")
+        texts = [("user", f"m{i}") for i in range(count)]
+        path = write_archive(data, user, name, texts, ended=ended, reason=reason)
+        body = path.read_bytes()
+        if damage == "torn":
+            body = body[:-40]
+        elif damage == "seq":
+            body = body.replace(b"\n- seq", b"\n-  seq", 1)
+        elif damage == "no trailer":
+            body = body[: body.rindex(b"ended:")]
+        elif damage == "header":
+            body = b"\xff\xfe" + body
+        path.write_bytes(body)
+
+
+def reference_text(infos: list[ArchiveInfo], as_json: bool) -> str:
+    """What `archiver list` printed before it was built whole: a line, or a JSON object
+    of its own encoder call, per archive, through clikit's _Output."""
+    out = io.StringIO()
+    with mock.patch("click.echo", lambda text: out.write(text + "\n")), _Output() as lines:
+        if as_json:
+            lines.json_array(_info_json(i) for i in infos)
+        else:
+            for info in infos:
+                lines.line(_info_line(info))
+    return out.getvalue()
+
+
 @PROPERTY
-@given(
-    corpus,
-    st.sampled_from([None, *USERS]),
-    st.sampled_from([None, "2026-11-10T00:00:00.000Z"]),
-    st.sampled_from([None, *REASONS]),
+@given(corpus, st.lists(listed_archive, max_size=20), listing_filters)
+@example(  # a tie on time and name: "ünï" sorts after "alice", its directory before
+    [("alice", 1, "user", [("user", "x")])],
+    [("ünï", 1, None, "user", 1, "none"), ("alice", 1, None, "user", 1, "none")],
+    (None, None, None, None, None),
+)
+@example(  # ended after --since, named before it: too old by its name (Filter.too_old)
+    [("alice", 1, "user", [("user", "x")])],
+    [("alice", 0, None, "user", 1, "ended later"), ("alice", 1, 2, "user", 1, "none")],
+    (None, "2026-11-10T10:00:01.000Z", None, None, None),
+)
+@example(  # --until is exclusive; collision numbers 2 < 10 (not as text)
+    [("alice", 1, "user", [("user", "x")])],
+    [("alice", 1, 10, "user", 1, "none"), ("alice", 1, 2, "user", 1, "none")],
+    (None, None, "2026-11-10T10:00:01.000Z", None, None),
 )
 def test_the_index_lists_what_the_files_list(
-    archives: list[Archive], user: str | None, since: str | None, reason: str | None
+    archives: list[Archive],
+    listed: list[tuple[str, int, int | None, str, int, str]],
+    filters: tuple[str | None, str | None, str | None, str | None, int | None],
 ) -> None:
+    user, since, before, reason, limit = filters
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         paths = write_corpus(data, archives)
         paths[0].write_bytes(paths[0].read_bytes()[:-40])  # torn: its ends cannot be read
         if len(paths) > 1:
             paths[1].write_bytes(paths[1].read_bytes().replace(b"\n- seq", b"\n-  seq", 1))
+        write_listed(data, listed)
         index = Index(data, window=WINDOW)
         index.sync()
         journal = Journal(data)
-        where = Filter(user=user, since=since, reason=reason)
-        users = [user] if user is not None else journal.layout.users()
         if user is not None and not journal.layout.has_user(user):
-            return
-        listed: list[tuple[Path, str]] = []
-        indexed: list[tuple[Path, str]] = []
+            user = None  # the CLI says "no user" before either listing
+        where = Filter(user=user, since=since, before=before, reason=reason)
+        listed_errors: list[tuple[Path, str]] = []
+        indexed_errors: list[tuple[Path, str]] = []
         scanned = list_archives(
-            journal, where=where, on_error=lambda p, e: listed.append((p, str(e)))
+            journal,
+            where=where,
+            limit=limit,
+            on_error=lambda p, e: listed_errors.append((p, str(e))),
         )
-        assert index.listing(users, where, lambda p, e: indexed.append((p, str(e)))) == scanned
-        assert indexed == listed
+        rows = index.listing(where, limit, lambda p, e: indexed_errors.append((p, str(e))))
+        assert rows == [_info_row(i) for i in scanned]
+        assert indexed_errors == listed_errors
+        for as_json in (False, True):
+            assert listing_text(rows, as_json) == reference_text(scanned, as_json)
         index.close()
 
 
@@ -526,6 +605,48 @@ def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Pat
         (None, None),
         (None, None),
     ]
+    again.close()
+
+
+def test_no_word_nor_prefix_matches_an_owner_token(tmp_path: Path) -> None:
+    """Each row's owner column holds "§" and its directory name in hex: a query's tokens
+    never hold "§", so only message texts match, as in the scan."""
+    data = tmp_path / "data"
+    owner = index_search.owner_token(user_dir_name("alice"))
+    texts = [("user", f"say {owner[1:]}"), ("user", "hello")]
+    write_corpus(data, [("alice", 1, "user", texts)])
+    index = Index(data, window=WINDOW)
+    index.sync()
+    for text in (owner, owner[1:], owner[1:3] + "*", "user:alice " + owner[1:]):
+        assert [h.message.seq for h in index.search(query.parse(text)).hits] == [1], text
+    assert [h.message.seq for h in index.search(query.parse("hello user:alice")).hits] == [2]
+    index.close()
+
+
+def test_an_index_of_schema_7_is_rebuilt_with_the_owner_column(tmp_path: Path) -> None:
+    """Schema 7's fts had one column (no owner tokens, so a user's search found nothing
+    through them): such an index is made again on open, and a user's search then finds
+    that user's messages only."""
+    data = tmp_path / "data"
+    write_corpus(
+        data, [("alice", 1, "user", [("user", "refund")]), ("bob", 2, "user", [("user", "refund")])]
+    )
+    index = Index(data, window=WINDOW)
+    index.sync()
+    index.close()
+    db = sqlite3.connect(index.path)
+    db.execute("DROP TABLE fts")
+    db.execute("CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii')")
+    db.execute("UPDATE meta SET value='7' WHERE key='version'")
+    db.commit()
+    db.close()
+    again = Index(data, window=WINDOW)
+    assert again.counts() == (0, 0)
+    again.sync()
+    hits = again.search(query.parse("refund user:bob")).hits
+    assert [h.user for h in hits] == ["bob"]
+    columns = [r[1] for r in again._db().execute("PRAGMA table_info(fts)")]
+    assert columns == ["body", "owner"]
     again.close()
 
 
