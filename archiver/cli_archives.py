@@ -44,7 +44,7 @@ from .clikit import (
     user_option,
 )
 from .errors import JournalError
-from .index_listing import Row
+from .index_listing import Row, row_of
 from .journal import Journal
 from .layout import CURRENT, instances_dir
 from .logs import log
@@ -117,14 +117,10 @@ def list_(
         rows = indexed_listing(settings, journal, where, limit)
         if rows is None:
             infos = archives.list_archives(journal, where=where, limit=limit, on_error=_warn)
-            rows = [_info_row(i) for i in infos]
+            rows = [row_of(i) for i in infos]
         click.echo(listing_text(rows, as_json), nl=False)
     if not rows:
         _nothing_found("no archive matches")
-
-
-def _info_row(info: ArchiveInfo) -> Row:
-    return (info.user, info.name, info.dialog, info.started, info.ended, info.reason, info.messages)
 
 
 _LISTING_KEYS = ("user", "name", "dialog", "started", "ended", "reason", "messages")

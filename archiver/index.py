@@ -56,7 +56,7 @@ from .archives import Filter, OnError
 from .index_listing import Row, listing_key, listing_rows
 from .index_read import Parsed, parse, parse_forked
 from .index_rowids import place
-from .index_search import Cursor, Page, owner_token
+from .index_search import Cursor, Page, fts_delete, fts_insert
 from .layout import ARCHIVE_NAME, Layout, index_path, user_dir_name, user_from_dir_name
 from .query import Search
 from .ranking import WINDOW, archive_key
@@ -497,11 +497,7 @@ def _store(db: sqlite3.Connection, item: Parsed) -> None:
         " first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(i, file_id, *row[:4], *row[5:]) for i, row in zip(ids, item.rows, strict=True)],
     )
-    owner = owner_token(item.udir)
-    db.executemany(
-        "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
-        ((i, body, owner) for i, body in zip(ids, bodies, strict=True)),
-    )
+    fts_insert(db, item.udir, ids, bodies)
 
 
 def _in_recency_order(items: list[Parsed]) -> list[Parsed]:
@@ -523,11 +519,7 @@ def _drop(db: sqlite3.Connection, udir: str, name: str) -> None:
     )
     if first is not None:
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")
-        owner = owner_token(udir)
-        db.executemany(
-            "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
-            ((i, body, owner) for i, body in zip(range(first, last + 1), bodies, strict=True)),
-        )
+        fts_delete(db, udir, range(first, last + 1), bodies)
         db.execute("DELETE FROM msgs WHERE id BETWEEN ? AND ?", (first, last))
     db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 

@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 
 from .archives import ArchiveInfo, Filter, OnError, name_time, newest_first, read_info
+from .index_search import clauses
 from .layout import Layout, archive_sort_key, user_dir_name, user_from_dir_name
 
 # What the listing shows of an archive: user, name, dialog, started, ended, reason, messages.
@@ -67,17 +68,16 @@ def listing_rows(
     if not canonical(layout):
         return None
     sql = [f"SELECT {_COLUMNS} FROM listing WHERE messages IS NOT NULL"]
-    args: list[object] = []
-    for clause, value in (
-        ("user = ?", where.user),
-        ("reason = ?", where.reason),
-        ("l_time >= ?", where.since),
-        ("l_time < ?", where.before),
-        (f"{_NAME_TIME} >= ?", where.since),
-    ):
-        if value is not None:
-            sql.append("AND " + clause)
-            args.append(value)
+    filters, args = clauses(
+        (
+            ("AND user = ?", where.user),
+            ("AND reason = ?", where.reason),
+            ("AND l_time >= ?", where.since),
+            ("AND l_time < ?", where.before),
+            (f"AND {_NAME_TIME} >= ?", where.since),
+        )
+    )
+    sql += filters
     unread = _read_again(db, layout, where, on_error)
     # The whole key, backwards: the table's order. Past the listing's three, only X.yaml
     # and X-1.yaml of one user tie (the file listing gives those in the directory's order).
@@ -88,7 +88,7 @@ def listing_rows(
     rows: list[Row] = db.execute(" ".join(sql), args).fetchall()
     if unread:  # seldom: a file whose ends could not be read when indexed reads now
         infos = newest_first([ArchiveInfo(*row) for row in rows] + unread)
-        rows = [_row(info) for info in infos[:limit]]
+        rows = [row_of(info) for info in infos[:limit]]
     return rows
 
 
@@ -111,5 +111,6 @@ def _read_again(
     return out
 
 
-def _row(info: ArchiveInfo) -> Row:
+def row_of(info: ArchiveInfo) -> Row:
+    """What the listing shows of ``info`` (the file listing's answer, as rows)."""
     return (info.user, info.name, info.dialog, info.started, info.ended, info.reason, info.messages)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 import zlib
 
-from .index_search import owner_token
+from .index_search import fts_delete, fts_insert
 
 GAP = 32  # free rowids left before each archive appended at the newest end
 
@@ -71,11 +71,7 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
     newer.close()  # before writing the rows it reads
     for file_id, first, last, packed, udir, to in reversed(moves):
         bodies = zlib.decompress(packed).decode("utf-8").split("\n")
-        owner = owner_token(udir)
-        db.executemany(
-            "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
-            ((i, body, owner) for i, body in zip(range(first, last + 1), bodies, strict=True)),
-        )
+        fts_delete(db, udir, range(first, last + 1), bodies)
         # Through negative ids: an UPDATE checks the key row by row, and a shift smaller
         # than the range would meet the archive's own rows.
         db.execute("UPDATE msgs SET id = -id WHERE id BETWEEN ? AND ?", (first, last))
@@ -86,10 +82,4 @@ def _move_up(db: sqlite3.Connection, key: tuple[str, str, str], need: int) -> No
             "UPDATE files SET first = ?, last = ? WHERE id = ?",
             (to, to + last - first, file_id),
         )
-        db.executemany(
-            "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
-            (
-                (i, body, owner)
-                for i, body in zip(range(to, to + last - first + 1), bodies, strict=True)
-            ),
-        )
+        fts_insert(db, udir, range(to, to + last - first + 1), bodies)

@@ -79,6 +79,24 @@ def owner_token(udir: str) -> str:
     return OWNER_MARK + udir.encode("utf-8").hex()
 
 
+def fts_insert(db: sqlite3.Connection, udir: str, ids: Iterable[int], bodies: list[str]) -> None:
+    """Index an archive's message bodies under rowids ``ids``, with their owner token."""
+    owner = owner_token(udir)
+    db.executemany(
+        "INSERT INTO fts(rowid, body, owner) VALUES (?, ?, ?)",
+        ((i, body, owner) for i, body in zip(ids, bodies, strict=True)),
+    )
+
+
+def fts_delete(db: sqlite3.Connection, udir: str, ids: Iterable[int], bodies: list[str]) -> None:
+    """Take those rows out again: a contentless table is told each row's exact text."""
+    owner = owner_token(udir)
+    db.executemany(
+        "INSERT INTO fts(fts, rowid, body, owner) VALUES ('delete', ?, ?, ?)",
+        ((i, body, owner) for i, body in zip(ids, bodies, strict=True)),
+    )
+
+
 def match_text(search: Search) -> str:
     """The ``MATCH`` of a search: its terms, and for a user's search that user's owner
     token, so FTS5 walks only that user's rows (the ``f.udir`` filter stays)."""

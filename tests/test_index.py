@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from archiver import index_rowids, index_search, query, ranking
 from archiver.archives import ArchiveInfo, Filter, list_archives
-from archiver.cli_archives import _info_json, _info_line, _info_row, listing_text
+from archiver.cli_archives import _info_json, _info_line, listing_text
 from archiver.clikit import _Output
 from archiver.dialogfile import entry_offsets
 from archiver.index import Index
+from archiver.index_listing import row_of
 from archiver.indexer import Indexer
 from archiver.journal import Journal
 from archiver.layout import user_dir_name
@@ -388,16 +389,25 @@ def test_two_processes_index_at_once_without_losing_a_file(tmp_path: Path) -> No
     assert len(index.search(query.parse("word*"), limit=None).hits) == 60
 
 
-def test_the_index_is_rebuilt_when_its_version_is_another(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_corpus(data, [("alice", 1, "user", [("user", "refund")])])
+def indexed_as_of(data: Path, version: str, *statements: str) -> Index:
+    """An index of ``data`` made by this code, then turned into an older schema's: the
+    ``statements`` undo what came later, and the meta row says ``version``."""
     index = Index(data, window=WINDOW)
     index.sync()
     index.close()
     db = sqlite3.connect(index.path)
-    db.execute("UPDATE meta SET value='0' WHERE key='version'")
+    for statement in statements:
+        db.execute(statement)
+    db.execute("UPDATE meta SET value=? WHERE key='version'", (version,))
     db.commit()
     db.close()
+    return index
+
+
+def test_the_index_is_rebuilt_when_its_version_is_another(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_corpus(data, [("alice", 1, "user", [("user", "refund")])])
+    indexed_as_of(data, "0")
     again = Index(data, window=WINDOW)
     assert again.counts() == (0, 0)  # rebuilt empty: the next sync fills it
     again.sync()
@@ -554,7 +564,7 @@ def test_the_index_lists_what_the_files_list(
             on_error=lambda p, e: listed_errors.append((p, str(e))),
         )
         rows = index.listing(where, limit, lambda p, e: indexed_errors.append((p, str(e))))
-        assert rows == [_info_row(i) for i in scanned]
+        assert rows == [row_of(i) for i in scanned]
         assert indexed_errors == listed_errors
         for as_json in (False, True):
             assert listing_text(rows, as_json) == reference_text(scanned, as_json)
@@ -588,14 +598,7 @@ def test_an_index_of_schema_4_is_rebuilt_with_the_upstream_columns(tmp_path: Pat
         ("assistant", "old"),
     ]
     write_corpus(data, [("alice", 1, "user", texts)])
-    index = Index(data, window=WINDOW)
-    index.sync()
-    index.close()
-    db = sqlite3.connect(index.path)
-    db.execute("ALTER TABLE msgs DROP COLUMN upstream")
-    db.execute("UPDATE meta SET value='4' WHERE key='version'")
-    db.commit()
-    db.close()
+    indexed_as_of(data, "4", "ALTER TABLE msgs DROP COLUMN upstream")
     again = Index(data, window=WINDOW)
     again.sync()
     [row] = list(again.stat_rows(Filter()))
@@ -631,15 +634,12 @@ def test_an_index_of_schema_7_is_rebuilt_with_the_owner_column(tmp_path: Path) -
     write_corpus(
         data, [("alice", 1, "user", [("user", "refund")]), ("bob", 2, "user", [("user", "refund")])]
     )
-    index = Index(data, window=WINDOW)
-    index.sync()
-    index.close()
-    db = sqlite3.connect(index.path)
-    db.execute("DROP TABLE fts")
-    db.execute("CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii')")
-    db.execute("UPDATE meta SET value='7' WHERE key='version'")
-    db.commit()
-    db.close()
+    indexed_as_of(
+        data,
+        "7",
+        "DROP TABLE fts",
+        "CREATE VIRTUAL TABLE fts USING fts5(body, content='', tokenize='ascii')",
+    )
     again = Index(data, window=WINDOW)
     assert again.counts() == (0, 0)
     again.sync()
