@@ -136,7 +136,15 @@ async def test_streams_of_a_dialog_another_live_instance_owns_end_and_alone_none
         asked.append(user)
         return owner(user)
 
+    alone_seen: list[bool] = []  # what each turn of the loop was told
+    alone = me.alone
+
+    def watched() -> bool:
+        alone_seen.append(alone())
+        return alone_seen[-1]
+
     monkeypatch.setattr(journal, "owner", counted)
+    monkeypatch.setattr(me, "alone", watched)
     moved, stays = hub.subscribe("moved"), hub.subscribe("stays")
     try:
         async with anyio.create_task_group() as tg:
@@ -144,11 +152,12 @@ async def test_streams_of_a_dialog_another_live_instance_owns_end_and_alone_none
             await until(lambda: moved.closed, what="the moved user's stream ended")
             assert moved.closed == "moved" and stays.closed is None
             other.close()  # alone again: the owners are no longer read
-            await until(lambda: me.alone(), what="alone")
-            await anyio.sleep(0.1)  # a few intervals (the only wait: nothing is read)
-            count = len(asked)
-            await anyio.sleep(0.1)
-            assert len(asked) == count
+            # A turn told "alone" began after every earlier turn's walk had ended.
+            await until(lambda: alone_seen[-1:] == [True], what="a turn told alone")
+            count, turns = len(asked), len(alone_seen)
+            await until(lambda: len(alone_seen) >= turns + 3, what="three more turns")
+            assert alone_seen[turns:] == [True] * (len(alone_seen) - turns)
+            assert len(asked) == count, "owners read while alone"
             tg.cancel_scope.cancel()
     finally:
         threads.close()
