@@ -121,8 +121,9 @@ class Broker:
         """Give up the claim :meth:`acquire` made."""
 
     async def acquire_all(self, users: list[str]) -> list[str]:
-        """Claim many dialogs for archiving at once, without waiting (a shutdown): the
-        users claimed; those another instance holds are left to it."""
+        """Claim many dialogs for archiving at once (a shutdown): the users claimed;
+        those another instance holds are left to it, and those a reply of this instance
+        still holds are waited for."""
         return users
 
     async def release_all(self, users: list[str]) -> None:

@@ -330,13 +330,32 @@ class RedisBroker(Broker):
             pipe = self._redis.pipeline(transaction=False)
             for user in users:
                 pipe.set(self.keys.claim(user), value, nx=True, px=self.lease_ms)
-            taken = await pipe.execute()
+                pipe.get(self.keys.claim(user))
+            answers = await pipe.execute()
         except Exception as exc:  # any failure: the broker is lost
             self._failed(exc)
             return []
-        claimed = [user for user, ok in zip(users, taken, strict=True) if ok]
+        claimed, ours = set(), []
+        for user, taken, holder in zip(users, answers[::2], answers[1::2], strict=True):
+            if taken:
+                claimed.add(user)
+            elif holder is None or text(holder).startswith(f"{self.id}:"):
+                ours.append(user)
         self._held.update(dict.fromkeys(claimed, value))
-        return claimed
+        # Not taken, but not another instance's either: a reply of this instance's own
+        # (which the shutdown has stopped) still held it, or had just let it go. It is
+        # released as that reply ends, so wait for it, as archive() does; left out, the
+        # dialog stayed in current.yaml after the shutdown (a loaded CI run, --workers 2).
+        # At most a lease: a reply that never lets go leaves its dialog, as before.
+        waits = [asyncio.ensure_future(self.acquire(user, "archive")) for user in ours]
+        if waits:
+            await asyncio.wait(waits, timeout=self.lease_ms / 1000)
+        for user, wait in zip(ours, waits, strict=True):
+            if wait.done() and wait.result():
+                claimed.add(user)
+            else:
+                wait.cancel()
+        return [user for user in users if user in claimed]  # in the given (lock) order
 
     async def release_all(self, users: list[str]) -> None:
         held = [(u, self._held.pop(u)) for u in users if u in self._held]

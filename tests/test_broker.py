@@ -381,6 +381,26 @@ async def test_a_shutdown_archives_only_users_connected_nowhere_else(
 
 
 @pytest.mark.anyio
+async def test_claiming_all_waits_for_a_claim_this_instance_holds_not_for_another_s(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with node(tmp_path, redis_server.url) as x, node(tmp_path, redis_server.url) as y:
+        assert await x.broker.acquire("mine", "reply")
+        assert await y.broker.acquire("theirs", "reply")
+        claiming = asyncio.ensure_future(x.broker.acquire_all(["mine", "theirs", "free"]))
+        done, _ = await asyncio.wait({claiming}, timeout=0.3)  # nothing may end meanwhile
+        assert not done, "claimed while its own reply still held a claim"
+        await x.broker.release("mine")
+        assert await claiming == ["mine", "free"]
+        assert x.broker._held == {  # type: ignore[union-attr]
+            "mine": f"{x.broker.id}:archive",
+            "free": f"{x.broker.id}:archive",
+        }
+        await x.broker.release_all(["mine", "free"])
+        await y.broker.release("theirs")
+
+
+@pytest.mark.anyio
 async def test_a_password_and_a_unix_socket_and_no_password_in_any_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
